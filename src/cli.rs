@@ -1,0 +1,153 @@
+//! The command line: commands and flags, parsed with lexopt, and their help texts. Nothing here
+//! opens a database or a socket.
+
+use lexopt::prelude::*;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_DB: &str = "fedcore.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9405";
+
+pub const USAGE: &str = "\
+fedcore: an embedded, single-file workflow governance engine
+
+Usage:
+  fedcore serve [--db PATH] [--listen ADDR]   serve the HTTP API (defaults: ./fedcore.db, 127.0.0.1:9405)
+  fedcore --help | --version
+
+Run `fedcore COMMAND --help` for a command's flags.
+";
+
+pub const SERVE_USAGE: &str = "\
+fedcore serve: serve the HTTP API over one SQLite file
+
+Usage: fedcore serve [--db PATH] [--listen ADDR] [timeouts]
+
+  --db PATH                 database file (default ./fedcore.db); created with the schema if it
+                            does not exist, migrated forward if it does, refused if it is not a
+                            fedcore database
+  --listen ADDR             address to listen on (default 127.0.0.1:9405; port 0 picks a free one)
+  --header-timeout-ms N     close a connection that has not sent a request head in N ms
+                            (default 10000; also bounds idle keep-alive connections)
+  --request-timeout-ms N    answer 503 to a request not handled within N ms (default 30000)
+  --shutdown-grace-ms N     on SIGINT/SIGTERM, let in-flight requests finish within N ms
+                            (default 10000)
+
+Logs one line per request to stderr. Exits 0 after a clean shutdown.
+";
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cli {
+    Help(&'static str),
+    Version,
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeArgs {
+    pub db: PathBuf,
+    pub listen: SocketAddr,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// Parses `args` (without the program name).
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, lexopt::Error> {
+    let mut parser = lexopt::Parser::from_args(args);
+    match parser.next()? {
+        None => Ok(Cli::Help(USAGE)),
+        Some(Short('h') | Long("help")) => Ok(Cli::Help(USAGE)),
+        Some(Short('V') | Long("version")) => Ok(Cli::Version),
+        Some(Value(command)) => match command.to_str() {
+            Some("serve") => parse_serve(&mut parser),
+            Some("help") => Ok(Cli::Help(USAGE)),
+            _ => Err(lexopt::Error::Custom(
+                format!("unknown command {command:?}\n\n{USAGE}").into(),
+            )),
+        },
+        Some(other) => Err(other.unexpected()),
+    }
+}
+
+fn millis(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
+    let n: u64 = parser.value()?.parse()?;
+    if n == 0 {
+        return Err(lexopt::Error::Custom(
+            "a timeout must be at least 1 ms".into(),
+        ));
+    }
+    Ok(Duration::from_millis(n))
+}
+
+fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let mut args = ServeArgs {
+        db: PathBuf::from(DEFAULT_DB),
+        listen: DEFAULT_LISTEN.parse().expect("the default address parses"),
+        header_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(10),
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(SERVE_USAGE)),
+            Long("db") => args.db = parser.value()?.into(),
+            Long("listen") => args.listen = parser.value()?.parse()?,
+            Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
+            Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
+            Long("shutdown-grace-ms") => args.shutdown_grace = millis(parser)?,
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Cli::Serve(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Cli, lexopt::Error> {
+        parse(args.iter().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn serve_has_the_contract_defaults() {
+        let Cli::Serve(args) = parse_strs(&["serve"]).unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(args.db, PathBuf::from("fedcore.db"));
+        assert_eq!(args.listen, "127.0.0.1:9405".parse().unwrap());
+    }
+
+    #[test]
+    fn serve_flags_are_read() {
+        let Cli::Serve(args) = parse_strs(&[
+            "serve",
+            "--db",
+            "x.db",
+            "--listen",
+            "127.0.0.1:0",
+            "--header-timeout-ms",
+            "500",
+        ])
+        .unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(args.db, PathBuf::from("x.db"));
+        assert_eq!(args.header_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn every_command_has_help_and_bad_flags_are_errors() {
+        assert_eq!(parse_strs(&["--help"]).unwrap(), Cli::Help(USAGE));
+        assert_eq!(
+            parse_strs(&["serve", "--help"]).unwrap(),
+            Cli::Help(SERVE_USAGE)
+        );
+        assert!(parse_strs(&["serve", "--bogus"]).is_err());
+        assert!(parse_strs(&["frobnicate"]).is_err());
+        assert!(parse_strs(&["serve", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,489 @@
+//! The rules of fedcore. Every write is a `Command` applied by `apply` inside the one transaction
+//! the writer thread opened for it, at the time `now` it was given: lifecycle checks, policy
+//! evaluation, evidence, receipts and audit entries are all written there, or nothing is. Reads
+//! are in `views`. The engine never does IO of its own, never reads the clock, never awaits.
+
+mod catalog;
+pub mod jcs;
+pub mod policy;
+pub mod receipts;
+mod runs;
+pub mod views;
+
+use crate::model::*;
+use crate::store::{self, StoreError, Tx};
+use serde_json::{json, Map, Value};
+
+/// The actor name fedcore itself uses for changes nobody asked for (a gate that expired).
+pub const SYSTEM_ACTOR: &str = "fedcore";
+
+/// An engine error; each variant is documented with the HTTP status it becomes.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// 400: the request is malformed.
+    #[error("{message}")]
+    BadRequest {
+        code: &'static str,
+        message: String,
+        path: Option<String>,
+    },
+    /// 403: the actor may not do this (separation of duties).
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// 404: an id names nothing.
+    #[error("{message}")]
+    NotFound { code: &'static str, message: String },
+    /// 409: the change conflicts with the current state.
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: String,
+        details: Value,
+    },
+    /// 422: a document or value is invalid; `path` names the offending JSON path.
+    #[error("{message}")]
+    Invalid {
+        code: &'static str,
+        message: String,
+        path: String,
+    },
+    /// 500: storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// 500: a value could not be canonicalized (cannot happen for checked input).
+    #[error("canonical JSON: {0}")]
+    Canonical(#[from] jcs::JcsError),
+}
+
+impl Error {
+    pub(crate) fn not_found(code: &'static str, message: impl Into<String>) -> Error {
+        Error::NotFound {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn conflict(
+        code: &'static str,
+        message: impl Into<String>,
+        details: Value,
+    ) -> Error {
+        Error::Conflict {
+            code,
+            message: message.into(),
+            details,
+        }
+    }
+
+    pub(crate) fn invalid(
+        code: &'static str,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Error {
+        Error::Invalid {
+            code,
+            message: message.into(),
+            path: path.into(),
+        }
+    }
+
+    /// A refusal of a change on an existing run is recorded in the audit log (contract §4).
+    fn is_refusal(&self) -> bool {
+        matches!(self, Error::Forbidden { .. } | Error::Conflict { .. })
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Error::BadRequest { code, .. }
+            | Error::Forbidden { code, .. }
+            | Error::NotFound { code, .. }
+            | Error::Conflict { code, .. }
+            | Error::Invalid { code, .. } => code,
+            Error::Store(_) | Error::Canonical(_) => "internal",
+        }
+    }
+}
+
+/// How a step attempt ended, as reported by the agent.
+#[derive(Debug, Clone)]
+pub enum StepResult {
+    Completed { output: Value },
+    Failed { error: Value },
+}
+
+/// One write request. `actor` is who asks.
+#[derive(Debug, Clone)]
+pub enum Command {
+    PutPolicy {
+        policy_id: String,
+        doc: Map<String, Value>,
+        actor: String,
+    },
+    PutDefinition {
+        workflow_id: String,
+        doc: Map<String, Value>,
+        actor: String,
+    },
+    PutAgent {
+        agent_id: String,
+        doc: Map<String, Value>,
+        actor: String,
+    },
+    CreateRun {
+        workflow_id: String,
+        input: Value,
+        actor: String,
+    },
+    RequestStep {
+        run_id: String,
+        step_id: String,
+        input: Value,
+        actor: String,
+    },
+    FinishStep {
+        run_id: String,
+        step_id: String,
+        result: StepResult,
+        actor: String,
+    },
+    RequestGate {
+        run_id: String,
+        step_id: String,
+        reason: String,
+        expires_in_s: Option<i64>,
+        actor: String,
+    },
+    ResolveGate {
+        run_id: String,
+        gate_id: String,
+        approve: bool,
+        comment: Option<String>,
+        actor: String,
+    },
+    ChangeStatus {
+        run_id: String,
+        status: RunStatus,
+        reason: Option<String>,
+        actor: String,
+    },
+    /// Expires every PENDING gate whose deadline has passed (the background sweep).
+    ExpireGates,
+}
+
+impl Command {
+    /// The run a command changes, when it changes one that must already exist.
+    fn run_id(&self) -> Option<&str> {
+        match self {
+            Command::RequestStep { run_id, .. }
+            | Command::FinishStep { run_id, .. }
+            | Command::RequestGate { run_id, .. }
+            | Command::ResolveGate { run_id, .. }
+            | Command::ChangeStatus { run_id, .. } => Some(run_id),
+            _ => None,
+        }
+    }
+
+    fn actor(&self) -> &str {
+        match self {
+            Command::PutPolicy { actor, .. }
+            | Command::PutDefinition { actor, .. }
+            | Command::PutAgent { actor, .. }
+            | Command::CreateRun { actor, .. }
+            | Command::RequestStep { actor, .. }
+            | Command::FinishStep { actor, .. }
+            | Command::RequestGate { actor, .. }
+            | Command::ResolveGate { actor, .. }
+            | Command::ChangeStatus { actor, .. } => actor,
+            Command::ExpireGates => SYSTEM_ACTOR,
+        }
+    }
+
+    /// What was attempted, for the `request.refused` evidence: the operation and its arguments.
+    fn describe(&self) -> (&'static str, String, Value) {
+        match self {
+            Command::RequestStep { step_id, input, .. } => (
+                "step.request",
+                format!("step:{step_id}"),
+                json!({"step_id": step_id, "input": input}),
+            ),
+            Command::FinishStep {
+                step_id, result, ..
+            } => {
+                let body = match result {
+                    StepResult::Completed { output } => {
+                        json!({"step_id": step_id, "status": "COMPLETED", "output": output})
+                    }
+                    StepResult::Failed { error } => {
+                        json!({"step_id": step_id, "status": "FAILED", "error": error})
+                    }
+                };
+                ("step.finish", format!("step:{step_id}"), body)
+            }
+            Command::RequestGate {
+                step_id,
+                reason,
+                expires_in_s,
+                ..
+            } => (
+                "gate.request",
+                format!("step:{step_id}"),
+                json!({"step_id": step_id, "reason": reason, "expires_in_s": expires_in_s}),
+            ),
+            Command::ResolveGate {
+                gate_id,
+                approve,
+                comment,
+                ..
+            } => (
+                "gate.resolve",
+                format!("gate:{gate_id}"),
+                json!({"gate_id": gate_id, "decision": if *approve { "approve" } else { "reject" }, "comment": comment}),
+            ),
+            Command::ChangeStatus {
+                run_id,
+                status,
+                reason,
+                ..
+            } => (
+                "run.change_status",
+                format!("run:{run_id}"),
+                json!({"status": status.as_str(), "reason": reason}),
+            ),
+            _ => ("other", String::new(), Value::Null),
+        }
+    }
+}
+
+/// What a successful command produced. One is made per request and moved once, so the size
+/// difference between variants costs nothing worth boxing for.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
+pub enum Outcome {
+    Policy(Policy),
+    Definition(Definition),
+    Agent(Agent),
+    Run(Run),
+    StepRequested {
+        step: StepAttempt,
+        decision: Decision,
+        run: Run,
+        gate: Option<Gate>,
+    },
+    StepFinished {
+        step: StepAttempt,
+        run: Run,
+    },
+    GateOpened(Gate),
+    GateResolved {
+        gate: Gate,
+        run: Run,
+    },
+    Expired {
+        n_runs: usize,
+    },
+}
+
+/// Applies `command` in the open transaction `tx` at time `now`. Returns the result and whether
+/// the transaction should be committed: a success commits; a refused change on an existing run
+/// commits only its `request.refused` entry; any other error commits nothing.
+pub fn apply(tx: &Tx<'_>, now: Timestamp, command: &Command) -> (Result<Outcome, Error>, bool) {
+    match apply_inner(tx, now, command) {
+        Ok((result, commit)) => (result, commit),
+        Err(e) => (Err(e), false),
+    }
+}
+
+fn apply_inner(
+    tx: &Tx<'_>,
+    now: Timestamp,
+    command: &Command,
+) -> Result<(Result<Outcome, Error>, bool), Error> {
+    let mut ctx = Ctx::new(tx, now)?;
+    // Deadlines are enforced whenever anyone touches a run: an expired gate fails the run before
+    // the request is looked at, and that is kept even when the request itself is refused.
+    if let Some(run_id) = command.run_id() {
+        runs::expire_gates_of_run(&mut ctx, run_id)?;
+    }
+    tx.savepoint("command")?;
+    let head = ctx.head.clone();
+    let result = execute(&mut ctx, command);
+    match result {
+        Ok(outcome) => {
+            tx.release_savepoint("command")?;
+            Ok((Ok(outcome), true))
+        }
+        Err(e) if e.is_refusal() && command.run_id().is_some() => {
+            tx.rollback_to_savepoint("command")?;
+            ctx.head = head;
+            record_refusal(&mut ctx, command, &e)?;
+            Ok((Err(e), true))
+        }
+        Err(e) => {
+            tx.rollback_to_savepoint("command")?;
+            Ok((Err(e), ctx.wrote_before_command))
+        }
+    }
+}
+
+fn execute(ctx: &mut Ctx<'_, '_>, command: &Command) -> Result<Outcome, Error> {
+    match command {
+        Command::PutPolicy {
+            policy_id,
+            doc,
+            actor,
+        } => catalog::put_policy(ctx, policy_id, doc, actor),
+        Command::PutDefinition {
+            workflow_id,
+            doc,
+            actor,
+        } => catalog::put_definition(ctx, workflow_id, doc, actor),
+        Command::PutAgent {
+            agent_id,
+            doc,
+            actor,
+        } => catalog::put_agent(ctx, agent_id, doc, actor),
+        Command::CreateRun {
+            workflow_id,
+            input,
+            actor,
+        } => runs::create_run(ctx, workflow_id, input, actor),
+        Command::RequestStep {
+            run_id,
+            step_id,
+            input,
+            actor,
+        } => runs::request_step(ctx, run_id, step_id, input, actor),
+        Command::FinishStep {
+            run_id,
+            step_id,
+            result,
+            actor,
+        } => runs::finish_step(ctx, run_id, step_id, result, actor),
+        Command::RequestGate {
+            run_id,
+            step_id,
+            reason,
+            expires_in_s,
+            actor,
+        } => runs::request_gate(ctx, run_id, step_id, reason, *expires_in_s, actor),
+        Command::ResolveGate {
+            run_id,
+            gate_id,
+            approve,
+            comment,
+            actor,
+        } => runs::resolve_gate(ctx, run_id, gate_id, *approve, comment.as_deref(), actor),
+        Command::ChangeStatus {
+            run_id,
+            status,
+            reason,
+            actor,
+        } => runs::change_status(ctx, run_id, *status, reason.as_deref(), actor),
+        Command::ExpireGates => runs::expire_all_gates(ctx),
+    }
+}
+
+fn record_refusal(ctx: &mut Ctx<'_, '_>, command: &Command, error: &Error) -> Result<(), Error> {
+    let run_id = command.run_id().map(str::to_string);
+    let (operation, subject, request) = command.describe();
+    let evidence = ctx.evidence(&json!({
+        "operation": operation,
+        "request": request,
+        "error": {"code": error.code(), "message": error.to_string()},
+    }))?;
+    let actor = command.actor().to_string();
+    ctx.audit(Draft {
+        run_id,
+        actor: &actor,
+        action: "request.refused",
+        subject,
+        reason: Some(error.to_string()),
+        message: format!("Refused {operation} by {actor}: {}", error.code()),
+        evidence: Some(evidence),
+        ..Draft::default()
+    })?;
+    Ok(())
+}
+
+/// The state of one command being applied: the transaction, the time, and the audit chain head.
+pub(crate) struct Ctx<'a, 'c> {
+    pub tx: &'a Tx<'c>,
+    pub now: Timestamp,
+    head: (i64, String),
+    /// Whether something was written before the command's own savepoint (an expiry) that must
+    /// be committed even if the command fails.
+    wrote_before_command: bool,
+}
+
+/// An audit entry before it is numbered and hashed.
+#[derive(Default)]
+pub(crate) struct Draft<'s> {
+    pub run_id: Option<String>,
+    pub actor: &'s str,
+    pub action: &'static str,
+    pub subject: String,
+    pub from_status: Option<&'static str>,
+    pub to_status: Option<&'static str>,
+    pub decision: Option<&'static str>,
+    pub reason: Option<String>,
+    pub message: String,
+    /// The hash of the entry's evidence blob, already stored.
+    pub evidence: Option<String>,
+}
+
+impl<'a, 'c> Ctx<'a, 'c> {
+    fn new(tx: &'a Tx<'c>, now: Timestamp) -> Result<Ctx<'a, 'c>, Error> {
+        let head = store::audit_head(tx)?.unwrap_or((0, ZERO_HASH.to_string()));
+        Ok(Ctx {
+            tx,
+            now,
+            head,
+            wrote_before_command: false,
+        })
+    }
+
+    /// Stores `value` as an evidence blob (its JCS bytes) and returns its hash.
+    pub fn evidence(&self, value: &Value) -> Result<String, Error> {
+        let bytes = jcs::canonical(value)?;
+        let hash = jcs::hash_bytes(&bytes);
+        store::put_evidence(self.tx, &hash, &bytes)?;
+        Ok(hash)
+    }
+
+    /// A new UUIDv7 for the current time.
+    pub fn new_id(&self) -> String {
+        let micros = self.now.micros().max(0) as u64;
+        let ts = uuid::Timestamp::from_unix(
+            uuid::NoContext,
+            micros / 1_000_000,
+            ((micros % 1_000_000) * 1000) as u32,
+        );
+        uuid::Uuid::new_v7(ts).to_string()
+    }
+
+    /// Appends one entry to the audit chain.
+    pub fn audit(&mut self, draft: Draft<'_>) -> Result<AuditEntry, Error> {
+        let (prev_seq, prev_hash) = &self.head;
+        let mut entry = AuditEntry {
+            seq: prev_seq + 1,
+            run_id: draft.run_id,
+            at: self.now,
+            actor: draft.actor.to_string(),
+            action: draft.action.to_string(),
+            subject: draft.subject,
+            from_status: draft.from_status.map(str::to_string),
+            to_status: draft.to_status.map(str::to_string),
+            decision: draft.decision.map(str::to_string),
+            reason: draft.reason,
+            message: draft.message,
+            evidence_pack_ref: draft.evidence.as_ref().map(|h| format!("sha256:{h}")),
+            payload_hash: draft.evidence.unwrap_or_else(|| NULL_HASH.to_string()),
+            prev_hash: prev_hash.clone(),
+            entry_hash: String::new(),
+        };
+        entry.entry_hash = receipts::entry_hash(&entry)?;
+        store::insert_audit(self.tx, &entry)?;
+        self.head = (entry.seq, entry.entry_hash.clone());
+        Ok(entry)
+    }
+}

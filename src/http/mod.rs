@@ -1,0 +1,170 @@
+//! The HTTP face of fedcore, and the only async code: a small tokio runtime, the accept loop
+//! (`server`), routes, request decoding and error mapping. Writes are handed to the writer thread
+//! as jobs and awaited; reads run on the blocking pool over read connections. The clock is read
+//! here (by the writer's clock function), never in the engine.
+
+mod error;
+mod request;
+mod routes;
+pub mod server;
+
+pub use error::ApiError;
+
+use crate::engine::{self, Command, Outcome};
+use crate::model::Timestamp;
+use crate::store::{self, ReadPool, StoreError, Tx, Writer};
+use server::ServerConfig;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How many write jobs may wait for the writer before requests are refused with 503.
+const WRITER_QUEUE: usize = 4096;
+
+/// How often the background sweep looks for gates past their deadline.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    writer: Writer,
+    readers: ReadPool,
+}
+
+/// What `fedcore serve` needs to run.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub db: PathBuf,
+    pub listen: SocketAddr,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The wall clock, in the engine's time type.
+pub fn now() -> Timestamp {
+    Timestamp::from_micros(chrono::Utc::now().timestamp_micros())
+}
+
+/// Runs the server until SIGINT or SIGTERM: opens (or creates) the database, starts the writer
+/// thread, serves, then drains in-flight requests and the writer queue before returning.
+pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let conn = store::open_for_writing(&options.db)?;
+    let (writer, writer_thread) = Writer::start(conn, now, WRITER_QUEUE)?;
+    let state = AppState {
+        writer,
+        readers: ReadPool::new(&options.db),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("fedcore-http")
+        .enable_all()
+        .build()?;
+    let served = runtime.block_on(async {
+        let listener = server::bind(options.listen).await?;
+        eprintln!(
+            "fedcore {} over {} listening on http://{}",
+            env!("CARGO_PKG_VERSION"),
+            options.db.display(),
+            listener.local_addr()?
+        );
+        let sweeper = tokio::spawn(sweep_expired_gates(state.clone()));
+        let result = server::serve(
+            listener,
+            routes::router(state),
+            options.server,
+            server::shutdown_signal(),
+        )
+        .await;
+        sweeper.abort();
+        result
+    });
+    // Dropping the runtime drops every handle to the writer; the writer then finishes its queue,
+    // checkpoints the WAL and exits.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    if writer_thread.join().is_err() {
+        eprintln!("the writer thread panicked");
+    }
+    eprintln!("fedcore stopped");
+    Ok(served?)
+}
+
+/// Expires gates whose deadline passed even when nobody touches their run.
+async fn sweep_expired_gates(state: AppState) {
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let due = read(&state, |db| {
+            Ok(store::runs_with_expired_gates(db, now(), 1)?.is_empty())
+        })
+        .await;
+        if let Ok(false) = due {
+            if let Err(e) = write(&state, Command::ExpireGates).await {
+                eprintln!("gate sweep: {}", e.message);
+            }
+        }
+    }
+}
+
+/// A write job: one engine command, answered over a oneshot channel after its transaction ended.
+struct CommandJob {
+    command: Command,
+    result: Option<Result<Outcome, engine::Error>>,
+    reply: oneshot::Sender<Result<Outcome, ApiError>>,
+}
+
+impl store::Job for CommandJob {
+    fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
+        let (result, commit) = engine::apply(tx, now, &self.command);
+        self.result = Some(result);
+        commit
+    }
+
+    fn finish(self: Box<Self>, failure: Option<StoreError>) {
+        let answer = match (failure, self.result) {
+            (Some(e), _) => Err(ApiError::internal(e)),
+            (None, Some(result)) => result.map_err(ApiError::from),
+            (None, None) => Err(ApiError::internal("the operation produced no result")),
+        };
+        // The client may have gone away; its answer is then simply dropped.
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// Sends `command` to the writer thread and waits for its committed result.
+async fn write(state: &AppState, command: Command) -> Result<Outcome, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    state
+        .writer
+        .submit(Box::new(CommandJob {
+            command,
+            result: None,
+            reply,
+        }))
+        .map_err(|_| ApiError::busy())?;
+    answer
+        .await
+        .map_err(|_| ApiError::internal("the writer dropped a job"))?
+}
+
+/// Runs a read on the blocking pool over a read connection, in one snapshot.
+async fn read<T: Send + 'static>(
+    state: &AppState,
+    f: impl FnOnce(&store::Reader) -> Result<T, engine::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    let readers = state.readers.clone();
+    match tokio::task::spawn_blocking(move || readers.read(f)).await {
+        Ok(Ok(Ok(value))) => Ok(value),
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(e)) => Err(ApiError::internal(e)),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}

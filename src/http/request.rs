@@ -1,0 +1,303 @@
+//! Request decoding: the JSON body (content type, 1 MiB cap before reading it whole, syntax,
+//! I-JSON numbers, an object at the top), the actor (body `actor`, else `X-Actor`), typed fields
+//! with exact 400s, and path and query parameters that answer in the contract's error shape.
+
+use super::error::ApiError;
+use crate::engine::jcs;
+use crate::model::is_valid_id;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+
+/// The largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A decoded JSON object body with its actor already resolved. Fields are taken one by one; what
+/// is left at `finish` is an unknown field.
+pub struct Body {
+    pub actor: String,
+    fields: Map<String, Value>,
+}
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Body, ApiError> {
+        let (parts, body) = req.into_parts();
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let media_type = content_type.split(';').next().unwrap_or("").trim();
+        if !media_type.eq_ignore_ascii_case("application/json") {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("Content-Type must be application/json, not {content_type:?}"),
+            ));
+        }
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+            )
+        };
+        let declared = parts
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+            return Err(too_large());
+        }
+        let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| {
+                if std::error::Error::source(&e)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+                {
+                    too_large()
+                } else {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_json",
+                        format!("could not read the body: {e}"),
+                    )
+                }
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                "the body is empty; a JSON object is required",
+            ));
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("malformed JSON: {e}"),
+            )
+        })?;
+        jcs::check_i_json(&value)
+            .map_err(|e| ApiError::bad_request("number_out_of_range", &e.path, e.to_string()))?;
+        let Value::Object(mut fields) = value else {
+            return Err(ApiError::bad_request(
+                "wrong_type",
+                "",
+                "the body must be a JSON object",
+            ));
+        };
+        let actor = match fields.remove("actor") {
+            Some(Value::String(actor)) => actor,
+            Some(_) => {
+                return Err(ApiError::bad_request(
+                    "wrong_type",
+                    "actor",
+                    "actor must be a string",
+                ))
+            }
+            None => match parts.headers.get("x-actor") {
+                Some(v) => v.to_str().map(str::to_string).map_err(|_| {
+                    ApiError::bad_request("missing_actor", "actor", "X-Actor must be plain text")
+                })?,
+                None => {
+                    return Err(ApiError::bad_request(
+                        "missing_actor",
+                        "actor",
+                        "every change names its actor: body field \"actor\" or header X-Actor",
+                    ))
+                }
+            },
+        };
+        if !is_valid_id(&actor) {
+            return Err(ApiError::bad_request(
+                "missing_actor",
+                "actor",
+                "actor must be 1-128 letters, digits or ._:@-",
+            ));
+        }
+        Ok(Body { actor, fields })
+    }
+}
+
+impl Body {
+    fn wrong_type(name: &str, expected: &str) -> ApiError {
+        ApiError::bad_request("wrong_type", name, format!("{name} must be {expected}"))
+    }
+
+    pub fn required_str(&mut self, name: &str) -> Result<String, ApiError> {
+        match self.fields.remove(name) {
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(Body::wrong_type(name, "a string")),
+            None => Err(ApiError::bad_request(
+                "missing_field",
+                name,
+                format!("{name} is required"),
+            )),
+        }
+    }
+
+    /// An optional string; `null` counts as absent.
+    pub fn optional_str(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.fields.remove(name) {
+            Some(Value::String(s)) => Ok(Some(s)),
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => Err(Body::wrong_type(name, "a string")),
+        }
+    }
+
+    /// An optional integer; `null` counts as absent.
+    pub fn optional_i64(&mut self, name: &str) -> Result<Option<i64>, ApiError> {
+        match self.fields.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| Body::wrong_type(name, "an integer")),
+            Some(_) => Err(Body::wrong_type(name, "an integer")),
+        }
+    }
+
+    /// Any JSON value; absent is `null`.
+    pub fn value(&mut self, name: &str) -> Value {
+        self.fields.remove(name).unwrap_or(Value::Null)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.fields.contains_key(name)
+    }
+
+    /// Refuses whatever field was not taken.
+    pub fn finish(self) -> Result<String, ApiError> {
+        match self.fields.keys().next() {
+            Some(field) => Err(ApiError::bad_request(
+                "unknown_field",
+                field,
+                format!("unknown field {field:?}"),
+            )),
+            None => Ok(self.actor),
+        }
+    }
+
+    /// The remaining fields as a document (policies, definitions, agents), and the actor.
+    pub fn into_document(self) -> (Map<String, Value>, String) {
+        (self.fields, self.actor)
+    }
+}
+
+/// Path parameters; a path that cannot be decoded is a 404 like any unknown route.
+pub struct Params<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(t)) => Ok(Params(t)),
+            Err(e) => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("bad path: {e}"),
+            )),
+        }
+    }
+}
+
+/// The query string as decoded pairs; unknown or repeated keys are refused by the caller.
+pub struct QueryPairs(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryPairs {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = form_pairs(query).map_err(|why| {
+            ApiError::bad_request(
+                "invalid_query",
+                "",
+                format!("malformed query string: {why}"),
+            )
+        })?;
+        Ok(QueryPairs(pairs))
+    }
+}
+
+impl QueryPairs {
+    /// Takes the allowed keys; anything else is a 400.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.0.iter().find(|(k, _)| !allowed.contains(&k.as_str())) {
+            Some((k, _)) => Err(ApiError::bad_request(
+                "invalid_query",
+                k,
+                format!("unknown query parameter {k:?}"),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn int(&self, key: &str) -> Result<Option<i64>, ApiError> {
+        self.get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request("invalid_query", key, format!("{key} must be an integer"))
+                })
+            })
+            .transpose()
+    }
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs (`+` is a space, `%XX` a byte).
+fn form_pairs(query: &str) -> Result<Vec<(String, String)>, String> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((percent_decode(k)?, percent_decode(v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or("truncated %-escape")?;
+                let hex = std::str::from_utf8(hex).map_err(|_| "bad %-escape")?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape")?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).map_err(|_| "query is not UTF-8".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_plus_and_percent_escapes() {
+        let pairs = form_pairs("status=RUNNING&workflow_id=a%2Fb+c&limit=5").unwrap();
+        assert_eq!(pairs[1], ("workflow_id".to_string(), "a/b c".to_string()));
+        assert!(form_pairs("x=%zz").is_err());
+        assert!(form_pairs("x=%2").is_err());
+    }
+}

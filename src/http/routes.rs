@@ -1,0 +1,483 @@
+//! The routes of contract §4. Each handler decodes its request, runs one engine operation (a
+//! write on the writer thread, or a read on the blocking pool) and encodes the answer. No SQL
+//! and no business rule lives here.
+
+use super::error::ApiError;
+use super::request::{Body, Params, QueryPairs};
+use super::{read, write, AppState};
+use crate::engine::views::{self, RunFilter, RunView};
+use crate::engine::{Command, Outcome, StepResult};
+use crate::model::*;
+use crate::store;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, patch, post, put};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/policies/{policy_id}", put(put_policy).get(get_policy))
+        .route(
+            "/workflows/definitions/{workflow_id}",
+            put(put_definition).get(get_definition),
+        )
+        .route("/registry/agents", get(list_agents))
+        .route("/registry/agents/{agent_id}", put(put_agent).get(get_agent))
+        .route("/workflows/runs", post(create_run).get(list_runs))
+        .route("/workflows/runs/{run_id}", get(get_run))
+        .route("/workflows/runs/{run_id}/status", patch(change_status))
+        .route("/workflows/runs/{run_id}/steps", post(request_step))
+        .route(
+            "/workflows/runs/{run_id}/steps/{step_id}",
+            patch(finish_step),
+        )
+        .route("/workflows/runs/{run_id}/logs", get(run_logs))
+        .route("/workflows/runs/{run_id}/gates", post(request_gate))
+        .route(
+            "/workflows/runs/{run_id}/gates/{gate_id}",
+            patch(resolve_gate),
+        )
+        .route("/workflows/runs/{run_id}/receipt", get(run_receipt))
+        .route("/audit", get(audit))
+        .route("/evidence/{hash}", get(evidence))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not accept that method",
+            )
+        })
+        .with_state(state)
+}
+
+type Answer = Result<Response, ApiError>;
+
+fn json_of(value: &impl Serialize) -> Result<Value, ApiError> {
+    serde_json::to_value(value).map_err(ApiError::internal)
+}
+
+fn reply(status: StatusCode, value: Value) -> Answer {
+    Ok((status, Json(value)).into_response())
+}
+
+fn unexpected(outcome: Outcome) -> ApiError {
+    ApiError::internal(format!("unexpected engine outcome {outcome:?}"))
+}
+
+/// `?version=N` of the document GETs.
+fn version_param(query: &QueryPairs) -> Result<Option<i64>, ApiError> {
+    query.only(&["version"])?;
+    query.int("version")
+}
+
+async fn health() -> Answer {
+    reply(
+        StatusCode::OK,
+        json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "schema_version": store::SCHEMA_VERSION}),
+    )
+}
+
+async fn put_policy(
+    State(state): State<AppState>,
+    Params(policy_id): Params<String>,
+    body: Body,
+) -> Answer {
+    let (doc, actor) = body.into_document();
+    match write(
+        &state,
+        Command::PutPolicy {
+            policy_id,
+            doc,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::Policy(p) => reply(StatusCode::CREATED, json_of(&p)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_policy(
+    State(state): State<AppState>,
+    Params(policy_id): Params<String>,
+    query: QueryPairs,
+) -> Answer {
+    let version = version_param(&query)?;
+    let policy = read(&state, move |db| views::policy(db, &policy_id, version)).await?;
+    reply(StatusCode::OK, json_of(&policy)?)
+}
+
+async fn put_definition(
+    State(state): State<AppState>,
+    Params(workflow_id): Params<String>,
+    body: Body,
+) -> Answer {
+    let (doc, actor) = body.into_document();
+    match write(
+        &state,
+        Command::PutDefinition {
+            workflow_id,
+            doc,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::Definition(d) => reply(StatusCode::CREATED, json_of(&d)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_definition(
+    State(state): State<AppState>,
+    Params(workflow_id): Params<String>,
+    query: QueryPairs,
+) -> Answer {
+    let version = version_param(&query)?;
+    let definition = read(&state, move |db| {
+        views::definition(db, &workflow_id, version)
+    })
+    .await?;
+    reply(StatusCode::OK, json_of(&definition)?)
+}
+
+async fn put_agent(
+    State(state): State<AppState>,
+    Params(agent_id): Params<String>,
+    body: Body,
+) -> Answer {
+    let (doc, actor) = body.into_document();
+    match write(
+        &state,
+        Command::PutAgent {
+            agent_id,
+            doc,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::Agent(a) => reply(StatusCode::OK, json_of(&a)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn get_agent(State(state): State<AppState>, Params(agent_id): Params<String>) -> Answer {
+    let agent = read(&state, move |db| views::agent(db, &agent_id)).await?;
+    reply(StatusCode::OK, json_of(&agent)?)
+}
+
+async fn list_agents(State(state): State<AppState>) -> Answer {
+    let agents = read(&state, views::agents).await?;
+    reply(StatusCode::OK, json!({"agents": json_of(&agents)?}))
+}
+
+async fn create_run(State(state): State<AppState>, mut body: Body) -> Answer {
+    let workflow_id = body.required_str("workflow_id")?;
+    let input = body.value("input");
+    let actor = body.finish()?;
+    match write(
+        &state,
+        Command::CreateRun {
+            workflow_id,
+            input,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::Run(run) => reply(StatusCode::CREATED, json_of(&run)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn list_runs(State(state): State<AppState>, query: QueryPairs) -> Answer {
+    query.only(&["status", "workflow_id", "limit", "after"])?;
+    let status = match query.get("status") {
+        None | Some("") => None,
+        Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "status",
+                format!("unknown run status {s:?}"),
+            )
+        })?),
+    };
+    let limit = query.int("limit")?.unwrap_or(50);
+    if !(1..=views::MAX_RUNS_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit",
+            format!("limit must be from 1 to {}", views::MAX_RUNS_PAGE),
+        ));
+    }
+    let filter = RunFilter {
+        status,
+        workflow_id: query
+            .get("workflow_id")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        after: query
+            .get("after")
+            .filter(|s| !s.is_empty())
+            .map(str::to_string),
+        limit,
+    };
+    let (runs, next) = read(&state, move |db| views::runs(db, &filter)).await?;
+    reply(
+        StatusCode::OK,
+        json!({"runs": json_of(&runs)?, "next": next}),
+    )
+}
+
+fn run_view_json(view: &RunView) -> Result<Value, ApiError> {
+    let mut run = json_of(&view.run)?;
+    if let Value::Object(fields) = &mut run {
+        fields.insert("steps".into(), json_of(&view.steps)?);
+        fields.insert("gates".into(), json_of(&view.gates)?);
+        fields.insert("decisions".into(), json_of(&view.decisions)?);
+    }
+    Ok(run)
+}
+
+async fn get_run(State(state): State<AppState>, Params(run_id): Params<String>) -> Answer {
+    let view = read(&state, move |db| views::run(db, &run_id)).await?;
+    reply(StatusCode::OK, run_view_json(&view)?)
+}
+
+async fn change_status(
+    State(state): State<AppState>,
+    Params(run_id): Params<String>,
+    mut body: Body,
+) -> Answer {
+    let status_text = body.required_str("status")?;
+    let reason = body.optional_str("reason")?;
+    let actor = body.finish()?;
+    let status = RunStatus::parse(&status_text)
+        .filter(|s| {
+            matches!(
+                s,
+                RunStatus::Paused | RunStatus::Running | RunStatus::Cancelled | RunStatus::Failed
+            )
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "status",
+                "status must be one of PAUSED, RUNNING, CANCELLED, FAILED",
+            )
+        })?;
+    match write(
+        &state,
+        Command::ChangeStatus {
+            run_id,
+            status,
+            reason,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::Run(run) => reply(StatusCode::OK, json_of(&run)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn request_step(
+    State(state): State<AppState>,
+    Params(run_id): Params<String>,
+    mut body: Body,
+) -> Answer {
+    let step_id = body.required_str("step_id")?;
+    let input = body.value("input");
+    let actor = body.finish()?;
+    match write(
+        &state,
+        Command::RequestStep {
+            run_id,
+            step_id,
+            input,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::StepRequested {
+            step,
+            decision,
+            run,
+            gate,
+        } => reply(
+            StatusCode::CREATED,
+            json!({"step": json_of(&step)?, "decision": json_of(&decision)?, "run": json_of(&run)?, "gate": json_of(&gate)?}),
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn finish_step(
+    State(state): State<AppState>,
+    Params((run_id, step_id)): Params<(String, String)>,
+    mut body: Body,
+) -> Answer {
+    let status = body.required_str("status")?;
+    let result = match status.as_str() {
+        "COMPLETED" if body.has("error") => {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                "error",
+                "error belongs to a FAILED step, not a COMPLETED one",
+            ))
+        }
+        "FAILED" if body.has("output") => {
+            return Err(ApiError::bad_request(
+                "unknown_field",
+                "output",
+                "output belongs to a COMPLETED step, not a FAILED one",
+            ))
+        }
+        "COMPLETED" => StepResult::Completed {
+            output: body.value("output"),
+        },
+        "FAILED" => StepResult::Failed {
+            error: body.value("error"),
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "status",
+                "status must be COMPLETED or FAILED",
+            ))
+        }
+    };
+    let actor = body.finish()?;
+    match write(
+        &state,
+        Command::FinishStep {
+            run_id,
+            step_id,
+            result,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::StepFinished { step, run } => reply(
+            StatusCode::OK,
+            json!({"step": json_of(&step)?, "run": json_of(&run)?}),
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn run_logs(State(state): State<AppState>, Params(run_id): Params<String>) -> Answer {
+    let entries = read(&state, move |db| views::logs(db, &run_id)).await?;
+    reply(StatusCode::OK, json!({"entries": json_of(&entries)?}))
+}
+
+async fn request_gate(
+    State(state): State<AppState>,
+    Params(run_id): Params<String>,
+    mut body: Body,
+) -> Answer {
+    let step_id = body.required_str("step_id")?;
+    let reason = body.required_str("reason")?;
+    let expires_in_s = body.optional_i64("expires_in_s")?;
+    let actor = body.finish()?;
+    match write(
+        &state,
+        Command::RequestGate {
+            run_id,
+            step_id,
+            reason,
+            expires_in_s,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::GateOpened(gate) => reply(StatusCode::CREATED, json_of(&gate)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn resolve_gate(
+    State(state): State<AppState>,
+    Params((run_id, gate_id)): Params<(String, String)>,
+    mut body: Body,
+) -> Answer {
+    let decision = body.required_str("decision")?;
+    let comment = body.optional_str("comment")?;
+    let actor = body.finish()?;
+    let approve = match decision.as_str() {
+        "approve" => true,
+        "reject" => false,
+        _ => {
+            return Err(ApiError::invalid(
+                "decision",
+                "decision must be approve or reject",
+            ))
+        }
+    };
+    match write(
+        &state,
+        Command::ResolveGate {
+            run_id,
+            gate_id,
+            approve,
+            comment,
+            actor,
+        },
+    )
+    .await?
+    {
+        Outcome::GateResolved { gate, run } => reply(
+            StatusCode::OK,
+            json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+async fn run_receipt(State(state): State<AppState>, Params(run_id): Params<String>) -> Answer {
+    let (receipt, receipt_hash) = read(&state, move |db| views::receipt(db, &run_id)).await?;
+    reply(
+        StatusCode::OK,
+        json!({"receipt": receipt, "receipt_hash": receipt_hash}),
+    )
+}
+
+async fn audit(State(state): State<AppState>, query: QueryPairs) -> Answer {
+    query.only(&["after_seq", "limit"])?;
+    let after_seq = query.int("after_seq")?.unwrap_or(0);
+    let limit = query.int("limit")?.unwrap_or(100);
+    if after_seq < 0 || limit < 1 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "limit",
+            "after_seq must be >= 0 and limit >= 1",
+        ));
+    }
+    let (entries, (seq, entry_hash)) =
+        read(&state, move |db| views::audit(db, after_seq, limit)).await?;
+    reply(
+        StatusCode::OK,
+        json!({"entries": json_of(&entries)?, "head": {"seq": seq, "entry_hash": entry_hash}}),
+    )
+}
+
+async fn evidence(State(state): State<AppState>, Params(hash): Params<String>) -> Answer {
+    if !is_hash(&hash) {
+        return Err(ApiError::bad_request(
+            "invalid_hash",
+            "hash",
+            "a hash is 64 lowercase hex characters",
+        ));
+    }
+    let body = read(&state, move |db| views::evidence(db, &hash)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

@@ -1,0 +1,9 @@
+//! fedcore: an embedded, single-file workflow governance engine. The binary is `src/main.rs`;
+//! this library exposes the layers so tests and benches can reach them. Dependencies point one
+//! way: `http → engine → store → model`; see ARCHITECTURE.md.
+
+pub mod cli;
+pub mod engine;
+pub mod http;
+pub mod model;
+pub mod store;

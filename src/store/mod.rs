@@ -1,0 +1,283 @@
+//! All SQL lives here: opening a database file (identity check, per-connection pragmas, forward
+//! migrations), the write transaction type handed to the engine, the read connection pool, the
+//! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
+
+mod queries;
+mod writer;
+
+pub use queries::*;
+pub use writer::{Busy, Job, Writer};
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The schema version this binary writes; `PRAGMA user_version` of an up-to-date database.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// `PRAGMA application_id` of a fedcore database ('FEDC').
+const APPLICATION_ID: i64 = 0x4645_4443;
+
+/// The ordered list of migrations; `user_version` counts how many were applied. Never remove or
+/// reorder an entry: only append.
+const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
+
+/// How many idle read connections the pool keeps.
+const MAX_IDLE_READERS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{path} is not a fedcore database ({why}); it was left untouched")]
+    NotFedcore { path: PathBuf, why: String },
+    #[error("{path} has schema version {found}, newer than this binary's {supported}")]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("{path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("stored data is not what fedcore wrote: {0}")]
+    Corrupt(String),
+    #[error("the operation panicked and was rolled back")]
+    Panicked,
+}
+
+/// A connection the store functions can read through: a write transaction or a read connection.
+pub trait Db {
+    #[doc(hidden)]
+    fn conn(&self) -> &Connection;
+}
+
+/// The open write transaction of one engine operation. Store functions take it and never commit;
+/// the writer thread begins and ends it.
+pub struct Tx<'c> {
+    conn: &'c Connection,
+}
+
+impl Db for Tx<'_> {
+    fn conn(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Tx<'_> {
+    /// Marks a point that `rollback_to_savepoint` can return to without ending the transaction.
+    pub fn savepoint(&self, name: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch(&format!("SAVEPOINT {}", savepoint_name(name)))?;
+        Ok(())
+    }
+
+    /// Undoes everything since `savepoint(name)` and forgets the savepoint.
+    pub fn rollback_to_savepoint(&self, name: &str) -> Result<(), StoreError> {
+        let name = savepoint_name(name);
+        self.conn
+            .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
+        Ok(())
+    }
+
+    /// Keeps everything since `savepoint(name)` and forgets the savepoint.
+    pub fn release_savepoint(&self, name: &str) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch(&format!("RELEASE {}", savepoint_name(name)))?;
+        Ok(())
+    }
+}
+
+/// Savepoint names are fixed identifiers chosen by the code, never input; this keeps them so.
+fn savepoint_name(name: &str) -> &str {
+    assert!(
+        name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+        "savepoint name"
+    );
+    name
+}
+
+/// Opens (creating if needed) the database at `path` for writing: checks that it is a fedcore
+/// database (or a new, empty file) *before* changing anything, sets the pragmas, and applies
+/// pending migrations in one exclusive transaction.
+pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    check_identity(&conn, path)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    set_common_pragmas(&conn)?;
+    migrate(&conn, path)?;
+    Ok(conn)
+}
+
+/// Opens an existing database read-only for inspection (`verify`): never creates, never writes.
+pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
+    if !path.exists() {
+        return Err(StoreError::Missing {
+            path: path.to_path_buf(),
+        });
+    }
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    check_identity(&conn, path)?;
+    Ok(Reader { conn })
+}
+
+fn set_common_pragmas(conn: &Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let not_fedcore = |why: String| StoreError::NotFedcore {
+        path: path.to_path_buf(),
+        why,
+    };
+    let application_id: i64 = conn
+        .query_row("PRAGMA application_id", [], |r| r.get(0))
+        .map_err(|e| not_fedcore(e.to_string()))?;
+    let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let n_objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
+    if application_id == APPLICATION_ID {
+        if user_version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: user_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        Ok(())
+    } else if application_id == 0 && user_version == 0 && n_objects == 0 {
+        Ok(()) // A new, empty database: the first migration makes it ours.
+    } else {
+        Err(not_fedcore(format!(
+            "application_id {application_id}, {n_objects} schema objects"
+        )))
+    }
+}
+
+fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN EXCLUSIVE")?;
+    let result = (|| {
+        let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if user_version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                path: path.to_path_buf(),
+                found: user_version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(user_version as usize) {
+            conn.execute_batch(sql)?;
+            conn.pragma_update(None, "user_version", i as i64 + 1)?;
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(_) => conn.execute_batch("ROLLBACK")?,
+    }
+    result
+}
+
+/// A read connection (`query_only`), for views and verification.
+pub struct Reader {
+    conn: Connection,
+}
+
+impl Db for Reader {
+    fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Reader {
+    /// Runs `f` inside one read transaction, so everything it reads is one consistent snapshot.
+    pub fn snapshot<T>(&self, f: impl FnOnce(&Reader) -> T) -> Result<T, StoreError> {
+        self.conn.execute_batch("BEGIN")?;
+        let out = f(self);
+        self.conn.execute_batch("COMMIT")?;
+        Ok(out)
+    }
+}
+
+/// A pool of read connections that never wait for the writer (WAL readers see the last commit).
+#[derive(Clone)]
+pub struct ReadPool {
+    path: Arc<PathBuf>,
+    idle: Arc<Mutex<Vec<Reader>>>,
+}
+
+impl ReadPool {
+    pub fn new(path: &Path) -> ReadPool {
+        ReadPool {
+            path: Arc::new(path.to_path_buf()),
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// Runs `f` on an idle reader (or a new one) inside one read snapshot.
+    pub fn read<T>(&self, f: impl FnOnce(&Reader) -> T) -> Result<T, StoreError> {
+        let reader = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let reader = match reader {
+            Some(r) => r,
+            None => self.open_reader()?,
+        };
+        let out = reader.snapshot(f);
+        if out.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(reader);
+            }
+        }
+        out
+    }
+
+    fn open_reader(&self) -> Result<Reader, StoreError> {
+        let conn = Connection::open_with_flags(
+            self.path.as_ref(),
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        set_common_pragmas(&conn)?;
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(Reader { conn })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrating_twice_changes_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let app: i64 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(app, APPLICATION_ID);
+    }
+
+    #[test]
+    fn a_foreign_sqlite_database_is_refused() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        assert!(matches!(
+            check_identity(&conn, Path::new("x.db")),
+            Err(StoreError::NotFedcore { .. })
+        ));
+    }
+}

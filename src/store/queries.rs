@@ -1,0 +1,661 @@
+//! Row ↔ model functions, one small function per statement. Statements are prepared through the
+//! connection's statement cache; every value is bound, never formatted into SQL.
+
+use super::{Db, StoreError, Tx};
+use crate::model::*;
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{params, OptionalExtension, Row};
+use serde_json::Value;
+
+impl ToSql for Timestamp {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.to_string()))
+    }
+}
+
+impl FromSql for Timestamp {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        Timestamp::parse(text)
+            .ok_or_else(|| FromSqlError::Other(format!("bad timestamp {text:?}").into()))
+    }
+}
+
+macro_rules! sql_text_enum {
+    ($($name:ident),+) => {$(
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                let text = value.as_str()?;
+                $name::parse(text).ok_or_else(|| {
+                    FromSqlError::Other(format!("bad {} {text:?}", stringify!($name)).into())
+                })
+            }
+        }
+    )+};
+}
+
+sql_text_enum!(Effect, StepType, RunStatus, StepStatus, GateStatus);
+
+/// A JSON value stored as TEXT.
+struct Json<T>(T);
+
+impl<T: serde::de::DeserializeOwned> FromSql for Json<T> {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let text = value.as_str()?;
+        serde_json::from_str(text)
+            .map(Json)
+            .map_err(|e| FromSqlError::Other(Box::new(e)))
+    }
+}
+
+fn json_text<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn opt_json_text<T: serde::Serialize>(value: &Option<T>) -> Result<Option<String>, StoreError> {
+    value.as_ref().map(json_text).transpose()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evidence
+
+/// Stores `body` under `hash` unless a blob with that hash is already there.
+pub fn put_evidence(tx: &Tx<'_>, hash: &str, body: &[u8]) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached("INSERT OR IGNORE INTO evidence (hash, body) VALUES (?1, ?2)")?
+        .execute(params![hash, body])?;
+    Ok(())
+}
+
+pub fn get_evidence(db: &impl Db, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached("SELECT body FROM evidence WHERE hash = ?1")?
+        .query_row([hash], |r| r.get(0))
+        .optional()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policies and workflow definitions
+
+pub fn insert_policy(tx: &Tx<'_>, p: &Policy, at: Timestamp, by: &str) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO policies (policy_id, version, tier, default_effect, rules, policy_hash, created_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![p.policy_id, p.version, p.tier, p.default_effect, json_text(&p.rules)?, p.policy_hash, at, by])?;
+    Ok(())
+}
+
+/// The given version of a policy, or its latest when `version` is `None`.
+pub fn get_policy(
+    db: &impl Db,
+    policy_id: &str,
+    version: Option<i64>,
+) -> Result<Option<Policy>, StoreError> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT policy_id, version, tier, default_effect, rules, policy_hash FROM policies
+         WHERE policy_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+    )?;
+    Ok(stmt
+        .query_row(params![policy_id, version], |r| {
+            Ok(Policy {
+                policy_id: r.get(0)?,
+                version: r.get(1)?,
+                tier: r.get(2)?,
+                default_effect: r.get(3)?,
+                rules: r.get::<_, Json<Value>>(4)?.0,
+                policy_hash: r.get(5)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn insert_definition(
+    tx: &Tx<'_>,
+    d: &Definition,
+    at: Timestamp,
+    by: &str,
+) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO workflows (workflow_id, version, policy_id, steps, definition_hash, created_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![d.workflow_id, d.version, d.policy_id, json_text(&d.steps)?, d.definition_hash, at, by])?;
+    Ok(())
+}
+
+/// The given version of a definition, or its latest when `version` is `None`.
+pub fn get_definition(
+    db: &impl Db,
+    workflow_id: &str,
+    version: Option<i64>,
+) -> Result<Option<Definition>, StoreError> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT workflow_id, version, policy_id, steps, definition_hash FROM workflows
+         WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+    )?;
+    Ok(stmt
+        .query_row(params![workflow_id, version], |r| {
+            Ok(Definition {
+                workflow_id: r.get(0)?,
+                version: r.get(1)?,
+                policy_id: r.get(2)?,
+                steps: r.get::<_, Json<Vec<StepDef>>>(3)?.0,
+                definition_hash: r.get(4)?,
+            })
+        })
+        .optional()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Agents
+
+pub fn upsert_agent(tx: &Tx<'_>, a: &Agent, at: Timestamp, by: &str) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO agents (agent_id, status, capabilities, tier, updated_at, updated_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status,
+               capabilities = excluded.capabilities, tier = excluded.tier,
+               updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )?
+        .execute(params![
+            a.agent_id,
+            a.status,
+            json_text(&a.capabilities)?,
+            a.tier,
+            at,
+            by
+        ])?;
+    Ok(())
+}
+
+fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<Agent> {
+    Ok(Agent {
+        agent_id: r.get(0)?,
+        status: r.get(1)?,
+        capabilities: r.get::<_, Json<Vec<String>>>(2)?.0,
+        tier: r.get(3)?,
+    })
+}
+
+pub fn get_agent(db: &impl Db, agent_id: &str) -> Result<Option<Agent>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT agent_id, status, capabilities, tier FROM agents WHERE agent_id = ?1",
+        )?
+        .query_row([agent_id], agent_from_row)
+        .optional()?)
+}
+
+pub fn list_agents(db: &impl Db) -> Result<Vec<Agent>, StoreError> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT agent_id, status, capabilities, tier FROM agents ORDER BY agent_id",
+    )?;
+    let rows = stmt.query_map([], agent_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs
+
+const RUN_COLUMNS: &str = "r.run_id, r.workflow_id, r.workflow_version, r.status, r.created_by,
+    r.created_at, r.updated_at, r.ended_at, e.body, r.input_hash, r.next_step_id, r.failure,
+    r.genesis_hash, r.receipt_hash, r.attempt_base";
+
+fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
+    let input_bytes: Vec<u8> = r.get(8)?;
+    let input = serde_json::from_slice(&input_bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Blob, Box::new(e))
+    })?;
+    Ok(Run {
+        run_id: r.get(0)?,
+        workflow_id: r.get(1)?,
+        workflow_version: r.get(2)?,
+        status: r.get(3)?,
+        created_by: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+        ended_at: r.get(7)?,
+        input,
+        input_hash: r.get(9)?,
+        next_step_id: r.get(10)?,
+        failure: r.get::<_, Option<Json<Failure>>>(11)?.map(|j| j.0),
+        genesis_hash: r.get(12)?,
+        receipt_hash: r.get(13)?,
+        attempt_base: r.get(14)?,
+    })
+}
+
+pub fn insert_run(tx: &Tx<'_>, run: &Run) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO runs (run_id, workflow_id, workflow_version, status, created_by, created_at,
+               updated_at, ended_at, input_hash, next_step_id, failure, genesis_hash, receipt_hash, attempt_base)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(params![
+            run.run_id,
+            run.workflow_id,
+            run.workflow_version,
+            run.status,
+            run.created_by,
+            run.created_at,
+            run.updated_at,
+            run.ended_at,
+            run.input_hash,
+            run.next_step_id,
+            opt_json_text(&run.failure)?,
+            run.genesis_hash,
+            run.receipt_hash,
+            run.attempt_base,
+        ])?;
+    Ok(())
+}
+
+/// Writes the mutable fields of a run in one statement.
+pub fn update_run(tx: &Tx<'_>, run: &Run) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "UPDATE runs SET status = ?2, updated_at = ?3, ended_at = ?4, next_step_id = ?5,
+               failure = ?6, receipt_hash = ?7, attempt_base = ?8 WHERE run_id = ?1",
+        )?
+        .execute(params![
+            run.run_id,
+            run.status,
+            run.updated_at,
+            run.ended_at,
+            run.next_step_id,
+            opt_json_text(&run.failure)?,
+            run.receipt_hash,
+            run.attempt_base,
+        ])?;
+    Ok(())
+}
+
+pub fn get_run(db: &impl Db, run_id: &str) -> Result<Option<Run>, StoreError> {
+    let sql = format!("SELECT {RUN_COLUMNS} FROM runs r JOIN evidence e ON e.hash = r.input_hash WHERE r.run_id = ?1");
+    Ok(db
+        .conn()
+        .prepare_cached(&sql)?
+        .query_row([run_id], run_from_row)
+        .optional()?)
+}
+
+/// Runs in `run_id` order after `after`, optionally filtered, at most `limit`.
+pub fn list_runs(
+    db: &impl Db,
+    status: Option<RunStatus>,
+    workflow_id: Option<&str>,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Run>, StoreError> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs r JOIN evidence e ON e.hash = r.input_hash
+         WHERE (?1 IS NULL OR r.status = ?1) AND (?2 IS NULL OR r.workflow_id = ?2)
+           AND (?3 IS NULL OR r.run_id > ?3)
+         ORDER BY r.run_id LIMIT ?4"
+    );
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![status, workflow_id, after, limit], run_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Step attempts
+
+const STEP_COLUMNS: &str = "run_id, step_id, step_type, step_index, attempt, status, actor,
+    started_at, ended_at, input_hash, output_hash, error, decision_id, decision_hash,
+    prev_receipt_hash, receipt_hash";
+
+fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepAttempt> {
+    Ok(StepAttempt {
+        run_id: r.get(0)?,
+        step_id: r.get(1)?,
+        step_type: r.get(2)?,
+        step_index: r.get(3)?,
+        attempt: r.get(4)?,
+        status: r.get(5)?,
+        actor: r.get(6)?,
+        started_at: r.get(7)?,
+        ended_at: r.get(8)?,
+        input_hash: r.get(9)?,
+        output_hash: r.get(10)?,
+        error: r.get::<_, Option<Json<Value>>>(11)?.map(|j| j.0),
+        decision_id: r.get(12)?,
+        decision_hash: r.get(13)?,
+        prev_receipt_hash: r.get(14)?,
+        receipt_hash: r.get(15)?,
+    })
+}
+
+pub fn insert_step(tx: &Tx<'_>, s: &StepAttempt) -> Result<(), StoreError> {
+    let sql = format!("INSERT INTO steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
+    tx.conn().prepare_cached(&sql)?.execute(params![
+        s.run_id,
+        s.step_id,
+        s.step_type,
+        s.step_index,
+        s.attempt,
+        s.status,
+        s.actor,
+        s.started_at,
+        s.ended_at,
+        s.input_hash,
+        s.output_hash,
+        opt_json_text(&s.error)?,
+        s.decision_id,
+        s.decision_hash,
+        s.prev_receipt_hash,
+        s.receipt_hash,
+    ])?;
+    Ok(())
+}
+
+/// Writes the mutable fields of an attempt in one statement.
+pub fn update_step(tx: &Tx<'_>, s: &StepAttempt) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "UPDATE steps SET status = ?4, ended_at = ?5, output_hash = ?6, error = ?7,
+               prev_receipt_hash = ?8, receipt_hash = ?9
+             WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3",
+        )?
+        .execute(params![
+            s.run_id,
+            s.step_id,
+            s.attempt,
+            s.status,
+            s.ended_at,
+            s.output_hash,
+            opt_json_text(&s.error)?,
+            s.prev_receipt_hash,
+            s.receipt_hash,
+        ])?;
+    Ok(())
+}
+
+/// Every attempt of a run in the order they were created.
+pub fn steps_of_run(db: &impl Db, run_id: &str) -> Result<Vec<StepAttempt>, StoreError> {
+    let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY creation_order");
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([run_id], step_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The run's most recent attempt, open or not.
+pub fn last_step(db: &impl Db, run_id: &str) -> Result<Option<StepAttempt>, StoreError> {
+    let sql = format!(
+        "SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY creation_order DESC LIMIT 1"
+    );
+    Ok(db
+        .conn()
+        .prepare_cached(&sql)?
+        .query_row([run_id], step_from_row)
+        .optional()?)
+}
+
+/// The highest attempt number of one step of a run (0 when never requested).
+pub fn max_attempt(db: &impl Db, run_id: &str, step_id: &str) -> Result<i64, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT coalesce(max(attempt), 0) FROM steps WHERE run_id = ?1 AND step_id = ?2",
+        )?
+        .query_row([run_id, step_id], |r| r.get(0))?)
+}
+
+/// The receipt of the run's most recently finished attempt, if any attempt has finished.
+pub fn last_step_receipt(db: &impl Db, run_id: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT receipt_hash FROM steps WHERE run_id = ?1 AND receipt_hash IS NOT NULL
+             ORDER BY creation_order DESC LIMIT 1",
+        )?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?)
+}
+
+/// Receipt hashes of the run's finished attempts in the order they finished.
+pub fn step_receipts(db: &impl Db, run_id: &str) -> Result<Vec<String>, StoreError> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT receipt_hash FROM steps WHERE run_id = ?1 AND receipt_hash IS NOT NULL ORDER BY creation_order",
+    )?;
+    let rows = stmt.query_map([run_id], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decisions
+
+const DECISION_COLUMNS: &str = "decision_id, run_id, step_id, attempt, effect, reason, policy_id,
+    policy_version, policy_hash, tier, rules_triggered, input_hash, actor, decided_at, decision_hash";
+
+fn decision_from_row(r: &Row<'_>) -> rusqlite::Result<Decision> {
+    Ok(Decision {
+        decision_id: r.get(0)?,
+        run_id: r.get(1)?,
+        step_id: r.get(2)?,
+        attempt: r.get(3)?,
+        effect: r.get(4)?,
+        reason: r.get(5)?,
+        policy_id: r.get(6)?,
+        policy_version: r.get(7)?,
+        policy_hash: r.get(8)?,
+        tier: r.get(9)?,
+        rules_triggered: r.get::<_, Json<Vec<String>>>(10)?.0,
+        input_hash: r.get(11)?,
+        actor: r.get(12)?,
+        decided_at: r.get(13)?,
+        decision_hash: r.get(14)?,
+    })
+}
+
+pub fn insert_decision(tx: &Tx<'_>, d: &Decision) -> Result<(), StoreError> {
+    let sql = format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+    tx.conn().prepare_cached(&sql)?.execute(params![
+        d.decision_id,
+        d.run_id,
+        d.step_id,
+        d.attempt,
+        d.effect,
+        d.reason,
+        d.policy_id,
+        d.policy_version,
+        d.policy_hash,
+        d.tier,
+        json_text(&d.rules_triggered)?,
+        d.input_hash,
+        d.actor,
+        d.decided_at,
+        d.decision_hash,
+    ])?;
+    Ok(())
+}
+
+/// Every decision of a run in the order it was made.
+pub fn decisions_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Decision>, StoreError> {
+    let sql = format!(
+        "SELECT {DECISION_COLUMNS} FROM decisions WHERE run_id = ?1 ORDER BY creation_order"
+    );
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([run_id], decision_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Gates
+
+const GATE_COLUMNS: &str = "gate_id, run_id, step_id, attempt, status, reason, decision_id,
+    requested_by, requested_at, expires_at, resolved_by, resolved_at, comment, receipt_hash";
+
+fn gate_from_row(r: &Row<'_>) -> rusqlite::Result<Gate> {
+    Ok(Gate {
+        gate_id: r.get(0)?,
+        run_id: r.get(1)?,
+        step_id: r.get(2)?,
+        attempt: r.get(3)?,
+        status: r.get(4)?,
+        reason: r.get(5)?,
+        decision_id: r.get(6)?,
+        requested_by: r.get(7)?,
+        requested_at: r.get(8)?,
+        expires_at: r.get(9)?,
+        resolved_by: r.get(10)?,
+        resolved_at: r.get(11)?,
+        comment: r.get(12)?,
+        receipt_hash: r.get(13)?,
+    })
+}
+
+pub fn insert_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
+    let sql = format!("INSERT INTO gates ({GATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+    tx.conn().prepare_cached(&sql)?.execute(params![
+        g.gate_id,
+        g.run_id,
+        g.step_id,
+        g.attempt,
+        g.status,
+        g.reason,
+        g.decision_id,
+        g.requested_by,
+        g.requested_at,
+        g.expires_at,
+        g.resolved_by,
+        g.resolved_at,
+        g.comment,
+        g.receipt_hash,
+    ])?;
+    Ok(())
+}
+
+/// Writes the resolution of a gate in one statement.
+pub fn update_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "UPDATE gates SET status = ?2, resolved_by = ?3, resolved_at = ?4, comment = ?5,
+               receipt_hash = ?6 WHERE gate_id = ?1",
+        )?
+        .execute(params![
+            g.gate_id,
+            g.status,
+            g.resolved_by,
+            g.resolved_at,
+            g.comment,
+            g.receipt_hash
+        ])?;
+    Ok(())
+}
+
+pub fn get_gate(db: &impl Db, gate_id: &str) -> Result<Option<Gate>, StoreError> {
+    let sql = format!("SELECT {GATE_COLUMNS} FROM gates WHERE gate_id = ?1");
+    Ok(db
+        .conn()
+        .prepare_cached(&sql)?
+        .query_row([gate_id], gate_from_row)
+        .optional()?)
+}
+
+/// Every gate of a run in the order it was requested.
+pub fn gates_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Gate>, StoreError> {
+    let sql = format!("SELECT {GATE_COLUMNS} FROM gates WHERE run_id = ?1 ORDER BY creation_order");
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([run_id], gate_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Runs that have a PENDING gate whose deadline is at or before `now`.
+pub fn runs_with_expired_gates(
+    db: &impl Db,
+    now: Timestamp,
+    limit: i64,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT DISTINCT run_id FROM gates WHERE status = 'PENDING' AND expires_at IS NOT NULL
+           AND expires_at <= ?1 LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![now, limit], |r| r.get(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Audit log
+
+const AUDIT_COLUMNS: &str = "seq, run_id, at, actor, action, subject, from_status, to_status,
+    decision, reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash";
+
+fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+    Ok(AuditEntry {
+        seq: r.get(0)?,
+        run_id: r.get(1)?,
+        at: r.get(2)?,
+        actor: r.get(3)?,
+        action: r.get(4)?,
+        subject: r.get(5)?,
+        from_status: r.get(6)?,
+        to_status: r.get(7)?,
+        decision: r.get(8)?,
+        reason: r.get(9)?,
+        message: r.get(10)?,
+        evidence_pack_ref: r.get(11)?,
+        payload_hash: r.get(12)?,
+        prev_hash: r.get(13)?,
+        entry_hash: r.get(14)?,
+    })
+}
+
+pub fn insert_audit(tx: &Tx<'_>, e: &AuditEntry) -> Result<(), StoreError> {
+    let sql = format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
+    tx.conn().prepare_cached(&sql)?.execute(params![
+        e.seq,
+        e.run_id,
+        e.at,
+        e.actor,
+        e.action,
+        e.subject,
+        e.from_status,
+        e.to_status,
+        e.decision,
+        e.reason,
+        e.message,
+        e.evidence_pack_ref,
+        e.payload_hash,
+        e.prev_hash,
+        e.entry_hash,
+    ])?;
+    Ok(())
+}
+
+/// The last entry's `(seq, entry_hash)`, or `None` for an empty log.
+pub fn audit_head(db: &impl Db) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?)
+}
+
+/// Entries with `seq > after_seq`, in order, at most `limit`.
+pub fn audit_page(db: &impl Db, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
+    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2");
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map(params![after_seq, limit], audit_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Every entry of one run, in order.
+pub fn audit_of_run(db: &impl Db, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE run_id = ?1 ORDER BY seq");
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([run_id], audit_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -1,0 +1,13 @@
+//! fedcore's black-box tests: each starts the real binary on a free loopback port over a temp
+//! database and acts as a client would. One integration binary, one module per area.
+
+mod support;
+
+mod bad_input;
+mod connections;
+mod lifecycle;
+mod races;
+mod receipts;
+mod scenarios;
+mod shutdown;
+mod triggers;
