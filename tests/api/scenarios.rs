@@ -113,28 +113,26 @@ pub(crate) fn expect_error(resp: Response, status: u16, code: &str, what: &str) 
 
 /// Asserts that `body` is `{"error":{"code":"…","message":"…"}}` with optional object `details`.
 pub(crate) fn assert_error_shape(body: &Value, what: &str) {
-    let top = body
-        .as_object()
-        .unwrap_or_else(|| panic!("{what}: expected an error object, got {body}"));
-    assert!(
-        top.len() == 1 && top.contains_key("error"),
-        "{what}: expected the only top-level key to be \"error\", got {body}"
-    );
+    if let Some(problem) = error_shape_problem(body) {
+        panic!("{what}: {problem}");
+    }
+}
+
+/// What is wrong with an error body, if anything.
+pub(crate) fn error_shape_problem(body: &Value) -> Option<String> {
+    let only_error = body.as_object().is_some_and(|top| top.len() == 1 && top.contains_key("error"));
     let error = &body["error"];
-    assert!(
-        error["code"].is_string(),
-        "{what}: expected error.code to be a string, got {body}"
-    );
-    assert!(
-        error["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{what}: expected a non-empty error.message, got {body}"
-    );
-    assert!(
-        error
-            .get("details")
-            .is_none_or(|d| d.is_object() || d.is_null()),
-        "{what}: expected error.details to be an object when present, got {body}"
-    );
+    if !only_error {
+        Some(format!("expected {{\"error\":{{…}}}} as the whole body, got {body}"))
+    } else if !error["code"].is_string() {
+        Some(format!("expected error.code to be a string, got {body}"))
+    } else if !error["message"].as_str().is_some_and(|m| !m.is_empty()) {
+        Some(format!("expected a non-empty error.message, got {body}"))
+    } else if !error.get("details").is_none_or(|d| d.is_object() || d.is_null()) {
+        Some(format!("expected error.details to be an object when present, got {body}"))
+    } else {
+        None
+    }
 }
 
 /// Asserts `v` is a 64-char lowercase hex hash.

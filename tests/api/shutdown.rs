@@ -14,7 +14,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -67,8 +67,12 @@ struct WriterLog {
 }
 
 /// Creates runs on one keep-alive connection until the connection fails (the server stopped) or a
-/// generous deadline passes. Counts acknowledged runs in `n_acknowledged` as it goes.
-fn create_runs_until_the_server_stops(addr: SocketAddr, n_acknowledged: &AtomicUsize) -> WriterLog {
+/// generous deadline passes, or `give_up` is set. Counts acknowledged runs in `n_acknowledged`.
+fn create_runs_until_the_server_stops(
+    addr: SocketAddr,
+    n_acknowledged: &AtomicUsize,
+    give_up: &AtomicBool,
+) -> WriterLog {
     let mut log = WriterLog {
         acknowledged: Vec::new(),
         other_statuses: Vec::new(),
@@ -76,7 +80,7 @@ fn create_runs_until_the_server_stops(addr: SocketAddr, n_acknowledged: &AtomicU
     let mut client = Client::connect(addr);
     let deadline = Instant::now() + Duration::from_secs(90);
     for _ in 0..100_000 {
-        if Instant::now() > deadline {
+        if Instant::now() > deadline || give_up.load(Ordering::SeqCst) {
             break;
         }
         match send_once(&mut client, "POST", "/workflows/runs", &new_run_body()) {
@@ -89,6 +93,15 @@ fn create_runs_until_the_server_stops(addr: SocketAddr, n_acknowledged: &AtomicU
         }
     }
     log
+}
+
+/// Sets its flag when dropped, also while unwinding from a failed assertion.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Waits (bounded) until `condition` holds.
@@ -148,11 +161,16 @@ fn sigterm_during_a_stream_of_writes_exits_zero_and_keeps_every_acknowledged_run
     install_workflow(&mut server.client());
     let addr = server.addr;
     let n_acknowledged = AtomicUsize::new(0);
+    let give_up = AtomicBool::new(false);
 
     let (exit, logs) = thread::scope(|scope| {
         let writers: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| create_runs_until_the_server_stops(addr, &n_acknowledged)))
+            .map(|_| {
+                scope.spawn(|| create_runs_until_the_server_stops(addr, &n_acknowledged, &give_up))
+            })
             .collect();
+        // Should an assertion below fail, the writers stop at once instead of at their deadline.
+        let _release_writers = SetOnDrop(&give_up);
         wait_until(
             "the writers to get 8 runs acknowledged",
             Duration::from_secs(30),
