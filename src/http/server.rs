@@ -11,6 +11,8 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -221,6 +223,13 @@ async fn guard_request(
 ) -> Result<Response<Body>, Infallible> {
     let mut log = RequestLog::new(request.method(), request.uri().path());
 
+    // Whether the client finished sending its body decides who a timeout blames: a body that
+    // never arrived is the client's fault (408), a slow handler is ours (503).
+    let (parts, body) = request.into_parts();
+    let body = TrackedBody::new(body);
+    let body_received = body.received.clone();
+    let request = Request::from_parts(parts, body);
+
     // The handler runs in its own task so that a panic unwinds that task only and comes back
     // here as a JoinError, instead of tearing down the connection without an answer.
     let mut handler = tokio::spawn(router.oneshot(request));
@@ -243,6 +252,13 @@ async fn guard_request(
                 r#"{"error":{"code":"internal","message":"internal error"}}"#.to_owned(),
             )
         }
+        Err(_elapsed) if !body_received.load(Ordering::Acquire) => error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                r#"{{"error":{{"code":"request_timeout","message":"the request body did not arrive within {} ms"}}}}"#,
+                request_timeout.as_millis()
+            ),
+        ),
         Err(_elapsed) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
@@ -253,6 +269,43 @@ async fn guard_request(
     };
     log.status = Some(response.status());
     Ok(response)
+}
+
+/// The request body as hyper delivers it, noting when the last of it has arrived.
+struct TrackedBody {
+    inner: Incoming,
+    received: Arc<AtomicBool>,
+}
+
+impl TrackedBody {
+    fn new(inner: Incoming) -> TrackedBody {
+        let received = Arc::new(AtomicBool::new(hyper::body::Body::is_end_stream(&inner)));
+        TrackedBody { inner, received }
+    }
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.received.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// One request's log line, written when the request is done. Writing it from `Drop` makes it

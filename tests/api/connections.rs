@@ -111,7 +111,6 @@ fn assert_a_fresh_client_is_served(addr: SocketAddr, while_what: &str) {
 }
 
 /// How a connection we stopped writing to ended.
-#[derive(Debug)]
 enum Ending {
     /// The server closed it (EOF or reset) `after` this long, having sent `bytes` first.
     Closed { after: Duration, bytes: Vec<u8> },
@@ -158,6 +157,23 @@ fn wait_for_close(stream: &mut TcpStream, since: Instant, limit: Duration) -> En
         }
     }
     Ending::StillOpen { bytes }
+}
+
+/// An ending in words, with the first line of whatever the server sent.
+fn describe(ending: &Ending) -> String {
+    let first_line = |bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes).into_owned();
+        text.lines().next().unwrap_or("").to_string()
+    };
+    match ending {
+        Ending::Closed { after, bytes } => {
+            format!(
+                "closed after {after:?}, having sent {:?}",
+                first_line(bytes)
+            )
+        }
+        Ending::StillOpen { bytes } => format!("still open, having sent {:?}", first_line(bytes)),
+    }
 }
 
 /// Whatever the server sent before giving up on a request must be nothing or a 4xx answer
@@ -334,7 +350,8 @@ fn a_half_sent_request_head_is_closed_after_the_header_timeout() {
             {
                 None
             }
-            other => Some(format!("connection {i}: {other:?}")),
+            Ok(other) => Some(format!("connection {i}: {}", describe(other))),
+            Err(setup) => Some(format!("connection {i}: {setup}")),
         })
         .collect();
     assert!(
@@ -404,14 +421,14 @@ fn a_request_body_that_never_arrives_is_given_up_after_the_request_timeout() {
             |(i, (stream, at))| match wait_for_close(stream, *at, GIVE_UP_LIMIT) {
                 Ending::Closed { bytes, .. } if is_nothing_or_client_error(&bytes) => None,
                 Ending::StillOpen { bytes } if bytes.starts_with(b"HTTP/1.1 4") => None,
-                other => Some(format!("connection {i}: {other:?}")),
+                other => Some(format!("connection {i}: {}", describe(&other))),
             },
         )
         .collect();
     assert!(
         failures.is_empty(),
-        "expected every stalled body to be answered with a 4xx or closed within {GIVE_UP_LIMIT:?}; \
-         {} were not, first: {:?}",
+        "expected every stalled body to be answered with a 4xx (408: the client is at fault, and no \
+         input may cause a 5xx) or closed within {GIVE_UP_LIMIT:?}; {} were not, first: {:?}",
         failures.len(),
         first_few(&failures)
     );
