@@ -292,14 +292,23 @@ pub(super) fn put_agent(
             ))
         }
     }
+    let wrong_type = |field: &str, expected: &str| Error::BadRequest {
+        code: "wrong_type",
+        message: format!("{field} must be {expected}"),
+        path: Some(field.to_string()),
+    };
     let status = match doc.get("status") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => {
-            return Err(Error::invalid(
-                CODE,
-                "status",
-                "status is required and must be a non-empty string",
-            ))
+        Some(Value::String(_)) => {
+            return Err(Error::invalid(CODE, "status", "status must not be empty"))
+        }
+        Some(_) => return Err(wrong_type("status", "a string")),
+        None => {
+            return Err(Error::BadRequest {
+                code: "missing_field",
+                message: "status is required".into(),
+                path: Some("status".into()),
+            })
         }
     };
     let capabilities = match doc.get("capabilities") {
@@ -309,31 +318,15 @@ pub(super) fn put_agent(
             .enumerate()
             .map(|(i, c)| match c {
                 Value::String(s) => Ok(s.clone()),
-                _ => Err(Error::invalid(
-                    CODE,
-                    format!("capabilities[{i}]"),
-                    "a capability must be a string",
-                )),
+                _ => Err(wrong_type(&format!("capabilities[{i}]"), "a string")),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(Error::invalid(
-                CODE,
-                "capabilities",
-                "capabilities must be an array of strings",
-            ))
-        }
+        Some(_) => return Err(wrong_type("capabilities", "an array of strings")),
     };
     let tier = match doc.get("tier") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            return Err(Error::invalid(
-                CODE,
-                "tier",
-                "tier must be a string or null",
-            ))
-        }
+        Some(_) => return Err(wrong_type("tier", "a string or null")),
     };
     let agent = Agent {
         agent_id: agent_id.to_string(),

@@ -82,6 +82,17 @@ fn move_run(
     reason: Option<String>,
 ) -> Result<(), Error> {
     check_transition(run, to)?;
+    record_move(ctx, run, to, actor, reason)
+}
+
+/// Writes an already checked status change that does not end the run, with its audit entry.
+fn record_move(
+    ctx: &mut Ctx<'_, '_>,
+    run: &mut Run,
+    to: RunStatus,
+    actor: &str,
+    reason: Option<String>,
+) -> Result<(), Error> {
     let from = run.status;
     run.status = to;
     run.updated_at = ctx.now;
@@ -874,10 +885,11 @@ fn retry(
         Some(step_id) => store::max_attempt(ctx.tx, &run.run_id, step_id)?,
         None => 0,
     };
+    // The transition was checked against the failure being retried; clearing it comes after.
     run.failure = None;
     run.ended_at = None;
     run.receipt_hash = None;
-    move_run(
+    record_move(
         ctx,
         run,
         RunStatus::Running,
