@@ -5,9 +5,9 @@
 //! `request.refused` audit entry.
 
 use crate::scenarios::{
-    agent_7, audit_after, audit_head, error_shape_problem, expect, flagged_run, get_run, h, new_pt004_run,
-    pt004_definition, pt004_policy, set_status, setup_pt004, start_step, step_input, text, with_actor, ADMIN,
-    AGENT, APPROVER, POLICY_ID, WORKFLOW_ID,
+    agent_7, audit_after, audit_head, error_shape_problem, expect, flagged_run, get_run, h,
+    new_pt004_run, pt004_definition, pt004_policy, set_status, setup_pt004, start_step, step_input,
+    text, with_actor, ADMIN, AGENT, APPROVER, WORKFLOW_ID,
 };
 use crate::support::{read_response, Client, Response, Server};
 use serde_json::{json, Value};
@@ -44,8 +44,18 @@ impl Fixture {
         start_step(c, &running, "observe", &step_input("observe", "low"));
         let (paused, gate) = flagged_run(c, AGENT);
         let cancelled = new_pt004_run(c, "cancelled");
-        expect(set_status(c, &cancelled, "CANCELLED", AGENT), 200, "cancel the fixture run");
-        Fixture { pending, running, paused, gate, cancelled }
+        expect(
+            set_status(c, &cancelled, "CANCELLED", AGENT),
+            200,
+            "cancel the fixture run",
+        );
+        Fixture {
+            pending,
+            running,
+            paused,
+            gate,
+            cancelled,
+        }
     }
 
     fn run_ids(&self) -> [&str; 4] {
@@ -63,7 +73,6 @@ struct Case {
     method: &'static str,
     path: String,
     content_type: Option<&'static str>,
-    x_actor: Option<&'static str>,
     body: Vec<u8>,
     status: u16,
     code: &'static str,
@@ -80,7 +89,6 @@ impl Case {
             method,
             path: path.into(),
             content_type: Some("application/json"),
-            x_actor: None,
             body: Vec::new(),
             status: 0,
             code: "",
@@ -168,14 +176,44 @@ fn set(body: Value, key: &str, value: Value) -> Value {
 fn mutating_endpoints(fx: &Fixture) -> Vec<(&'static str, &'static str, String, Value)> {
     vec![
         ("PUT policy", "PUT", POLICY_PATH.to_string(), policy_body()),
-        ("PUT definition", "PUT", DEFINITION_PATH.to_string(), definition_body()),
+        (
+            "PUT definition",
+            "PUT",
+            DEFINITION_PATH.to_string(),
+            definition_body(),
+        ),
         ("PUT agent", "PUT", AGENT_PATH.to_string(), agent_body()),
         ("POST run", "POST", RUNS_PATH.to_string(), run_body()),
-        ("PATCH status", "PATCH", fx.run(&fx.running, "/status"), status_body("PAUSED")),
-        ("POST step", "POST", fx.run(&fx.pending, "/steps"), step_body("observe")),
-        ("PATCH step", "PATCH", fx.run(&fx.running, "/steps/observe"), finish_body()),
-        ("POST gate", "POST", fx.run(&fx.running, "/gates"), gate_body()),
-        ("PATCH gate", "PATCH", fx.run(&fx.paused, &format!("/gates/{}", fx.gate)), resolve_body("approve", APPROVER)),
+        (
+            "PATCH status",
+            "PATCH",
+            fx.run(&fx.running, "/status"),
+            status_body("PAUSED"),
+        ),
+        (
+            "POST step",
+            "POST",
+            fx.run(&fx.pending, "/steps"),
+            step_body("observe"),
+        ),
+        (
+            "PATCH step",
+            "PATCH",
+            fx.run(&fx.running, "/steps/observe"),
+            finish_body(),
+        ),
+        (
+            "POST gate",
+            "POST",
+            fx.run(&fx.running, "/gates"),
+            gate_body(),
+        ),
+        (
+            "PATCH gate",
+            "PATCH",
+            fx.run(&fx.paused, &format!("/gates/{}", fx.gate)),
+            resolve_body("approve", APPROVER),
+        ),
     ]
 }
 
@@ -193,13 +231,22 @@ struct Snapshot {
 
 fn snapshot(c: &mut Client, fx: &Fixture) -> Snapshot {
     let head = audit_head(c);
-    let runs = expect(c.get("/workflows/runs?limit=1000"), 200, "snapshot: GET /workflows/runs");
+    let runs = expect(
+        c.get("/workflows/runs?limit=1000"),
+        200,
+        "snapshot: GET /workflows/runs",
+    );
     let fixture_runs = fx.run_ids().iter().map(|id| get_run(c, id)).collect();
     let documents = [POLICY_PATH, DEFINITION_PATH, "/registry/agents"]
         .iter()
         .map(|path| expect(c.get(path), 200, &format!("snapshot: GET {path}")))
         .collect();
-    Snapshot { head, runs, fixture_runs, documents }
+    Snapshot {
+        head,
+        runs,
+        fixture_runs,
+        documents,
+    }
 }
 
 /// Sends one case; a body over 1 MiB goes on its own connection (see `send_oversized`).
@@ -207,9 +254,6 @@ fn send(c: &mut Client, addr: SocketAddr, case: &Case) -> Response {
     let mut headers = Vec::new();
     if let Some(content_type) = case.content_type {
         headers.push(("Content-Type", content_type));
-    }
-    if let Some(actor) = case.x_actor {
-        headers.push(("X-Actor", actor));
     }
     if case.body.len() > 1024 * 1024 {
         send_oversized(addr, case.method, &case.path, &headers, &case.body)
@@ -220,10 +264,19 @@ fn send(c: &mut Client, addr: SocketAddr, case: &Case) -> Response {
 
 /// Writes a request on a fresh connection from another thread while reading the answer, so a
 /// server that answers 413 early and closes does not leave the writer stuck or the answer lost.
-fn send_oversized(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+fn send_oversized(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let stream = TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(Duration::from_secs(30))).ok();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         head.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -234,7 +287,9 @@ fn send_oversized(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
     let writing = std::thread::spawn(move || {
         let _ = writer.write_all(&bytes);
     });
-    let answer = read_response(&mut BufReader::new(stream.try_clone().expect("clone stream")));
+    let answer = read_response(&mut BufReader::new(
+        stream.try_clone().expect("clone stream"),
+    ));
     let _ = stream.shutdown(Shutdown::Both);
     let _ = writing.join();
     answer.expect("an answer to an oversized request")
@@ -246,9 +301,15 @@ fn check(c: &mut Client, addr: SocketAddr, fx: &Fixture, case: &Case) -> Result<
     let resp = send(c, addr, case);
     let after = snapshot(c, fx);
 
-    let shown = String::from_utf8_lossy(&resp.body).chars().take(300).collect::<String>();
+    let shown = String::from_utf8_lossy(&resp.body)
+        .chars()
+        .take(300)
+        .collect::<String>();
     if resp.status != case.status {
-        return Err(format!("expected HTTP {} {}, got {} with body {shown}", case.status, case.code, resp.status));
+        return Err(format!(
+            "expected HTTP {} {}, got {} with body {shown}",
+            case.status, case.code, resp.status
+        ));
     }
     let body: Value = serde_json::from_slice(&resp.body)
         .map_err(|e| format!("expected a JSON error body, got {shown:?} ({e})"))?;
@@ -256,36 +317,54 @@ fn check(c: &mut Client, addr: SocketAddr, fx: &Fixture, case: &Case) -> Result<
         return Err(problem);
     }
     if body["error"]["code"] != case.code {
-        return Err(format!("expected error code {:?}, got {}", case.code, body["error"]["code"]));
+        return Err(format!(
+            "expected error code {:?}, got {}",
+            case.code, body["error"]["code"]
+        ));
     }
     if let Some(path) = case.detail_path {
         if body["error"]["details"]["path"] != path {
-            return Err(format!("expected error.details.path {path:?}, got {}", body["error"]));
+            return Err(format!(
+                "expected error.details.path {path:?}, got {}",
+                body["error"]
+            ));
         }
     }
 
     match &case.refused {
-        None if after != before => Err(format!("expected nothing written; before {before:?}, after {after:?}")),
+        None if after != before => Err(format!(
+            "expected nothing written; before {before:?}, after {after:?}"
+        )),
         None => Ok(()),
         Some((run_id, actor)) => check_one_refusal(c, &before, &after, run_id, actor),
     }
 }
 
 /// A recorded refusal: exactly one new `request.refused` entry, everything else unchanged.
-fn check_one_refusal(c: &mut Client, before: &Snapshot, after: &Snapshot, run_id: &str, actor: &str) -> Result<(), String> {
+fn check_one_refusal(
+    c: &mut Client,
+    before: &Snapshot,
+    after: &Snapshot,
+    run_id: &str,
+    actor: &str,
+) -> Result<(), String> {
     let added = audit_after(c, before.head.0);
     let one_refusal = added.len() == 1
         && added[0]["action"] == "request.refused"
         && added[0]["run_id"] == run_id
         && added[0]["actor"] == actor;
     if !one_refusal || after.head.0 != before.head.0 + 1 {
-        return Err(format!("expected exactly one request.refused entry for run {run_id} by {actor}, got {added:?}"));
+        return Err(format!(
+            "expected exactly one request.refused entry for run {run_id} by {actor}, got {added:?}"
+        ));
     }
     let unchanged = after.runs == before.runs
         && after.fixture_runs == before.fixture_runs
         && after.documents == before.documents;
     if !unchanged {
-        return Err(format!("expected nothing but the refusal written; before {before:?}, after {after:?}"));
+        return Err(format!(
+            "expected nothing but the refusal written; before {before:?}, after {after:?}"
+        ));
     }
     Ok(())
 }
@@ -300,9 +379,12 @@ fn run_matrix(cases: impl FnOnce(&Fixture) -> Vec<Case>) {
     let failures: Vec<String> = cases
         .iter()
         .filter_map(|case| {
-            check(&mut c, server.addr, &fx, case)
-                .err()
-                .map(|why| format!("  case {:?} ({} {}): {why}", case.name, case.method, case.path))
+            check(&mut c, server.addr, &fx, case).err().map(|why| {
+                format!(
+                    "  case {:?} ({} {}): {why}",
+                    case.name, case.method, case.path
+                )
+            })
         })
         .collect();
     assert!(
@@ -322,22 +404,39 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
     run_matrix(|fx| {
         let mut cases = Vec::new();
         for (name, method, path, body) in mutating_endpoints(fx) {
-            cases.push(Case::new(name, method, path.clone()).raw(r#"{"oops": "#).expect(400, "malformed_json"));
+            cases.push(
+                Case::new(name, method, path.clone())
+                    .raw(r#"{"oops": "#)
+                    .expect(400, "malformed_json"),
+            );
             cases.push(
                 Case::new(name, method, path.clone())
                     .json(set(body.clone(), "colour", json!("blue")))
                     .expect(400, "unknown_field")
                     .at("colour"),
             );
-            cases.push(Case::new(name, method, path).json(drop_key(body, "actor")).expect(400, "missing_actor"));
+            cases.push(
+                Case::new(name, method, path)
+                    .json(drop_key(body, "actor"))
+                    .expect(400, "missing_actor"),
+            );
         }
         let running_step = fx.run(&fx.running, "/steps/observe");
         let paused_gate = fx.run(&fx.paused, &format!("/gates/{}", fx.gate));
-        let big_input = format!(r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": {BIG}}}, "actor": "{AGENT}"}}"#);
-        let small_input = format!(r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": -{BIG}}}, "actor": "{AGENT}"}}"#);
-        let huge_input = format!(r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": 1e400}}, "actor": "{AGENT}"}}"#);
-        let big_step = format!(r#"{{"step_id": "observe", "input": {{"n": {BIG}}}, "actor": "{AGENT}"}}"#);
-        let big_rule = serde_json::to_string(&policy_body()).expect("encode").replace("10000", "9007199254740993");
+        let big_input = format!(
+            r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": {BIG}}}, "actor": "{AGENT}"}}"#
+        );
+        let small_input = format!(
+            r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": -{BIG}}}, "actor": "{AGENT}"}}"#
+        );
+        let huge_input = format!(
+            r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": 1e400}}, "actor": "{AGENT}"}}"#
+        );
+        let big_step =
+            format!(r#"{{"step_id": "observe", "input": {{"n": {BIG}}}, "actor": "{AGENT}"}}"#);
+        let big_rule = serde_json::to_string(&policy_body())
+            .expect("encode")
+            .replace("10000", "9007199254740993");
         cases.extend([
             Case::new("empty body", "POST", RUNS_PATH).expect(400, "malformed_json"),
             Case::new("trailing garbage", "POST", RUNS_PATH)
@@ -425,10 +524,10 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
 #[test]
 fn non_json_and_oversized_bodies_are_415_and_413_and_write_nothing() {
     run_matrix(|fx| {
-        let two_mib = |body: Value, pad_key: &str| -> Vec<u8> {
-            let mut body = body;
-            body[pad_key] = json!({"pad": "x".repeat(2 * 1024 * 1024)});
-            serde_json::to_vec(&body).expect("encode")
+        // Valid JSON of 2 MiB and more: `body` with one string field padded.
+        let two_mib = |body: Value, change: fn(&mut Value, Value)| -> Vec<u8> {
+            let padded = with(body, |b| change(b, json!("x".repeat(2 * 1024 * 1024))));
+            serde_json::to_vec(&padded).expect("encode")
         };
         vec![
             Case::new("run as text/plain", "POST", RUNS_PATH)
@@ -447,16 +546,26 @@ fn non_json_and_oversized_bodies_are_415_and_413_and_write_nothing() {
                 .json(step_body("observe"))
                 .content_type(Some("text/plain"))
                 .expect(415, "unsupported_media_type"),
-            Case::new("gate resolution as form data", "PATCH", fx.run(&fx.paused, &format!("/gates/{}", fx.gate)))
-                .raw("decision=approve&actor=approver-1")
-                .content_type(Some("application/x-www-form-urlencoded"))
-                .expect(415, "unsupported_media_type"),
-            Case::new("2 MiB run", "POST", RUNS_PATH).raw(two_mib(run_body(), "input")).expect(413, "body_too_large"),
-            Case::new("2 MiB step", "POST", fx.run(&fx.pending, "/steps"))
-                .raw(two_mib(step_body("observe"), "input"))
+            Case::new(
+                "gate resolution as form data",
+                "PATCH",
+                fx.run(&fx.paused, &format!("/gates/{}", fx.gate)),
+            )
+            .raw("decision=approve&actor=approver-1")
+            .content_type(Some("application/x-www-form-urlencoded"))
+            .expect(415, "unsupported_media_type"),
+            Case::new("2 MiB run", "POST", RUNS_PATH)
+                .raw(two_mib(run_body(), |b, pad| b["input"]["pad"] = pad))
                 .expect(413, "body_too_large"),
-            Case::new("2 MiB policy", "PUT", "/policies/huge")
-                .raw(two_mib(set(policy_body(), "policy_id", json!("huge")), "rules"))
+            Case::new("2 MiB step", "POST", fx.run(&fx.pending, "/steps"))
+                .raw(two_mib(step_body("observe"), |b, pad| {
+                    b["input"]["pad"] = pad
+                }))
+                .expect(413, "body_too_large"),
+            Case::new("2 MiB policy", "PUT", POLICY_PATH)
+                .raw(two_mib(policy_body(), |b, pad| {
+                    b["rules"][0]["reason"] = pad
+                }))
                 .expect(413, "body_too_large"),
         ]
     });
@@ -468,11 +577,22 @@ fn unknown_ids_routes_and_methods_are_404_and_405_and_write_nothing() {
         let ghost = |rest: &str| format!("/workflows/runs/{GHOST}{rest}");
         vec![
             Case::new("unknown policy", "GET", "/policies/nope").expect(404, "unknown_policy"),
-            Case::new("unknown policy version", "GET", format!("{POLICY_PATH}?version=9")).expect(404, "unknown_policy"),
-            Case::new("unknown definition", "GET", "/workflows/definitions/nope").expect(404, "unknown_workflow"),
-            Case::new("unknown definition version", "GET", format!("{DEFINITION_PATH}?version=9"))
+            Case::new(
+                "unknown policy version",
+                "GET",
+                format!("{POLICY_PATH}?version=9"),
+            )
+            .expect(404, "unknown_policy"),
+            Case::new("unknown definition", "GET", "/workflows/definitions/nope")
                 .expect(404, "unknown_workflow"),
-            Case::new("unknown agent", "GET", "/registry/agents/nobody").expect(404, "unknown_agent"),
+            Case::new(
+                "unknown definition version",
+                "GET",
+                format!("{DEFINITION_PATH}?version=9"),
+            )
+            .expect(404, "unknown_workflow"),
+            Case::new("unknown agent", "GET", "/registry/agents/nobody")
+                .expect(404, "unknown_agent"),
             Case::new("run of an unknown workflow", "POST", RUNS_PATH)
                 .json(set(run_body(), "workflow_id", json!("nope")))
                 .expect(404, "unknown_workflow"),
@@ -480,45 +600,93 @@ fn unknown_ids_routes_and_methods_are_404_and_405_and_write_nothing() {
             Case::new("status of unknown run", "PATCH", ghost("/status"))
                 .json(status_body("PAUSED"))
                 .expect(404, "unknown_run"),
-            Case::new("step of unknown run", "POST", ghost("/steps")).json(step_body("observe")).expect(404, "unknown_run"),
-            Case::new("step finish of unknown run", "PATCH", ghost("/steps/observe"))
-                .json(finish_body())
+            Case::new("step of unknown run", "POST", ghost("/steps"))
+                .json(step_body("observe"))
                 .expect(404, "unknown_run"),
+            Case::new(
+                "step finish of unknown run",
+                "PATCH",
+                ghost("/steps/observe"),
+            )
+            .json(finish_body())
+            .expect(404, "unknown_run"),
             Case::new("logs of unknown run", "GET", ghost("/logs")).expect(404, "unknown_run"),
-            Case::new("gate of unknown run", "POST", ghost("/gates")).json(gate_body()).expect(404, "unknown_run"),
-            Case::new("gate resolution of unknown run", "PATCH", ghost(&format!("/gates/{GHOST}")))
-                .json(resolve_body("approve", APPROVER))
+            Case::new("gate of unknown run", "POST", ghost("/gates"))
+                .json(gate_body())
                 .expect(404, "unknown_run"),
-            Case::new("receipt of unknown run", "GET", ghost("/receipt")).expect(404, "unknown_run"),
-            Case::new("unknown step requested", "POST", fx.run(&fx.running, "/steps"))
-                .json(step_body("nope"))
-                .expect(404, "unknown_step"),
-            Case::new("unknown step finished", "PATCH", fx.run(&fx.running, "/steps/nope"))
-                .json(finish_body())
-                .expect(404, "unknown_step"),
-            Case::new("gate on an unknown step", "POST", fx.run(&fx.running, "/gates"))
-                .json(set(gate_body(), "step_id", json!("nope")))
-                .expect(404, "unknown_step"),
-            Case::new("unknown gate", "PATCH", fx.run(&fx.paused, &format!("/gates/{GHOST}")))
-                .json(resolve_body("approve", APPROVER))
-                .expect(404, "unknown_gate"),
-            Case::new("receipt of a run that has not ended", "GET", fx.run(&fx.pending, "/receipt"))
-                .expect(404, "no_receipt"),
-            Case::new("unknown evidence", "GET", format!("/evidence/{}", h(&json!("never stored"))))
-                .expect(404, "unknown_evidence"),
+            Case::new(
+                "gate resolution of unknown run",
+                "PATCH",
+                ghost(&format!("/gates/{GHOST}")),
+            )
+            .json(resolve_body("approve", APPROVER))
+            .expect(404, "unknown_run"),
+            Case::new("receipt of unknown run", "GET", ghost("/receipt"))
+                .expect(404, "unknown_run"),
+            Case::new(
+                "unknown step requested",
+                "POST",
+                fx.run(&fx.running, "/steps"),
+            )
+            .json(step_body("nope"))
+            .expect(404, "unknown_step"),
+            Case::new(
+                "unknown step finished",
+                "PATCH",
+                fx.run(&fx.running, "/steps/nope"),
+            )
+            .json(finish_body())
+            .expect(404, "unknown_step"),
+            Case::new(
+                "gate on an unknown step",
+                "POST",
+                fx.run(&fx.running, "/gates"),
+            )
+            .json(set(gate_body(), "step_id", json!("nope")))
+            .expect(404, "unknown_step"),
+            Case::new(
+                "unknown gate",
+                "PATCH",
+                fx.run(&fx.paused, &format!("/gates/{GHOST}")),
+            )
+            .json(resolve_body("approve", APPROVER))
+            .expect(404, "unknown_gate"),
+            Case::new(
+                "receipt of a run that has not ended",
+                "GET",
+                fx.run(&fx.pending, "/receipt"),
+            )
+            .expect(404, "no_receipt"),
+            Case::new(
+                "unknown evidence",
+                "GET",
+                format!("/evidence/{}", h(&json!("never stored"))),
+            )
+            .expect(404, "unknown_evidence"),
             Case::new("unknown route", "GET", "/nope").expect(404, "not_found"),
-            Case::new("unknown run sub-route", "GET", fx.run(&fx.pending, "/nope")).expect(404, "not_found"),
+            Case::new("unknown run sub-route", "GET", fx.run(&fx.pending, "/nope"))
+                .expect(404, "not_found"),
             Case::new("unknown nested route", "GET", "/policies/a/b").expect(404, "not_found"),
-            Case::new("unknown POST route", "POST", "/v2/runs").json(run_body()).expect(404, "not_found"),
+            Case::new("unknown POST route", "POST", "/v2/runs")
+                .json(run_body())
+                .expect(404, "not_found"),
             Case::new("DELETE a policy", "DELETE", POLICY_PATH).expect(405, "method_not_allowed"),
-            Case::new("POST /health", "POST", "/health").json(json!({})).expect(405, "method_not_allowed"),
-            Case::new("DELETE a run", "DELETE", fx.run(&fx.pending, "")).expect(405, "method_not_allowed"),
-            Case::new("GET a status", "GET", fx.run(&fx.pending, "/status")).expect(405, "method_not_allowed"),
-            Case::new("PATCH the run list", "PATCH", RUNS_PATH).json(run_body()).expect(405, "method_not_allowed"),
+            Case::new("POST /health", "POST", "/health")
+                .json(json!({}))
+                .expect(405, "method_not_allowed"),
+            Case::new("DELETE a run", "DELETE", fx.run(&fx.pending, ""))
+                .expect(405, "method_not_allowed"),
+            Case::new("GET a status", "GET", fx.run(&fx.pending, "/status"))
+                .expect(405, "method_not_allowed"),
+            Case::new("PATCH the run list", "PATCH", RUNS_PATH)
+                .json(run_body())
+                .expect(405, "method_not_allowed"),
             Case::new("POST a receipt", "POST", fx.run(&fx.pending, "/receipt"))
                 .json(json!({}))
                 .expect(405, "method_not_allowed"),
-            Case::new("PUT /audit", "PUT", "/audit").json(json!({})).expect(405, "method_not_allowed"),
+            Case::new("PUT /audit", "PUT", "/audit")
+                .json(json!({}))
+                .expect(405, "method_not_allowed"),
         ]
     });
 }
@@ -538,31 +706,41 @@ fn invalid_policies_definitions_and_values_are_422_at_the_offending_path() {
                 .expect(422, "invalid_policy")
                 .at("default_effect"),
             Case::new("policy: bad operator", "PUT", POLICY_PATH)
-                .json(policy(|p| p["rules"][0]["when"] = json!({"path": "input.risk", "equals": "critical"})))
+                .json(policy(|p| {
+                    p["rules"][0]["when"] = json!({"path": "input.risk", "equals": "critical"})
+                }))
                 .expect(422, "invalid_policy")
                 .at("rules[0].when.equals"),
             Case::new("policy: `in` with a non-array", "PUT", POLICY_PATH)
-                .json(policy(|p| p["rules"][0]["when"] = json!({"path": "input.risk", "in": "critical"})))
+                .json(policy(|p| {
+                    p["rules"][0]["when"] = json!({"path": "input.risk", "in": "critical"})
+                }))
                 .expect(422, "invalid_policy")
                 .at("rules[0].when.in"),
             Case::new("policy: nested `in` with a non-array", "PUT", POLICY_PATH)
-                .json(policy(|p| p["rules"][1]["when"]["any"][0] = json!({"path": "input.risk", "in": "high"})))
+                .json(policy(|p| {
+                    p["rules"][1]["when"]["any"][0] = json!({"path": "input.risk", "in": "high"})
+                }))
                 .expect(422, "invalid_policy")
                 .at("rules[1].when.any[0].in"),
             Case::new("policy: unknown path root", "PUT", POLICY_PATH)
-                .json(policy(|p| p["rules"][0]["when"]["path"] = json!("inptu.risk")))
+                .json(policy(|p| {
+                    p["rules"][0]["when"]["path"] = json!("inptu.risk")
+                }))
                 .expect(422, "invalid_policy")
                 .at("rules[0].when.path"),
             Case::new("policy: version in body", "PUT", POLICY_PATH)
                 .json(policy(|p| p["version"] = json!(7)))
-                .expect(422, "invalid_value")
+                .expect(422, "invalid_policy")
                 .at("version"),
             Case::new("policy: policy_id differs from path", "PUT", POLICY_PATH)
                 .json(policy(|p| p["policy_id"] = json!("other")))
-                .expect(422, "invalid_value")
+                .expect(422, "invalid_policy")
                 .at("policy_id"),
             Case::new("definition: bad step_type", "PUT", DEFINITION_PATH)
-                .json(definition(|d| d["steps"][1]["step_type"] = json!("DECIDER")))
+                .json(definition(|d| {
+                    d["steps"][1]["step_type"] = json!("DECIDER")
+                }))
                 .expect(422, "invalid_definition")
                 .at("steps[1].step_type"),
             Case::new("definition: unknown policy", "PUT", DEFINITION_PATH)
@@ -570,7 +748,9 @@ fn invalid_policies_definitions_and_values_are_422_at_the_offending_path() {
                 .expect(422, "invalid_definition")
                 .at("policy_id"),
             Case::new("definition: unknown step policy", "PUT", DEFINITION_PATH)
-                .json(definition(|d| d["steps"][0]["policy_id"] = json!("no_such_policy")))
+                .json(definition(|d| {
+                    d["steps"][0]["policy_id"] = json!("no_such_policy")
+                }))
                 .expect(422, "invalid_definition")
                 .at("steps[0].policy_id"),
             Case::new("definition: duplicate step ids", "PUT", DEFINITION_PATH)
@@ -583,24 +763,36 @@ fn invalid_policies_definitions_and_values_are_422_at_the_offending_path() {
                 .at("steps[0].max_attempts"),
             Case::new("definition: version in body", "PUT", DEFINITION_PATH)
                 .json(definition(|d| d["version"] = json!(2)))
-                .expect(422, "invalid_value")
+                .expect(422, "invalid_definition")
                 .at("version"),
-            Case::new("definition: workflow_id differs from path", "PUT", DEFINITION_PATH)
-                .json(definition(|d| d["workflow_id"] = json!("other")))
-                .expect(422, "invalid_value")
-                .at("workflow_id"),
+            Case::new(
+                "definition: workflow_id differs from path",
+                "PUT",
+                DEFINITION_PATH,
+            )
+            .json(definition(|d| d["workflow_id"] = json!("other")))
+            .expect(422, "invalid_definition")
+            .at("workflow_id"),
             Case::new("status BOGUS", "PATCH", fx.run(&fx.running, "/status"))
                 .json(status_body("BOGUS"))
                 .expect(422, "invalid_value")
                 .at("status"),
-            Case::new("step finish status BOGUS", "PATCH", fx.run(&fx.running, "/steps/observe"))
-                .json(set(finish_body(), "status", json!("BOGUS")))
-                .expect(422, "invalid_value")
-                .at("status"),
-            Case::new("gate decision maybe", "PATCH", fx.run(&fx.paused, &format!("/gates/{}", fx.gate)))
-                .json(resolve_body("maybe", APPROVER))
-                .expect(422, "invalid_value")
-                .at("decision"),
+            Case::new(
+                "step finish status BOGUS",
+                "PATCH",
+                fx.run(&fx.running, "/steps/observe"),
+            )
+            .json(set(finish_body(), "status", json!("BOGUS")))
+            .expect(422, "invalid_value")
+            .at("status"),
+            Case::new(
+                "gate decision maybe",
+                "PATCH",
+                fx.run(&fx.paused, &format!("/gates/{}", fx.gate)),
+            )
+            .json(resolve_body("maybe", APPROVER))
+            .expect(422, "invalid_value")
+            .at("decision"),
         ]
     });
 }
@@ -609,18 +801,30 @@ fn invalid_policies_definitions_and_values_are_422_at_the_offending_path() {
 fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() {
     run_matrix(|fx| {
         vec![
-            Case::new("pause a PENDING run", "PATCH", fx.run(&fx.pending, "/status"))
-                .json(status_body("PAUSED"))
-                .expect(409, "invalid_transition")
-                .refused(&fx.pending, AGENT),
-            Case::new("resume with a PENDING gate", "PATCH", fx.run(&fx.paused, "/status"))
-                .json(status_body("RUNNING"))
-                .expect(409, "gates_unresolved")
-                .refused(&fx.paused, AGENT),
-            Case::new("resume a CANCELLED run", "PATCH", fx.run(&fx.cancelled, "/status"))
-                .json(status_body("RUNNING"))
-                .expect(409, "invalid_transition")
-                .refused(&fx.cancelled, AGENT),
+            Case::new(
+                "pause a PENDING run",
+                "PATCH",
+                fx.run(&fx.pending, "/status"),
+            )
+            .json(status_body("PAUSED"))
+            .expect(409, "invalid_transition")
+            .refused(&fx.pending, AGENT),
+            Case::new(
+                "resume with a PENDING gate",
+                "PATCH",
+                fx.run(&fx.paused, "/status"),
+            )
+            .json(status_body("RUNNING"))
+            .expect(409, "gates_unresolved")
+            .refused(&fx.paused, AGENT),
+            Case::new(
+                "resume a CANCELLED run",
+                "PATCH",
+                fx.run(&fx.cancelled, "/status"),
+            )
+            .json(status_body("RUNNING"))
+            .expect(409, "invalid_transition")
+            .refused(&fx.cancelled, AGENT),
             Case::new("step out of order", "POST", fx.run(&fx.pending, "/steps"))
                 .json(step_body("decide"))
                 .expect(409, "step_out_of_order")
@@ -629,26 +833,42 @@ fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() 
                 .json(step_body("decide"))
                 .expect(409, "run_not_active")
                 .refused(&fx.paused, AGENT),
-            Case::new("step on a CANCELLED run", "POST", fx.run(&fx.cancelled, "/steps"))
-                .json(step_body("observe"))
-                .expect(409, "run_not_active")
-                .refused(&fx.cancelled, AGENT),
+            Case::new(
+                "step on a CANCELLED run",
+                "POST",
+                fx.run(&fx.cancelled, "/steps"),
+            )
+            .json(step_body("observe"))
+            .expect(409, "run_not_active")
+            .refused(&fx.cancelled, AGENT),
             Case::new("second open attempt", "POST", fx.run(&fx.running, "/steps"))
                 .json(step_body("observe"))
                 .expect(409, "attempt_open")
                 .refused(&fx.running, AGENT),
-            Case::new("finish a step with no open attempt", "PATCH", fx.run(&fx.running, "/steps/decide"))
-                .json(finish_body())
-                .expect(409, "no_open_attempt")
-                .refused(&fx.running, AGENT),
-            Case::new("gate on a PENDING run", "POST", fx.run(&fx.pending, "/gates"))
-                .json(set(gate_body(), "step_id", json!("observe")))
-                .expect(409, "run_not_active")
-                .refused(&fx.pending, AGENT),
-            Case::new("self-approval", "PATCH", fx.run(&fx.paused, &format!("/gates/{}", fx.gate)))
-                .json(resolve_body("approve", AGENT))
-                .expect(403, "self_approval")
-                .refused(&fx.paused, AGENT),
+            Case::new(
+                "finish a step with no open attempt",
+                "PATCH",
+                fx.run(&fx.running, "/steps/decide"),
+            )
+            .json(finish_body())
+            .expect(409, "no_open_attempt")
+            .refused(&fx.running, AGENT),
+            Case::new(
+                "gate on a PENDING run",
+                "POST",
+                fx.run(&fx.pending, "/gates"),
+            )
+            .json(set(gate_body(), "step_id", json!("observe")))
+            .expect(409, "run_not_active")
+            .refused(&fx.pending, AGENT),
+            Case::new(
+                "self-approval",
+                "PATCH",
+                fx.run(&fx.paused, &format!("/gates/{}", fx.gate)),
+            )
+            .json(resolve_body("approve", AGENT))
+            .expect(403, "self_approval")
+            .refused(&fx.paused, AGENT),
         ]
     });
 }
@@ -661,26 +881,47 @@ fn the_x_actor_header_names_the_actor_when_the_body_has_none() {
     let server = Server::start();
     let mut c = server.client();
     setup_pt004(&mut c);
-    let json_with_actor = [("Content-Type", "application/json"), ("X-Actor", "header-admin")];
+    let json_with_actor = [
+        ("Content-Type", "application/json"),
+        ("X-Actor", "header-admin"),
+    ];
 
-    let policy = serde_json::to_vec(&json!({"policy_id": "by_header", "tier": "T1", "rules": []})).expect("encode");
+    let policy = serde_json::to_vec(&json!({"policy_id": "by_header", "tier": "T1", "rules": []}))
+        .expect("encode");
     let resp = c.send("PUT", "/policies/by_header", &json_with_actor, &policy);
     expect(resp, 201, "PUT a policy naming its actor in X-Actor");
     let (seq, _) = audit_head(&mut c);
     let last = &audit_after(&mut c, seq - 1)[0];
-    assert_eq!(last["action"], "policy.put", "expected the PUT's audit entry last: {last}");
-    assert_eq!(last["actor"], "header-admin", "expected the audit entry to name the X-Actor: {last}");
+    assert_eq!(
+        last["action"], "policy.put",
+        "expected the PUT's audit entry last: {last}"
+    );
+    assert_eq!(
+        last["actor"], "header-admin",
+        "expected the audit entry to name the X-Actor: {last}"
+    );
 
-    let run = serde_json::to_vec(&json!({"workflow_id": WORKFLOW_ID, "input": {}})).expect("encode");
+    let run =
+        serde_json::to_vec(&json!({"workflow_id": WORKFLOW_ID, "input": {}})).expect("encode");
     let resp = c.send("POST", RUNS_PATH, &json_with_actor, &run);
     let run = expect(resp, 201, "POST a run naming its actor in X-Actor");
-    assert_eq!(run["created_by"], "header-admin", "expected created_by from X-Actor: {run}");
+    assert_eq!(
+        run["created_by"], "header-admin",
+        "expected created_by from X-Actor: {run}"
+    );
 
     let step = serde_json::to_vec(&step_body("observe")).expect("encode");
     let path = format!("/workflows/runs/{}/steps", text(&run, "run_id"));
     let resp = c.send("POST", &path, &json_with_actor, &step);
-    let body = expect(resp, 201, "POST a step naming actors in both body and header");
-    assert_eq!(body["step"]["actor"], AGENT, "expected the body actor to win over X-Actor: {body}");
+    let body = expect(
+        resp,
+        201,
+        "POST a step naming actors in both body and header",
+    );
+    assert_eq!(
+        body["step"]["actor"], AGENT,
+        "expected the body actor to win over X-Actor: {body}"
+    );
 }
 
 #[test]
@@ -689,10 +930,19 @@ fn integers_up_to_2_pow_53_minus_1_are_accepted() {
     let mut c = server.client();
     setup_pt004(&mut c);
     let input = r#"{"max": 9007199254740991, "min": -9007199254740991}"#;
-    let body = format!(r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {input}, "actor": "{AGENT}"}}"#);
-    let resp = c.send("POST", RUNS_PATH, &[("Content-Type", "application/json")], body.as_bytes());
+    let body =
+        format!(r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {input}, "actor": "{AGENT}"}}"#);
+    let resp = c.send(
+        "POST",
+        RUNS_PATH,
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
     let run = expect(resp, 201, "POST a run with ±(2^53−1)");
     let input: Value = serde_json::from_str(input).expect("input parses");
-    assert_eq!(run["input_hash"], h(&input), "expected input_hash = H(input) for the largest safe integers");
-    let _ = POLICY_ID;
+    assert_eq!(
+        run["input_hash"],
+        h(&input),
+        "expected input_hash = H(input) for the largest safe integers"
+    );
 }

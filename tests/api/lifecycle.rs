@@ -4,12 +4,12 @@
 
 use crate::scenarios::{
     agent_7, assert_hash, assert_one_refusal_since, audit_head, complete_step, create_run, expect,
-    expect_error, fail_step, find_attempt, flagged_run, get_run, h, new_pt004_run, put_agent,
-    put_definition, put_policy, request_step, resolve_gate, run_input, run_logs, run_steps,
-    set_status, setup_pt004, start_step, step_input, step_output, text, with_actor, ADMIN, AGENT,
+    expect_error, fail_step, find_attempt, flagged_run, get_run, h, new_pt004_run, pt004_server,
+    put_agent, put_definition, put_policy, request_step, resolve_gate, run_input, run_logs,
+    run_steps, set_status, start_step, step_input, step_output, text, with_actor, ADMIN, AGENT,
     APPROVER, POLICY_ID, WORKFLOW_ID,
 };
-use crate::support::{Client, Server};
+use crate::support::{Client, Response, Server};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -22,23 +22,12 @@ fn two_tries_definition() -> Value {
         {"step_id": "apply", "step_type": "ACT"}]})
 }
 
-fn started() -> (Server, Client) {
-    let server = Server::start();
-    let mut c = server.client();
-    setup_pt004(&mut c);
-    (server, c)
-}
-
 fn status_of(c: &mut Client, run_id: &str) -> Value {
     get_run(c, run_id)["status"].clone()
 }
 
 /// Asserts a 409 invalid_transition whose details name the current status, and returns `allowed`.
-fn expect_invalid_transition(
-    resp: crate::support::Response,
-    current: &str,
-    what: &str,
-) -> Vec<String> {
+fn expect_invalid_transition(resp: Response, current: &str, what: &str) -> Vec<String> {
     let error = expect_error(resp, 409, "invalid_transition", what);
     assert_eq!(
         error["details"]["current_status"], current,
@@ -62,7 +51,7 @@ fn expect_invalid_transition(
 
 #[test]
 fn a_running_run_can_be_paused_and_resumed_and_refuses_step_changes_while_paused() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "pause");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
 
@@ -102,7 +91,7 @@ fn a_running_run_can_be_paused_and_resumed_and_refuses_step_changes_while_paused
 
 #[test]
 fn pausing_is_allowed_from_running_only() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "pause");
     let allowed = expect_invalid_transition(
         set_status(&mut c, &run_id, "PAUSED", AGENT),
@@ -138,7 +127,7 @@ fn pausing_is_allowed_from_running_only() {
 
 #[test]
 fn cancelling_a_paused_run_cancels_its_pending_gate_and_rejects_the_waiting_attempt() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, gate_id) = flagged_run(&mut c, AGENT);
 
     let run = expect(
@@ -204,7 +193,7 @@ fn cancelling_a_paused_run_cancels_its_pending_gate_and_rejects_the_waiting_atte
 
 #[test]
 fn cancelling_a_paused_run_fails_its_started_attempt_with_run_ended() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "cancel");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     expect(set_status(&mut c, &run_id, "PAUSED", AGENT), 200, "pause");
@@ -243,7 +232,7 @@ fn cancelling_a_paused_run_fails_its_started_attempt_with_run_ended() {
 
 #[test]
 fn a_declared_failure_can_be_retried_and_the_retry_clears_failure_and_receipt() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "declared");
     run_steps(&mut c, &run_id, &["observe"]);
 
@@ -302,7 +291,7 @@ fn a_declared_failure_can_be_retried_and_the_retry_clears_failure_and_receipt() 
 
 #[test]
 fn a_failed_attempt_can_be_requested_again_within_max_attempts() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "retry-step");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     let error = json!({"code": "timeout", "reason": "upstream slow"});
@@ -341,7 +330,7 @@ fn a_failed_attempt_can_be_requested_again_within_max_attempts() {
 
 #[test]
 fn failing_the_last_attempt_fails_the_run_and_a_retry_grants_max_attempts_more() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     put_definition(&mut c, &two_tries_definition());
     let run_id = text(
         &create_run(&mut c, TWO_TRIES, &json!({"job": 1}), AGENT),
@@ -441,7 +430,7 @@ fn failing_the_last_attempt_fails_the_run_and_a_retry_grants_max_attempts_more()
 
 #[test]
 fn steps_requested_out_of_order_are_refused() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "order");
     let (seq, _) = audit_head(&mut c);
     let resp = request_step(
@@ -476,7 +465,7 @@ fn steps_requested_out_of_order_are_refused() {
 
 #[test]
 fn a_second_open_attempt_is_refused() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "open");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     let (seq, _) = audit_head(&mut c);
@@ -531,14 +520,14 @@ fn assert_self_approval_refused(c: &mut Client, run_id: &str, gate_id: &str, app
 
 #[test]
 fn approving_your_own_gate_is_refused() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, gate_id) = flagged_run(&mut c, "operator-1");
     assert_self_approval_refused(&mut c, &run_id, &gate_id, AGENT);
 }
 
 #[test]
 fn the_run_creator_cannot_approve_a_gate_of_its_run() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, gate_id) = flagged_run(&mut c, "operator-1");
     assert_self_approval_refused(&mut c, &run_id, &gate_id, "operator-1");
     let resolved = expect(
@@ -554,7 +543,7 @@ fn the_run_creator_cannot_approve_a_gate_of_its_run() {
 
 #[test]
 fn a_resolved_gate_cannot_be_resolved_again() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, gate_id) = flagged_run(&mut c, AGENT);
     expect(
         resolve_gate(&mut c, &run_id, &gate_id, "approve", APPROVER),
@@ -585,7 +574,7 @@ fn a_resolved_gate_cannot_be_resolved_again() {
 
 #[test]
 fn rejecting_a_gate_fails_the_run_closed_and_refuses_retry() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, gate_id) = flagged_run(&mut c, AGENT);
     let resolved = expect(
         resolve_gate(&mut c, &run_id, &gate_id, "reject", APPROVER),
@@ -624,7 +613,7 @@ fn rejecting_a_gate_fails_the_run_closed_and_refuses_retry() {
 
 #[test]
 fn resuming_while_a_gate_is_pending_is_refused() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, _gate_id) = flagged_run(&mut c, AGENT);
     let (seq, _) = audit_head(&mut c);
     expect_error(
@@ -643,7 +632,7 @@ fn resuming_while_a_gate_is_pending_is_refused() {
 
 #[test]
 fn an_explicit_gate_pauses_a_running_run_until_approved_and_resumed() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "explicit");
     run_steps(&mut c, &run_id, &["observe"]);
     let body = json!({"step_id": "decide", "reason": "manual review", "actor": AGENT});
@@ -703,7 +692,7 @@ fn an_explicit_gate_pauses_a_running_run_until_approved_and_resumed() {
 
 #[test]
 fn definitions_are_versioned_and_a_run_pins_the_version_it_was_created_with() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let first = expect(
         c.get(&format!("/workflows/definitions/{WORKFLOW_ID}")),
         200,
@@ -767,7 +756,7 @@ fn definitions_are_versioned_and_a_run_pins_the_version_it_was_created_with() {
 
 #[test]
 fn policies_are_versioned_and_a_decision_records_the_version_it_used() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let first = expect(c.get(&format!("/policies/{POLICY_ID}")), 200, "GET policy");
     assert_eq!(first["version"], 1, "expected version 1: {first}");
     let mut changed = crate::scenarios::pt004_policy();
@@ -842,7 +831,7 @@ fn list_ids(c: &mut Client, query: &str) -> BTreeSet<String> {
 
 #[test]
 fn the_run_list_filters_by_status_and_workflow() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     put_definition(&mut c, &two_tries_definition());
     let pending = new_pt004_run(&mut c, "pending");
     let running = new_pt004_run(&mut c, "running");
@@ -902,7 +891,7 @@ fn encode_query_value(s: &str) -> String {
 
 #[test]
 fn the_run_list_pages_through_every_run_exactly_once_in_creation_order() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let created: Vec<String> = (0..7)
         .map(|i| new_pt004_run(&mut c, &format!("page-{i}")))
         .collect();
@@ -1002,7 +991,7 @@ fn health_reports_ok_with_version_and_schema_version() {
 
 #[test]
 fn a_run_created_by_another_actor_keeps_its_creator() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run = create_run(&mut c, WORKFLOW_ID, &run_input("creator"), "operator-1");
     assert_eq!(
         run["created_by"], "operator-1",

@@ -5,8 +5,8 @@
 
 use crate::scenarios::{
     assert_hash, complete_step, ecmascript_number, expect, flagged_run, get_run, h, jcs,
-    new_pt004_run, pt004_definition, pt004_policy, put_definition, put_policy, run_logs,
-    run_scenario_a, run_scenario_b, run_scenario_c, run_steps, set_status, setup_pt004, sha256_hex,
+    new_pt004_run, pt004_definition, pt004_policy, pt004_server, put_definition, put_policy,
+    run_logs, run_scenario_a, run_scenario_b, run_scenario_c, run_steps, set_status, sha256_hex,
     start_step, step_input, step_output, text, AGENT, POLICY_ID, WORKFLOW_ID,
 };
 use crate::support::{Client, Server};
@@ -517,13 +517,6 @@ fn verify_everything(c: &mut Client, run_id: &str, sent: Sent) -> Vec<Value> {
     entries
 }
 
-fn started() -> (Server, Client) {
-    let server = Server::start();
-    let mut c = server.client();
-    setup_pt004(&mut c);
-    (server, c)
-}
-
 #[test]
 fn the_independent_jcs_agrees_with_the_rfc_8785_examples() {
     // RFC 8785 §3.2.2 (serialization of primitives).
@@ -666,7 +659,7 @@ fn policy_and_definition_hashes_recompute_from_the_documents() {
 
 #[test]
 fn scenario_a_hashes_and_receipts_recompute_independently() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = run_scenario_a(&mut c);
     verify_everything(&mut c, &run_id, &|step_id, _| {
         (step_input(step_id, "low"), step_output(step_id))
@@ -675,7 +668,7 @@ fn scenario_a_hashes_and_receipts_recompute_independently() {
 
 #[test]
 fn scenario_b_hashes_and_receipts_recompute_independently_including_the_gate() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = run_scenario_b(&mut c);
     let run = verify_run(&mut c, &run_id, &|step_id, _| {
         (step_input(step_id, "high"), step_output(step_id))
@@ -687,7 +680,7 @@ fn scenario_b_hashes_and_receipts_recompute_independently_including_the_gate() {
 
 #[test]
 fn scenario_c_hashes_and_receipts_recompute_independently_including_the_denial() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = run_scenario_c(&mut c);
     let entries = verify_everything(&mut c, &run_id, &|step_id, _| {
         (step_input(step_id, "critical"), step_output(step_id))
@@ -704,7 +697,7 @@ fn scenario_c_hashes_and_receipts_recompute_independently_including_the_denial()
 
 #[test]
 fn a_cancelled_run_with_a_waiting_attempt_has_verifiable_receipts() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let (run_id, _gate_id) = flagged_run(&mut c, AGENT);
     expect(
         set_status(&mut c, &run_id, "CANCELLED", AGENT),
@@ -718,7 +711,7 @@ fn a_cancelled_run_with_a_waiting_attempt_has_verifiable_receipts() {
 
 #[test]
 fn a_retried_run_keeps_one_receipt_chain_across_both_ends() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "retry");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     let failed = expect(
@@ -791,7 +784,7 @@ fn find_error_attempt(run: &Value) -> Value {
 
 #[test]
 fn non_ascii_keys_and_number_forms_hash_as_rfc_8785_says() {
-    let (_server, mut c) = started();
+    let (_server, mut c) = pt004_server();
     let input_text = r#"{"z": 1, "é": 1.5, "€": 1e3, "ключ-шестнадцать": -0,
         "\ud83d\ude00": [0.000001, 1e-7, 123.456e2, 9007199254740991, -9007199254740991, 4.50],
         "\ufb33": {"b": true, "a": null}, "\r": "tab\there \u001f \"quoted\" back\\slash \/",

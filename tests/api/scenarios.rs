@@ -120,16 +120,25 @@ pub(crate) fn assert_error_shape(body: &Value, what: &str) {
 
 /// What is wrong with an error body, if anything.
 pub(crate) fn error_shape_problem(body: &Value) -> Option<String> {
-    let only_error = body.as_object().is_some_and(|top| top.len() == 1 && top.contains_key("error"));
+    let only_error = body
+        .as_object()
+        .is_some_and(|top| top.len() == 1 && top.contains_key("error"));
     let error = &body["error"];
     if !only_error {
-        Some(format!("expected {{\"error\":{{…}}}} as the whole body, got {body}"))
+        Some(format!(
+            "expected {{\"error\":{{…}}}} as the whole body, got {body}"
+        ))
     } else if !error["code"].is_string() {
         Some(format!("expected error.code to be a string, got {body}"))
-    } else if !error["message"].as_str().is_some_and(|m| !m.is_empty()) {
+    } else if error["message"].as_str().is_none_or(str::is_empty) {
         Some(format!("expected a non-empty error.message, got {body}"))
-    } else if !error.get("details").is_none_or(|d| d.is_object() || d.is_null()) {
-        Some(format!("expected error.details to be an object when present, got {body}"))
+    } else if !error
+        .get("details")
+        .is_none_or(|d| d.is_object() || d.is_null())
+    {
+        Some(format!(
+            "expected error.details to be an object when present, got {body}"
+        ))
     } else {
         None
     }
@@ -190,6 +199,14 @@ pub(crate) fn setup_pt004(c: &mut Client) {
         definition["version"], 1,
         "expected the first definition PUT to store version 1: {definition}"
     );
+}
+
+/// A fresh server with the PT-004 agent, policy and workflow registered, and a client.
+pub(crate) fn pt004_server() -> (Server, Client) {
+    let server = Server::start();
+    let mut c = server.client();
+    setup_pt004(&mut c);
+    (server, c)
 }
 
 /// Creates a run and returns it (expects 201 and status PENDING).
@@ -844,24 +861,18 @@ pub(crate) fn find_attempt<'a>(run: &'a Value, step_id: &str, attempt: u64) -> &
 
 #[test]
 fn scenario_a_allows_every_step_and_completes_without_a_gate() {
-    let server = Server::start();
-    let mut c = server.client();
-    setup_pt004(&mut c);
+    let (_server, mut c) = pt004_server();
     run_scenario_a(&mut c);
 }
 
 #[test]
 fn scenario_b_pauses_on_a_flag_until_a_second_actor_approves_and_then_completes() {
-    let server = Server::start();
-    let mut c = server.client();
-    setup_pt004(&mut c);
+    let (_server, mut c) = pt004_server();
     run_scenario_b(&mut c);
 }
 
 #[test]
 fn scenario_c_fails_closed_on_a_deny_and_refuses_further_steps_and_retry() {
-    let server = Server::start();
-    let mut c = server.client();
-    setup_pt004(&mut c);
+    let (_server, mut c) = pt004_server();
     run_scenario_c(&mut c);
 }
