@@ -1,0 +1,104 @@
+//! The command line and the server's own output: help texts, exit codes for bad usage, the
+//! request log, and how evidence is served.
+
+use crate::support::{run_cli, Server};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+#[test]
+fn every_command_answers_help_with_exit_zero() {
+    for args in [&["--help"][..], &["serve", "--help"][..]] {
+        let (code, stdout, _) = run_cli(args);
+        assert_eq!(code, 0, "expected `fedcore {}` to exit 0", args.join(" "));
+        assert!(
+            stdout.contains("Usage"),
+            "expected usage text from `fedcore {}`, got {stdout:?}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn bad_usage_exits_two_and_says_why() {
+    let (code, _, stderr) = run_cli(&["serve", "--no-such-flag"]);
+    assert_eq!(code, 2, "expected exit 2 for an unknown flag");
+    assert!(
+        stderr.contains("no-such-flag"),
+        "expected the bad flag named on stderr, got {stderr:?}"
+    );
+    let (code, _, _) = run_cli(&["frobnicate"]);
+    assert_eq!(code, 2, "expected exit 2 for an unknown command");
+}
+
+#[test]
+fn serve_logs_one_line_per_request_with_method_path_and_status() {
+    let server = Server::start();
+    assert!(
+        server.db.exists(),
+        "expected serve to create the database at {}",
+        server.db.display()
+    );
+    let mut c = server.client();
+    assert_eq!(c.get("/health").status, 200);
+    assert_eq!(c.get("/no/such/route").status, 404);
+    assert_eq!(
+        c.post(
+            "/workflows/runs",
+            &json!({"workflow_id": "nope", "actor": "a"})
+        )
+        .status,
+        404
+    );
+
+    let wanted = [
+        "GET /health 200",
+        "GET /no/such/route 404",
+        "POST /workflows/runs 404",
+    ];
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && !wanted
+            .iter()
+            .all(|w| lines.iter().any(|l: &String| l.starts_with(w)))
+    {
+        lines.extend(server.log_lines());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for w in wanted {
+        let matching = lines.iter().filter(|l| l.starts_with(w)).count();
+        assert_eq!(
+            matching, 1,
+            "expected exactly one log line starting {w:?}, got {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn evidence_is_served_as_json_with_its_exact_bytes() {
+    let server = Server::start();
+    let mut c = server.client();
+    let agent =
+        json!({"status": "active", "capabilities": ["b", "a"], "tier": "T2", "actor": "admin"});
+    assert_eq!(c.put("/registry/agents/agent-9", &agent).status, 200);
+    let audit = c.get("/audit").json();
+    let reference = audit["entries"][0]["evidence_pack_ref"]
+        .as_str()
+        .expect("agent.put carries evidence")
+        .to_string();
+    let hash = reference
+        .strip_prefix("sha256:")
+        .expect("evidence_pack_ref is sha256:<hash>");
+    let blob = c.get(&format!("/evidence/{hash}"));
+    assert_eq!(blob.status, 200);
+    assert_eq!(
+        blob.header("content-type"),
+        Some("application/json"),
+        "expected evidence served as JSON"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&blob.body),
+        r#"{"agent_id":"agent-9","capabilities":["b","a"],"status":"active","tier":"T2"}"#,
+        "expected the JCS bytes of the registry entry"
+    );
+}
