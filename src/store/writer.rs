@@ -89,3 +89,128 @@ fn run_one(conn: &Connection, mut job: Box<dyn Job>, now: Timestamp) {
     }
     job.finish(failure);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc::{channel, Receiver, Sender};
+    use std::time::Duration;
+
+    /// A job that inserts one row, optionally waits for a signal first, optionally panics.
+    struct TestJob {
+        value: i64,
+        wait: Option<(Sender<()>, Receiver<()>)>,
+        panic: bool,
+        done: Sender<(i64, Option<String>)>,
+    }
+
+    impl Job for TestJob {
+        fn run(&mut self, tx: &Tx<'_>, _now: Timestamp) -> Commit {
+            if let Some((started, release)) = &self.wait {
+                let _ = started.send(());
+                let _ = release.recv();
+            }
+            tx.conn
+                .execute("INSERT INTO t (v) VALUES (?1)", [self.value])
+                .unwrap();
+            if self.panic {
+                panic!("a job failed halfway");
+            }
+            true
+        }
+        fn finish(self: Box<Self>, failure: Option<StoreError>) {
+            let _ = self.done.send((self.value, failure.map(|e| e.to_string())));
+        }
+    }
+
+    fn writer_over(path: &std::path::Path, capacity: usize) -> (Writer, JoinHandle<()>) {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS t (v INTEGER)")
+            .unwrap();
+        Writer::start(conn, || Timestamp::from_micros(0), capacity).unwrap()
+    }
+
+    fn temp_db(name: &str) -> std::path::PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("fedcore-writer-{name}-{}.db", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_at_once_instead_of_blocking() {
+        let path = temp_db("busy");
+        let (writer, thread) = writer_over(&path, 1);
+        let (done, results) = channel();
+        let (release, wait) = channel();
+        let (started_tx, started) = channel();
+        let job = |value, wait| {
+            Box::new(TestJob {
+                value,
+                wait,
+                panic: false,
+                done: done.clone(),
+            })
+        };
+        writer.submit(job(1, Some((started_tx, wait)))).unwrap();
+        // Job 1 is off the queue and running, blocked until released.
+        started.recv_timeout(Duration::from_secs(30)).unwrap();
+        writer.submit(job(2, None)).unwrap(); // fills the one queue slot
+        assert!(
+            writer.submit(job(3, None)).is_err(),
+            "expected a full queue to refuse the third job"
+        );
+        release.send(()).unwrap();
+        drop(writer);
+        thread.join().unwrap();
+        let finished: Vec<_> = results.try_iter().collect();
+        assert_eq!(finished, vec![(1, None), (2, None)]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn a_panicking_job_is_rolled_back_and_the_writer_goes_on() {
+        let path = temp_db("panic");
+        let (writer, thread) = writer_over(&path, 8);
+        let (done, results) = channel();
+        writer
+            .submit(Box::new(TestJob {
+                value: 1,
+                wait: None,
+                panic: true,
+                done: done.clone(),
+            }))
+            .unwrap();
+        writer
+            .submit(Box::new(TestJob {
+                value: 2,
+                wait: None,
+                panic: false,
+                done,
+            }))
+            .unwrap();
+        drop(writer);
+        thread.join().unwrap();
+        let finished: Vec<_> = results.try_iter().collect();
+        assert_eq!(finished[0].0, 1);
+        assert!(
+            finished[0].1.is_some(),
+            "expected the panicking job to be answered with an error"
+        );
+        assert_eq!(finished[1], (2, None));
+        let conn = Connection::open(&path).unwrap();
+        let values: Vec<i64> = conn
+            .prepare("SELECT v FROM t")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            values,
+            vec![2],
+            "expected the panicking job's insert rolled back"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+}
