@@ -14,6 +14,8 @@ fedcore: an embedded, single-file workflow governance engine
 
 Usage:
   fedcore serve [--db PATH] [--listen ADDR]   serve the HTTP API (defaults: ./fedcore.db, 127.0.0.1:9405)
+  fedcore export --run RUN_ID --out DIR [--db PATH]
+                                              write one run's receipts, audit entries and evidence as files
   fedcore --help | --version
 
 Run `fedcore COMMAND --help` for a command's flags.
@@ -37,12 +39,35 @@ Usage: fedcore serve [--db PATH] [--listen ADDR] [timeouts]
 Logs one line per request to stderr. Exits 0 after a clean shutdown.
 ";
 
+pub const EXPORT_USAGE: &str = "\
+fedcore export: write one run as files that can be checked without the database
+
+Usage: fedcore export --run RUN_ID --out DIR [--db PATH]
+
+  --run RUN_ID   the run to export
+  --out DIR      a new or empty folder to write into
+  --db PATH      database file (default ./fedcore.db), opened read-only
+
+Writes run.json (with attempts, gates, decisions), definition.json, policies/, decisions/,
+receipts/ (each receipt as the exact JCS bytes that were hashed, so sha256(file) = receipt hash),
+audit.jsonl (the run's audit entries), evidence/<hash>.json and manifest.json (every file's
+SHA-256). Exits 0 on success, 2 when the run cannot be exported.
+";
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cli {
     Help(&'static str),
     Version,
     Serve(ServeArgs),
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportArgs {
+    pub db: PathBuf,
+    pub run_id: String,
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +88,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
         Some(Short('V') | Long("version")) => Ok(Cli::Version),
         Some(Value(command)) => match command.to_str() {
             Some("serve") => parse_serve(&mut parser),
+            Some("export") => parse_export(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -102,6 +128,26 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         }
     }
     Ok(Cli::Serve(args))
+}
+
+fn parse_export(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let (mut db, mut run_id, mut out) = (PathBuf::from(DEFAULT_DB), None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(EXPORT_USAGE)),
+            Long("db") => db = parser.value()?.into(),
+            Long("run") => run_id = Some(parser.value()?.string()?),
+            Long("out") => out = Some(PathBuf::from(parser.value()?)),
+            other => return Err(other.unexpected()),
+        }
+    }
+    let run_id = run_id.ok_or(lexopt::Error::MissingValue {
+        option: Some("--run".into()),
+    })?;
+    let out = out.ok_or(lexopt::Error::MissingValue {
+        option: Some("--out".into()),
+    })?;
+    Ok(Cli::Export(ExportArgs { db, run_id, out }))
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod export;
 pub mod http;
 pub mod model;
 pub mod store;

@@ -21,6 +21,25 @@ fn main() -> ExitCode {
             println!("fedcore {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        Cli::Export(args) => match fedcore::export::export_run(&args.db, &args.run_id, &args.out) {
+            Ok(done) => {
+                println!(
+                    "exported run {} ({}) to {}: {} files, workflow receipt {}",
+                    done.run_id,
+                    done.status,
+                    args.out.display(),
+                    done.n_files,
+                    done.receipt_hash
+                        .as_deref()
+                        .unwrap_or("none (the run has not ended)")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fedcore export: {e}");
+                ExitCode::from(2)
+            }
+        },
         Cli::Serve(args) => {
             let options = ServeOptions {
                 db: args.db,

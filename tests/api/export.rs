@@ -1,0 +1,150 @@
+//! `fedcore export`: one run written as files whose hashes check out without the database.
+
+use crate::scenarios::{
+    complete_step, new_pt004_run, pt004_server, start_step, step_input, step_output, PT004_STEPS,
+};
+use crate::support::{run_cli, TempDir};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(
+        std::fs::read(path).expect("read exported file"),
+    ))
+}
+
+#[test]
+fn an_exported_run_carries_its_receipts_as_the_exact_hashed_bytes_and_a_manifest_of_every_file() {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "export");
+    for (step_id, _) in PT004_STEPS {
+        start_step(&mut c, &run_id, step_id, &step_input(step_id, "low"));
+        complete_step(&mut c, &run_id, step_id, &step_output(step_id));
+    }
+    let run = c.get(&format!("/workflows/runs/{run_id}")).json();
+    assert_eq!(server.terminate(), Some(0), "expected a clean shutdown");
+
+    let out = TempDir::new();
+    let folder = out.path().join("run");
+    let db = server.db.to_str().expect("utf-8 path");
+    let (code, stdout, stderr) = run_cli(&[
+        "export",
+        "--db",
+        db,
+        "--run",
+        &run_id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "expected export to succeed: {stdout} {stderr}");
+
+    // Each receipt file is the JCS of the receipt object, so its SHA-256 is the receipt hash.
+    assert_eq!(
+        sha256_file(&folder.join("receipts/workflow.json")),
+        run["receipt_hash"].as_str().unwrap()
+    );
+    let step_receipts: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["receipt_hash"].as_str().unwrap())
+        .collect();
+    let exported: Vec<String> = std::fs::read_dir(folder.join("receipts/steps"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect::<Vec<_>>()
+        .iter()
+        .map(|p| {
+            (
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                sha256_file(p),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>()
+        .into_values()
+        .collect();
+    assert_eq!(
+        exported.len(),
+        5,
+        "expected one receipt file per finished attempt"
+    );
+    assert_eq!(
+        exported, step_receipts,
+        "expected the step receipt files in chain order"
+    );
+
+    // The manifest names every other file with its SHA-256, and every evidence file is named by its hash.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(folder.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["run_id"], run_id.as_str());
+    let files = manifest["files"].as_array().expect("manifest files");
+    for f in files {
+        let path = folder.join(f["path"].as_str().unwrap());
+        assert_eq!(
+            sha256_file(&path),
+            f["sha256"].as_str().unwrap(),
+            "manifest hash of {}",
+            path.display()
+        );
+    }
+    let n_on_disk = walk(&folder);
+    assert_eq!(
+        n_on_disk,
+        files.len() + 1,
+        "expected the manifest to list every file but itself"
+    );
+    for entry in std::fs::read_dir(folder.join("evidence")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert_eq!(sha256_file(&path), name, "evidence file named by its hash");
+    }
+    let audit = std::fs::read_to_string(folder.join("audit.jsonl")).unwrap();
+    let entries: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.last().unwrap()["action"], "run.completed");
+    assert_eq!(entries.last().unwrap()["payload_hash"], run["receipt_hash"]);
+
+    // A second export into the same folder is refused; an unknown run is refused.
+    let (code, _, stderr) = run_cli(&[
+        "export",
+        "--db",
+        db,
+        "--run",
+        &run_id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "expected a non-empty folder refused: {stderr}");
+    let other = out.path().join("other");
+    let (code, _, stderr) = run_cli(&[
+        "export",
+        "--db",
+        db,
+        "--run",
+        "no-such-run",
+        "--out",
+        other.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "expected an unknown run refused");
+    assert!(
+        stderr.contains("no-such-run"),
+        "expected the run named: {stderr}"
+    );
+}
+
+fn walk(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
