@@ -3,9 +3,11 @@
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
 mod queries;
+mod scan;
 mod writer;
 
 pub use queries::*;
+pub use scan::*;
 pub use writer::{Busy, Job, Writer};
 
 use rusqlite::{Connection, OpenFlags};
@@ -21,6 +23,12 @@ const APPLICATION_ID: i64 = 0x4645_4443;
 /// The ordered list of migrations; `user_version` counts how many were applied. Never remove or
 /// reorder an entry: only append.
 const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
+
+/// How much of a file `open_read_only` maps into memory, at most.
+const READ_ONLY_MMAP_BYTES: i64 = 1 << 40;
+
+/// The page cache of an `open_read_only` connection, in KiB.
+const READ_ONLY_CACHE_KIB: i64 = 64 * 1024;
 
 /// How many idle read connections the pool keeps.
 const MAX_IDLE_READERS: usize = 16;
@@ -41,6 +49,14 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("stored data is not what fedcore wrote: {0}")]
     Corrupt(String),
+    /// A row that cannot be read back as the object fedcore wrote (a wrong type, an unknown
+    /// status, a timestamp in another spelling); `key` names the row as `verify` reports it.
+    #[error("{table} row {key} is not what fedcore wrote: {why}")]
+    BadRow {
+        table: &'static str,
+        key: String,
+        why: String,
+    },
     #[error("the operation panicked and was rolled back")]
     Panicked,
 }
@@ -115,18 +131,61 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Opens an existing database read-only for inspection (`verify`): never creates, never writes.
+/// An empty file is refused too: it is not a fedcore database until the schema is in it.
 pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing {
             path: path.to_path_buf(),
         });
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match immutable_uri(path) {
+        Some(uri) => Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?,
+        None => Connection::open_with_flags(path, flags)?,
+    };
     check_identity(&conn, path)?;
+    let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if user_version == 0 {
+        return Err(StoreError::NotFedcore {
+            path: path.to_path_buf(),
+            why: "it holds no fedcore schema".to_string(),
+        });
+    }
+    // Verification reads every page and looks evidence up at random: map the file (SQLite caps
+    // the size at its compile-time maximum) instead of a system call per page, and cache more.
+    conn.pragma_update(None, "mmap_size", READ_ONLY_MMAP_BYTES)?;
+    conn.pragma_update(None, "cache_size", -READ_ONLY_CACHE_KIB)?;
     Ok(Reader { conn })
+}
+
+/// A read-only connection to a WAL database creates the `-wal` and `-shm` files beside it when
+/// they are missing, and cannot remove them. They are missing only when no connection has the
+/// database open (a server shuts down by folding the WAL back in), so then the file is opened
+/// `immutable`, which reads it without them. A server writing meanwhile keeps its `-wal` file,
+/// and is read through it as usual. `None` when the path cannot be written as a URI.
+fn immutable_uri(path: &Path) -> Option<String> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if Path::new(&wal).exists() {
+        return None;
+    }
+    let text = path.to_str()?;
+    // An empty authority (`file://` before an absolute path) keeps a leading `//` a path.
+    let mut uri = String::from(if text.starts_with('/') {
+        "file://"
+    } else {
+        "file:"
+    });
+    for c in text.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Some(uri)
 }
 
 fn set_common_pragmas(conn: &Connection) -> Result<(), StoreError> {
