@@ -11,3 +11,4 @@ mod receipts;
 mod scenarios;
 mod shutdown;
 mod triggers;
+mod verify;
