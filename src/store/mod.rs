@@ -24,12 +24,6 @@ const APPLICATION_ID: i64 = 0x4645_4443;
 /// reorder an entry: only append.
 const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
 
-/// How much of a file `open_read_only` maps into memory, at most.
-const READ_ONLY_MMAP_BYTES: i64 = 1 << 40;
-
-/// The page cache of an `open_read_only` connection, in KiB.
-const READ_ONLY_CACHE_KIB: i64 = 64 * 1024;
-
 /// How many idle read connections the pool keeps.
 const MAX_IDLE_READERS: usize = 16;
 
@@ -151,10 +145,6 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
             why: "it holds no fedcore schema".to_string(),
         });
     }
-    // Verification reads every page and looks evidence up at random: map the file (SQLite caps
-    // the size at its compile-time maximum) instead of a system call per page, and cache more.
-    conn.pragma_update(None, "mmap_size", READ_ONLY_MMAP_BYTES)?;
-    conn.pragma_update(None, "cache_size", -READ_ONLY_CACHE_KIB)?;
     Ok(Reader { conn })
 }
 

@@ -20,9 +20,23 @@ impl FromSql for Timestamp {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         let text = value.as_str()?;
         Timestamp::parse(text)
-            .filter(|t| t.to_string() == text)
+            .filter(|_| is_written_form(text))
             .ok_or_else(|| FromSqlError::Other(format!("bad timestamp {text:?}").into()))
     }
+}
+
+/// Whether `text` is laid out as `Timestamp` writes it, `2026-11-24T10:00:00.123456Z`, with a
+/// second below 60. A text that also parses is then exactly what the parsed instant prints as;
+/// checking the layout is cheaper than printing it again, and `verify` reads millions.
+fn is_written_form(text: &str) -> bool {
+    const LAYOUT: &[u8; 27] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    let bytes = text.as_bytes();
+    bytes.len() == LAYOUT.len()
+        && bytes.iter().zip(LAYOUT).all(|(&b, &l)| match l {
+            b'd' => b.is_ascii_digit(),
+            literal => b == literal,
+        })
+        && &text[17..19] < "60"
 }
 
 macro_rules! sql_text_enum {
@@ -684,4 +698,39 @@ pub fn audit_of_run(db: &impl Db, run_id: &str) -> Result<Vec<AuditEntry>, Store
     let mut stmt = db.conn().prepare_cached(&sql)?;
     let rows = stmt.query_map([run_id], audit_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Option<Timestamp> {
+        Timestamp::column_result(ValueRef::Text(text.as_bytes())).ok()
+    }
+
+    #[test]
+    fn a_timestamp_is_read_back_only_in_the_form_it_was_written() {
+        for micros in [
+            0,
+            1,
+            999_999,
+            1_795_428_000_123_456,
+            253_402_300_799_999_999,
+        ] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(read(&t.to_string()), Some(t), "{t}");
+        }
+        for other in [
+            "2026-11-23T10:00:00.123456+00:00",
+            "2026-11-23T10:00:00.123456z",
+            "2026-11-23t10:00:00.123456Z",
+            "2026-11-23T10:00:00.123Z",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23 10:00:00.123456Z",
+            "2016-12-31T23:59:60.000000Z",
+            "2026-13-23T10:00:00.123456Z",
+        ] {
+            assert_eq!(read(other), None, "{other}");
+        }
+    }
 }
