@@ -230,12 +230,33 @@ fn an_untouched_database_still_holds_the_head_written_down_and_replays_every_dec
 }
 
 #[test]
-fn verifying_the_database_changes_nothing_in_the_file() {
+fn verifying_the_database_changes_nothing_and_leaves_nothing_beside_it() {
     let built = build_database();
     let before = std::fs::read(&built.db).expect("read");
+    let files_before = files_in(built.dir.path());
     let (code, report) = verify_json(&built.db, &["--replay"]);
     assert_eq!(code, 0, "{report}");
     assert_eq!(std::fs::read(&built.db).expect("read"), before);
+    assert_eq!(files_in(built.dir.path()), files_before);
+}
+
+#[test]
+fn a_database_in_use_by_a_running_server_can_be_verified() {
+    let dir = TempDir::new();
+    let db = dir.path().join("live.db");
+    let server = Server::start_on(&db, &[]);
+    let mut client = server.client();
+    let body = json!({"status": "active", "capabilities": [], "actor": ADMIN});
+    expect(
+        client.put(&format!("/registry/agents/{AGENT}"), &body),
+        200,
+        "register",
+    );
+    let head = audit_head(&mut client);
+    let (code, report) = verify_json(&db, &["--expect-head", &head]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["counts"]["audit_entries"], 1, "{report}");
+    expect(client.get("/health"), 200, "the server still answers");
 }
 
 #[test]
@@ -313,6 +334,17 @@ fn an_edited_audit_reason_is_named_by_its_seq() {
     drop(conn);
     let failure = expect_broken(&copy, &[]);
     assert_named(&failure, "audit_log", &seq.to_string(), "entry_hash");
+
+    let (code, out, _) = run_cli(&["verify", "--db", copy.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("BROKEN: audit_log {seq} entry_hash: ")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("  found    {}", text(&failure["found"]))),
+        "{out}"
+    );
 }
 
 #[test]
@@ -803,6 +835,16 @@ fn assert_named(failure: &Value, table: &str, id: &str, field: &str) {
         failure["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{failure}"
     );
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 fn head_seq(head: &str) -> i64 {
