@@ -1,6 +1,7 @@
 //! The command line: commands and flags, parsed with lexopt, and their help texts. Nothing here
 //! opens a database or a socket.
 
+use crate::engine::verify::Head;
 use lexopt::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +17,8 @@ Usage:
   fedcore serve [--db PATH] [--listen ADDR]   serve the HTTP API (defaults: ./fedcore.db, 127.0.0.1:9405)
   fedcore export --run RUN_ID --out DIR [--db PATH]
                                               write one run's receipts, audit entries and evidence as files
+  fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
+                                              recompute every hash in the database, offline
   fedcore --help | --version
 
 Run `fedcore COMMAND --help` for a command's flags.
@@ -54,6 +57,29 @@ audit.jsonl (the run's audit entries), evidence/<hash>.json and manifest.json (e
 SHA-256). Exits 0 on success, 2 when the run cannot be exported.
 ";
 
+pub const VERIFY_USAGE: &str = "\
+fedcore verify: check, offline and read-only, that nothing in a database was altered
+
+Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
+
+  --db PATH                 database file (default ./fedcore.db); opened read-only, never
+                            created or changed
+  --json                    print one JSON object: {\"ok\", \"counts\", \"head\", \"failure\"}
+  --expect-head SEQ:HASH    also fail unless the log still holds the entry SEQ with entry_hash
+                            HASH (a head printed by an earlier verify): detects a truncated or
+                            rewritten log
+  --replay                  also re-evaluate every decision with the policy version it names, on
+                            the context recorded when it was made, and compare the outcome
+
+Recomputes every evidence hash, policy and definition hash, decision hash, step receipt chain,
+gate receipt, workflow receipt and the whole audit chain, and checks the immutability triggers.
+Prints the counts checked and the audit head (SEQ:HASH, worth writing down). On failure names
+the first broken object: table, id or seq, field, expected and found hash.
+
+Exit status: 0 intact, 1 broken, 2 could not check (usage, unreadable file, not a fedcore
+database).
+";
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cli {
@@ -61,6 +87,7 @@ pub enum Cli {
     Version,
     Serve(ServeArgs),
     Export(ExportArgs),
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -79,6 +106,14 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
 }
 
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifyArgs {
+    pub db: PathBuf,
+    pub json: bool,
+    pub expect_head: Option<Head>,
+    pub replay: bool,
+}
+
 /// Parses `args` (without the program name).
 pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, lexopt::Error> {
     let mut parser = lexopt::Parser::from_args(args);
@@ -89,6 +124,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
         Some(Value(command)) => match command.to_str() {
             Some("serve") => parse_serve(&mut parser),
             Some("export") => parse_export(&mut parser),
+            Some("verify") => parse_verify(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -150,6 +186,34 @@ fn parse_export(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     Ok(Cli::Export(ExportArgs { db, run_id, out }))
 }
 
+fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let mut args = VerifyArgs {
+        db: PathBuf::from(DEFAULT_DB),
+        json: false,
+        expect_head: None,
+        replay: false,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(VERIFY_USAGE)),
+            Long("db") => args.db = parser.value()?.into(),
+            Long("json") => args.json = true,
+            Long("replay") => args.replay = true,
+            Long("expect-head") => args.expect_head = Some(head(&parser.value()?.string()?)?),
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Cli::Verify(args))
+}
+
+/// `SEQ:HASH` as `verify` prints it.
+fn head(text: &str) -> Result<Head, lexopt::Error> {
+    Head::parse(text).ok_or_else(|| {
+        let why = format!("--expect-head wants SEQ:HASH as verify prints it, not {text:?}");
+        lexopt::Error::Custom(why.into())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +247,44 @@ mod tests {
         };
         assert_eq!(args.db, PathBuf::from("x.db"));
         assert_eq!(args.header_timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn verify_reads_its_flags_and_refuses_a_malformed_head() {
+        let hash = "0a".repeat(32);
+        let expect = format!("42:{hash}");
+        let parsed = parse_strs(&[
+            "verify",
+            "--db",
+            "x.db",
+            "--json",
+            "--replay",
+            "--expect-head",
+            &expect,
+        ]);
+        let Ok(Cli::Verify(args)) = parsed else {
+            panic!("not verify: {parsed:?}")
+        };
+        assert_eq!(args.db, PathBuf::from("x.db"));
+        assert!(args.json && args.replay);
+        assert_eq!(
+            args.expect_head,
+            Some(Head {
+                seq: 42,
+                entry_hash: hash
+            })
+        );
+        assert!(parse_strs(&["verify", "--expect-head", "42"]).is_err());
+        assert!(parse_strs(&["verify", "--expect-head", "42:nothex"]).is_err());
+        assert_eq!(
+            parse_strs(&["verify", "--help"]).unwrap(),
+            Cli::Help(VERIFY_USAGE)
+        );
+        let Ok(Cli::Verify(defaults)) = parse_strs(&["verify"]) else {
+            panic!("not verify")
+        };
+        assert_eq!(defaults.db, PathBuf::from("fedcore.db"));
+        assert!(!defaults.json && !defaults.replay && defaults.expect_head.is_none());
     }
 
     #[test]

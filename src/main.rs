@@ -1,7 +1,9 @@
 //! `fedcore`: parse the command line, run one command, map its outcome to an exit code.
 
-use fedcore::cli::{self, Cli};
+use fedcore::cli::{self, Cli, VerifyArgs};
+use fedcore::engine::verify;
 use fedcore::http::{self, server::ServerConfig, ServeOptions};
+use fedcore::store;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -57,6 +59,31 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
             }
+        }
+        Cli::Verify(args) => run_verify(args),
+    }
+}
+
+/// Exit 0 intact, 1 broken, 2 could not check.
+fn run_verify(args: VerifyArgs) -> ExitCode {
+    let options = verify::Options {
+        expect_head: args.expect_head,
+        replay: args.replay,
+    };
+    let checked = store::open_read_only(&args.db)
+        .and_then(|reader| reader.snapshot(|r| verify::verify(r, &options))?);
+    match checked {
+        Ok(report) => {
+            if args.json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+            ExitCode::from(if report.is_intact() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("fedcore verify: {e}");
+            ExitCode::from(2)
         }
     }
 }

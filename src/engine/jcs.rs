@@ -54,7 +54,7 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError>
             // RFC 8785 §3.2.3 orders keys by their UTF-16 code units, which differs from the
             // UTF-8 byte order of serde_json's map once characters beyond U+FFFF appear.
             let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|(left, _), (right, _)| left.encode_utf16().cmp(right.encode_utf16()));
+            entries.sort_unstable_by(|(left, _), (right, _)| utf16_order(left, right));
             out.push(b'{');
             for (index, (key, item)) in entries.into_iter().enumerate() {
                 if index > 0 {
@@ -68,6 +68,16 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError>
         }
     }
     Ok(())
+}
+
+/// Orders strings by their UTF-16 code units. For ASCII that is the byte order, which is cheap;
+/// object keys are nearly always ASCII.
+fn utf16_order(left: &str, right: &str) -> std::cmp::Ordering {
+    if left.is_ascii() && right.is_ascii() {
+        left.as_bytes().cmp(right.as_bytes())
+    } else {
+        left.encode_utf16().cmp(right.encode_utf16())
+    }
 }
 
 /// Lowercase hex SHA-256 of `bytes`.
@@ -168,26 +178,38 @@ fn located_message(path: &str, message: &str) -> String {
 
 /// Escapes like ECMAScript `JSON.stringify` (RFC 8785 §3.2.2.2): only the quote, the backslash and
 /// control characters below U+0020 are escaped; everything else, non-ASCII included, is literal.
+/// Every byte that needs escaping is ASCII, and no byte of a multi-byte UTF-8 sequence is ASCII,
+/// so the text is copied in runs between those bytes (`verify` canonicalizes every entry).
 fn write_string(text: &str, out: &mut Vec<u8>) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for character in text.chars() {
-        match character {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            control if control < '\u{20}' => {
-                out.extend_from_slice(format!("\\u{:04x}", u32::from(control)).as_bytes());
-            }
-            other => {
-                let mut buffer = [0u8; 4];
-                out.extend_from_slice(other.encode_utf8(&mut buffer).as_bytes());
-            }
+    let bytes = text.as_bytes();
+    let mut plain_from = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if !matches!(byte, b'"' | b'\\' | 0x00..=0x1f) {
+            continue;
+        }
+        out.extend_from_slice(&bytes[plain_from..index]);
+        plain_from = index + 1;
+        match byte {
+            b'"' => out.extend_from_slice(b"\\\""),
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            0x08 => out.extend_from_slice(b"\\b"),
+            0x0c => out.extend_from_slice(b"\\f"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            control => out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(control >> 4)],
+                HEX[usize::from(control & 0xf)],
+            ]),
         }
     }
+    out.extend_from_slice(&bytes[plain_from..]);
     out.push(b'"');
 }
 
@@ -429,6 +451,31 @@ mod tests {
         let value = json!("\u{8}\u{c}\n\r\t\u{0}\u{1f}\u{7f}\u{2028}\u{2029}é/<");
         let expected = "\"\\b\\f\\n\\r\\t\\u0000\\u001f\u{7f}\u{2028}\u{2029}é/<\"";
         assert_eq!(canonical(&value).ok(), Some(expected.as_bytes().to_vec()));
+    }
+
+    #[test]
+    fn every_control_character_is_escaped_and_nothing_else_is() {
+        for code in 0u32..0x80 {
+            let character = char::from_u32(code).expect("ASCII");
+            let text = format!("a{character}é{character}");
+            let escaped = match character {
+                '"' => "\\\"".to_string(),
+                '\\' => "\\\\".to_string(),
+                '\u{8}' => "\\b".to_string(),
+                '\u{c}' => "\\f".to_string(),
+                '\n' => "\\n".to_string(),
+                '\r' => "\\r".to_string(),
+                '\t' => "\\t".to_string(),
+                c if c < '\u{20}' => format!("\\u{code:04x}"),
+                c => c.to_string(),
+            };
+            let expected = format!("\"a{escaped}é{escaped}\"");
+            assert_eq!(
+                canonical(&json!(text)).ok(),
+                Some(expected.into_bytes()),
+                "U+{code:04X}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod jcs;
 pub mod policy;
 pub mod receipts;
 mod runs;
+pub mod verify;
 pub mod views;
 
 use crate::model::*;

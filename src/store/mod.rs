@@ -3,9 +3,11 @@
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
 mod queries;
+mod scan;
 mod writer;
 
 pub use queries::*;
+pub use scan::*;
 pub use writer::{Busy, Job, Writer};
 
 use rusqlite::{Connection, OpenFlags};
@@ -41,6 +43,14 @@ pub enum StoreError {
     Missing { path: PathBuf },
     #[error("stored data is not what fedcore wrote: {0}")]
     Corrupt(String),
+    /// A row that cannot be read back as the object fedcore wrote (a wrong type, an unknown
+    /// status, a timestamp in another spelling); `key` names the row as `verify` reports it.
+    #[error("{table} row {key} is not what fedcore wrote: {why}")]
+    BadRow {
+        table: &'static str,
+        key: String,
+        why: String,
+    },
     #[error("the operation panicked and was rolled back")]
     Panicked,
 }
@@ -115,18 +125,57 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// Opens an existing database read-only for inspection (`verify`): never creates, never writes.
+/// An empty file is refused too: it is not a fedcore database until the schema is in it.
 pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
     if !path.exists() {
         return Err(StoreError::Missing {
             path: path.to_path_buf(),
         });
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = match immutable_uri(path) {
+        Some(uri) => Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?,
+        None => Connection::open_with_flags(path, flags)?,
+    };
     check_identity(&conn, path)?;
+    let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if user_version == 0 {
+        return Err(StoreError::NotFedcore {
+            path: path.to_path_buf(),
+            why: "it holds no fedcore schema".to_string(),
+        });
+    }
     Ok(Reader { conn })
+}
+
+/// A read-only connection to a WAL database creates the `-wal` and `-shm` files beside it when
+/// they are missing, and cannot remove them. They are missing only when no connection has the
+/// database open (a server shuts down by folding the WAL back in), so then the file is opened
+/// `immutable`, which reads it without them. A server writing meanwhile keeps its `-wal` file,
+/// and is read through it as usual. `None` when the path cannot be written as a URI.
+fn immutable_uri(path: &Path) -> Option<String> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if Path::new(&wal).exists() {
+        return None;
+    }
+    let text = path.to_str()?;
+    // An empty authority (`file://` before an absolute path) keeps a leading `//` a path.
+    let mut uri = String::from(if text.starts_with('/') {
+        "file://"
+    } else {
+        "file:"
+    });
+    for c in text.chars() {
+        match c {
+            '%' => uri.push_str("%25"),
+            '?' => uri.push_str("%3f"),
+            '#' => uri.push_str("%23"),
+            c => uri.push(c),
+        }
+    }
+    uri.push_str("?immutable=1");
+    Some(uri)
 }
 
 fn set_common_pragmas(conn: &Connection) -> Result<(), StoreError> {

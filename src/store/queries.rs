@@ -14,11 +14,29 @@ impl ToSql for Timestamp {
 }
 
 impl FromSql for Timestamp {
+    /// Accepts only the exact text `ToSql` writes. A different spelling of the same instant
+    /// (`+00:00`, fewer digits) would hash the same after parsing, so an edited row could pass
+    /// `verify` while a verifier that hashes the stored text refuses it.
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         let text = value.as_str()?;
         Timestamp::parse(text)
+            .filter(|_| is_written_form(text))
             .ok_or_else(|| FromSqlError::Other(format!("bad timestamp {text:?}").into()))
     }
+}
+
+/// Whether `text` is laid out as `Timestamp` writes it, `2026-11-24T10:00:00.123456Z`, with a
+/// second below 60. A text that also parses is then exactly what the parsed instant prints as;
+/// checking the layout is cheaper than printing it again, and `verify` reads millions.
+fn is_written_form(text: &str) -> bool {
+    const LAYOUT: &[u8; 27] = b"dddd-dd-ddTdd:dd:dd.ddddddZ";
+    let bytes = text.as_bytes();
+    bytes.len() == LAYOUT.len()
+        && bytes.iter().zip(LAYOUT).all(|(&b, &l)| match l {
+            b'd' => b.is_ascii_digit(),
+            literal => b == literal,
+        })
+        && &text[17..19] < "60"
 }
 
 macro_rules! sql_text_enum {
@@ -93,27 +111,34 @@ pub fn insert_policy(tx: &Tx<'_>, p: &Policy, at: Timestamp, by: &str) -> Result
     Ok(())
 }
 
+pub(super) const POLICY_COLUMNS: &str =
+    "policy_id, version, tier, default_effect, rules, policy_hash";
+
+pub(super) fn policy_from_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
+    Ok(Policy {
+        policy_id: r.get(0)?,
+        version: r.get(1)?,
+        tier: r.get(2)?,
+        default_effect: r.get(3)?,
+        rules: r.get::<_, Json<Value>>(4)?.0,
+        policy_hash: r.get(5)?,
+    })
+}
+
 /// The given version of a policy, or its latest when `version` is `None`.
 pub fn get_policy(
     db: &impl Db,
     policy_id: &str,
     version: Option<i64>,
 ) -> Result<Option<Policy>, StoreError> {
-    let mut stmt = db.conn().prepare_cached(
-        "SELECT policy_id, version, tier, default_effect, rules, policy_hash FROM policies
-         WHERE policy_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
-    )?;
-    Ok(stmt
-        .query_row(params![policy_id, version], |r| {
-            Ok(Policy {
-                policy_id: r.get(0)?,
-                version: r.get(1)?,
-                tier: r.get(2)?,
-                default_effect: r.get(3)?,
-                rules: r.get::<_, Json<Value>>(4)?.0,
-                policy_hash: r.get(5)?,
-            })
-        })
+    let sql = format!(
+        "SELECT {POLICY_COLUMNS} FROM policies
+         WHERE policy_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
+    );
+    Ok(db
+        .conn()
+        .prepare_cached(&sql)?
+        .query_row(params![policy_id, version], policy_from_row)
         .optional()?)
 }
 
@@ -132,26 +157,33 @@ pub fn insert_definition(
     Ok(())
 }
 
+pub(super) const DEFINITION_COLUMNS: &str =
+    "workflow_id, version, policy_id, steps, definition_hash";
+
+pub(super) fn definition_from_row(r: &Row<'_>) -> rusqlite::Result<Definition> {
+    Ok(Definition {
+        workflow_id: r.get(0)?,
+        version: r.get(1)?,
+        policy_id: r.get(2)?,
+        steps: r.get::<_, Json<Vec<StepDef>>>(3)?.0,
+        definition_hash: r.get(4)?,
+    })
+}
+
 /// The given version of a definition, or its latest when `version` is `None`.
 pub fn get_definition(
     db: &impl Db,
     workflow_id: &str,
     version: Option<i64>,
 ) -> Result<Option<Definition>, StoreError> {
-    let mut stmt = db.conn().prepare_cached(
-        "SELECT workflow_id, version, policy_id, steps, definition_hash FROM workflows
-         WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
-    )?;
-    Ok(stmt
-        .query_row(params![workflow_id, version], |r| {
-            Ok(Definition {
-                workflow_id: r.get(0)?,
-                version: r.get(1)?,
-                policy_id: r.get(2)?,
-                steps: r.get::<_, Json<Vec<StepDef>>>(3)?.0,
-                definition_hash: r.get(4)?,
-            })
-        })
+    let sql = format!(
+        "SELECT {DEFINITION_COLUMNS} FROM workflows
+         WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
+    );
+    Ok(db
+        .conn()
+        .prepare_cached(&sql)?
+        .query_row(params![workflow_id, version], definition_from_row)
         .optional()?)
 }
 
@@ -208,15 +240,20 @@ pub fn list_agents(db: &impl Db) -> Result<Vec<Agent>, StoreError> {
 // ---------------------------------------------------------------------------------------------
 // Runs
 
-const RUN_COLUMNS: &str = "r.run_id, r.workflow_id, r.workflow_version, r.status, r.created_by,
+pub(super) const RUN_COLUMNS: &str =
+    "r.run_id, r.workflow_id, r.workflow_version, r.status, r.created_by,
     r.created_at, r.updated_at, r.ended_at, e.body, r.input_hash, r.next_step_id, r.failure,
     r.genesis_hash, r.receipt_hash, r.attempt_base";
 
-fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
-    let input_bytes: Vec<u8> = r.get(8)?;
-    let input = serde_json::from_slice(&input_bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Blob, Box::new(e))
-    })?;
+pub(super) fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
+    // The input blob, joined in; a scan that left-joins it sees null when the blob is missing.
+    let input_bytes: Option<Vec<u8>> = r.get(8)?;
+    let input = match input_bytes {
+        Some(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(8, rusqlite::types::Type::Blob, Box::new(e))
+        })?,
+        None => Value::Null,
+    };
     Ok(Run {
         run_id: r.get(0)?,
         workflow_id: r.get(1)?,
@@ -313,11 +350,12 @@ pub fn list_runs(
 // ---------------------------------------------------------------------------------------------
 // Step attempts
 
-const STEP_COLUMNS: &str = "run_id, step_id, step_type, step_index, attempt, status, actor,
+pub(super) const STEP_COLUMNS: &str =
+    "run_id, step_id, step_type, step_index, attempt, status, actor,
     started_at, ended_at, input_hash, output_hash, error, decision_id, decision_hash,
     prev_receipt_hash, receipt_hash";
 
-fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepAttempt> {
+pub(super) fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepAttempt> {
     Ok(StepAttempt {
         run_id: r.get(0)?,
         step_id: r.get(1)?,
@@ -437,10 +475,10 @@ pub fn step_receipts(db: &impl Db, run_id: &str) -> Result<Vec<String>, StoreErr
 // ---------------------------------------------------------------------------------------------
 // Decisions
 
-const DECISION_COLUMNS: &str = "decision_id, run_id, step_id, attempt, effect, reason, policy_id,
+pub(super) const DECISION_COLUMNS: &str = "decision_id, run_id, step_id, attempt, effect, reason, policy_id,
     policy_version, policy_hash, tier, rules_triggered, input_hash, actor, decided_at, decision_hash";
 
-fn decision_from_row(r: &Row<'_>) -> rusqlite::Result<Decision> {
+pub(super) fn decision_from_row(r: &Row<'_>) -> rusqlite::Result<Decision> {
     Ok(Decision {
         decision_id: r.get(0)?,
         run_id: r.get(1)?,
@@ -495,10 +533,11 @@ pub fn decisions_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Decision>, Sto
 // ---------------------------------------------------------------------------------------------
 // Gates
 
-const GATE_COLUMNS: &str = "gate_id, run_id, step_id, attempt, status, reason, decision_id,
+pub(super) const GATE_COLUMNS: &str =
+    "gate_id, run_id, step_id, attempt, status, reason, decision_id,
     requested_by, requested_at, expires_at, resolved_by, resolved_at, comment, receipt_hash";
 
-fn gate_from_row(r: &Row<'_>) -> rusqlite::Result<Gate> {
+pub(super) fn gate_from_row(r: &Row<'_>) -> rusqlite::Result<Gate> {
     Ok(Gate {
         gate_id: r.get(0)?,
         run_id: r.get(1)?,
@@ -590,10 +629,11 @@ pub fn runs_with_expired_gates(
 // ---------------------------------------------------------------------------------------------
 // Audit log
 
-const AUDIT_COLUMNS: &str = "seq, run_id, at, actor, action, subject, from_status, to_status,
+pub(super) const AUDIT_COLUMNS: &str =
+    "seq, run_id, at, actor, action, subject, from_status, to_status,
     decision, reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash";
 
-fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
+pub(super) fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
         seq: r.get(0)?,
         run_id: r.get(1)?,
@@ -658,4 +698,39 @@ pub fn audit_of_run(db: &impl Db, run_id: &str) -> Result<Vec<AuditEntry>, Store
     let mut stmt = db.conn().prepare_cached(&sql)?;
     let rows = stmt.query_map([run_id], audit_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Option<Timestamp> {
+        Timestamp::column_result(ValueRef::Text(text.as_bytes())).ok()
+    }
+
+    #[test]
+    fn a_timestamp_is_read_back_only_in_the_form_it_was_written() {
+        for micros in [
+            0,
+            1,
+            999_999,
+            1_795_428_000_123_456,
+            253_402_300_799_999_999,
+        ] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(read(&t.to_string()), Some(t), "{t}");
+        }
+        for other in [
+            "2026-11-23T10:00:00.123456+00:00",
+            "2026-11-23T10:00:00.123456z",
+            "2026-11-23t10:00:00.123456Z",
+            "2026-11-23T10:00:00.123Z",
+            "2026-11-23T10:00:00Z",
+            "2026-11-23 10:00:00.123456Z",
+            "2016-12-31T23:59:60.000000Z",
+            "2026-13-23T10:00:00.123456Z",
+        ] {
+            assert_eq!(read(other), None, "{other}");
+        }
+    }
 }

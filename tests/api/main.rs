@@ -13,3 +13,4 @@ mod receipts;
 mod scenarios;
 mod shutdown;
 mod triggers;
+mod verify;

@@ -1,0 +1,1205 @@
+//! `fedcore verify`: recomputes, from the database alone, every hash fedcore wrote (contract §7)
+//! and names the first object that does not match. The objects hashed are the ones `receipts`
+//! builds for the writer, so writer and verifier cannot disagree on what a receipt covers. This
+//! thread streams the tables row by row; worker threads run the checks, which are pure functions
+//! of a row and of what is known of the others (`Known`). A broken database is a `Report` with a
+//! failure, never an error: `Err` means the file could not be read at all.
+
+mod pipeline;
+
+use super::{jcs, policy, receipts};
+use crate::model::*;
+use crate::store::{self, AuditLink, Db, StoreError};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+/// What to check beyond the file's own consistency.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    /// A head written down earlier that the log must still contain, unchanged.
+    pub expect_head: Option<Head>,
+    /// Also re-evaluate every decision on its recorded context with the policy version it names.
+    pub replay: bool,
+}
+
+/// An audit log position: an entry's `seq` and `entry_hash`, written `SEQ:HASH`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Head {
+    pub seq: i64,
+    pub entry_hash: String,
+}
+
+impl Head {
+    /// The head of an empty log: seq 0 and 64 zeros, as `GET /audit` answers.
+    pub fn empty() -> Head {
+        Head {
+            seq: 0,
+            entry_hash: ZERO_HASH.to_string(),
+        }
+    }
+
+    /// Parses `SEQ:HASH` as `verify` prints it; seq 0 only with the zero hash.
+    pub fn parse(text: &str) -> Option<Head> {
+        let (seq, hash) = text.split_once(':')?;
+        if seq.is_empty() || !seq.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let seq: i64 = seq.parse().ok()?;
+        let entry_hash = hash.to_ascii_lowercase();
+        let valid = is_hash(&entry_hash) && (seq > 0 || entry_hash == ZERO_HASH);
+        valid.then_some(Head { seq, entry_hash })
+    }
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, self.entry_hash)
+    }
+}
+
+/// How many objects of each kind were checked (before the failure, when there is one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counts {
+    pub evidence: u64,
+    pub audit_entries: u64,
+    pub policies: u64,
+    pub definitions: u64,
+    pub decisions: u64,
+    pub runs: u64,
+    pub steps: u64,
+    pub gates: u64,
+    pub workflow_receipts: u64,
+    pub triggers: u64,
+    /// `None` unless a replay was asked for.
+    pub replayed_decisions: Option<u64>,
+}
+
+/// The first object found broken: where it is, which field, the hash recomputed from the file
+/// (`expected`) and the one stored (`found`), and what that means.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Broken {
+    /// A table name, or `sqlite_master` for a trigger.
+    pub table: &'static str,
+    /// The row: an id, a hash, `id@version`, `run_id/step_id#attempt`, or an audit `seq`.
+    pub id: String,
+    pub field: &'static str,
+    pub expected: Option<String>,
+    pub found: Option<String>,
+    pub message: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Report {
+    pub counts: Counts,
+    /// The last audit entry as stored (`seq` 0 for an empty log); verified only when intact.
+    pub head: Head,
+    pub failure: Option<Broken>,
+}
+
+impl Report {
+    pub fn is_intact(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// `{"ok", "counts", "head": {"seq", "entry_hash"}, "failure": null | {…}}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ok": self.is_intact(),
+            "counts": self.counts,
+            "head": self.head,
+            "failure": self.failure,
+        })
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let c = &self.counts;
+        let rows: [(&str, Option<u64>); 11] = [
+            ("evidence blobs", Some(c.evidence)),
+            ("audit entries", Some(c.audit_entries)),
+            ("policy versions", Some(c.policies)),
+            ("definition versions", Some(c.definitions)),
+            ("decisions", Some(c.decisions)),
+            ("runs", Some(c.runs)),
+            ("step attempts", Some(c.steps)),
+            ("gates", Some(c.gates)),
+            ("workflow receipts", Some(c.workflow_receipts)),
+            ("triggers", Some(c.triggers)),
+            ("replayed decisions", c.replayed_decisions),
+        ];
+        match self.failure {
+            None => writeln!(f, "checked:")?,
+            Some(_) => writeln!(f, "checked before the failure:")?,
+        }
+        for (label, count) in rows {
+            if let Some(count) = count {
+                writeln!(f, "  {label:<22}{count:>10}")?;
+            }
+        }
+        match &self.failure {
+            None => {
+                writeln!(f, "audit head: {}", self.head)?;
+                writeln!(f, "intact")
+            }
+            Some(b) => {
+                writeln!(f, "audit head (not verified): {}", self.head)?;
+                writeln!(f, "BROKEN: {} {} {}: {}", b.table, b.id, b.field, b.message)?;
+                if let Some(expected) = &b.expected {
+                    writeln!(f, "  expected {expected}")?;
+                }
+                if let Some(found) = &b.found {
+                    writeln!(f, "  found    {found}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Checks the database `db` reads (run it inside one read snapshot) and reports the first broken
+/// object. `Err` only when reading failed: the database could not be checked.
+///
+/// Order: evidence blobs, the audit chain (and `expect_head`), policy and definition versions,
+/// then each run with its decisions, attempts, gates and workflow receipt, rows that belong to
+/// nothing, the triggers, and last the replay. Everything else leans on the blobs and the chain,
+/// so they come first; a missing trigger is named only when the data itself is intact.
+pub fn verify(db: &impl Db, options: &Options) -> Result<Report, StoreError> {
+    let head = store::audit_head(db)?
+        .map_or_else(Head::empty, |(seq, entry_hash)| Head { seq, entry_hash });
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS));
+    let mut checker = Checker {
+        db,
+        options,
+        head: &head,
+        workers,
+        counts: Counts::default(),
+        known: Known::default(),
+        buf: Vec::with_capacity(4096),
+    };
+    let failure = match checker.check_all() {
+        Ok(()) => None,
+        Err(Stop::Broken(broken)) => Some(*broken),
+        Err(Stop::Unreadable(e)) => return Err(e),
+        // `pipeline` turns a halt into the failure that caused it; never report one as intact.
+        Err(Stop::Halted) => {
+            return Err(StoreError::Corrupt(
+                "verify halted without a failure".into(),
+            ))
+        }
+    };
+    Ok(Report {
+        counts: checker.counts,
+        head,
+        failure,
+    })
+}
+
+/// At most this many threads check while one reads; reading on its own thread bounds the gain.
+const MAX_WORKERS: usize = 8;
+
+impl Counts {
+    fn add(&mut self, other: &Counts) {
+        self.evidence += other.evidence;
+        self.audit_entries += other.audit_entries;
+        self.policies += other.policies;
+        self.definitions += other.definitions;
+        self.decisions += other.decisions;
+        self.runs += other.runs;
+        self.steps += other.steps;
+        self.gates += other.gates;
+        self.workflow_receipts += other.workflow_receipts;
+        self.triggers += other.triggers;
+        if let Some(n) = other.replayed_decisions {
+            *self.replayed_decisions.get_or_insert(0) += n;
+        }
+    }
+}
+
+/// Why checking stopped early.
+enum Stop {
+    Broken(Box<Broken>),
+    Unreadable(StoreError),
+    /// Reading stopped because a worker found a failure; `pipeline` resolves it to that failure.
+    Halted,
+}
+
+impl From<Box<Broken>> for Stop {
+    fn from(broken: Box<Broken>) -> Stop {
+        Stop::Broken(broken)
+    }
+}
+
+impl From<StoreError> for Stop {
+    fn from(e: StoreError) -> Stop {
+        match e {
+            StoreError::BadRow { table, key, why } => Stop::Broken(Box::new(Broken {
+                table,
+                id: key,
+                field: "row",
+                expected: None,
+                found: None,
+                message: format!("the row cannot be read as what fedcore writes: {why}"),
+            })),
+            other => Stop::Unreadable(other),
+        }
+    }
+}
+
+/// The outcome of one check: nothing, or the object found broken.
+type Checked<T = ()> = Result<T, Box<Broken>>;
+
+/// The row a check is about. Its name is written out only when something is found broken.
+#[derive(Clone, Copy)]
+enum Row<'a> {
+    /// A hash, an id, or a trigger name.
+    Key(&'a str),
+    Seq(i64),
+    /// `id@version` of a policy or definition version.
+    Version(&'a str, i64),
+    /// `run_id/step_id#attempt`.
+    Attempt(&'a StepAttempt),
+}
+
+impl Row<'_> {
+    fn name(self) -> String {
+        match self {
+            Row::Key(key) => key.to_string(),
+            Row::Seq(seq) => seq.to_string(),
+            Row::Version(id, version) => format!("{id}@{version}"),
+            Row::Attempt(s) => format!("{}/{}#{}", s.run_id, s.step_id, s.attempt),
+        }
+    }
+}
+
+/// Where a check is: a table and a row.
+#[derive(Clone, Copy)]
+struct At<'a> {
+    table: &'static str,
+    row: Row<'a>,
+}
+
+impl At<'_> {
+    fn broken(
+        self,
+        field: &'static str,
+        expected: Option<&str>,
+        found: Option<&str>,
+        message: impl Into<String>,
+    ) -> Box<Broken> {
+        Box::new(Broken {
+            table: self.table,
+            id: self.row.name(),
+            field,
+            expected: expected.map(str::to_string),
+            found: found.map(str::to_string),
+            message: message.into(),
+        })
+    }
+
+    /// The stored value `found` must equal the one recomputed from the file, `expected`.
+    fn same(
+        self,
+        field: &'static str,
+        expected: &str,
+        found: &str,
+        why: impl FnOnce() -> String,
+    ) -> Checked {
+        if expected == found {
+            Ok(())
+        } else {
+            Err(self.broken(field, Some(expected), Some(found), why()))
+        }
+    }
+
+    /// `hash` must name a stored evidence blob.
+    fn stored(self, known: &Known, field: &'static str, hash: &str) -> Checked {
+        if known.evidence.contains(hash) {
+            Ok(())
+        } else {
+            let why = format!("{field} names no evidence blob");
+            Err(self.broken(field, Some(hash), None, why))
+        }
+    }
+
+    /// `H(value)`, canonicalized into the reused buffer `buf`. A value with no canonical form (a
+    /// number beyond the double range, read from a row) breaks the object it belongs to.
+    fn hash(self, buf: &mut Vec<u8>, field: &'static str, value: &Value) -> Checked<String> {
+        buf.clear();
+        match jcs::write_canonical(value, buf) {
+            Ok(()) => Ok(jcs::hash_bytes(buf)),
+            Err(e) => Err(self.broken(field, None, None, e.to_string())),
+        }
+    }
+
+    /// The last audit entry of the run with one of `actions` on `subject` must carry `hash` as
+    /// its evidence: that is what ties a receipt to the chain.
+    fn carried(
+        self,
+        links: &[AuditLink],
+        actions: &[&str],
+        subject: &str,
+        field: &'static str,
+        hash: &str,
+    ) -> Checked {
+        let link = links
+            .iter()
+            .rev()
+            .find(|l| l.subject == subject && actions.contains(&l.action.as_str()));
+        match link {
+            Some(l) if l.payload_hash == hash => Ok(()),
+            Some(l) => Err(self.broken(
+                field,
+                Some(hash),
+                Some(&l.payload_hash),
+                format!(
+                    "the {} entry for {subject} (seq {}) carries another {field}",
+                    l.action, l.seq
+                ),
+            )),
+            None => Err(self.broken(
+                field,
+                Some(hash),
+                None,
+                format!(
+                    "no {} entry for {subject} carries the {field}",
+                    actions.join(" or ")
+                ),
+            )),
+        }
+    }
+}
+
+/// What the checks of one object need to know of the others: every evidence blob, and the hash
+/// of every policy and definition version. Filled by the serial passes, then only read.
+#[derive(Default)]
+struct Known {
+    evidence: EvidenceIndex,
+    /// `(policy_id, version) → policy_hash`.
+    policy_hashes: HashMap<(String, i64), String>,
+    /// `(workflow_id, version) → definition_hash`.
+    definition_hashes: HashMap<(String, i64), String>,
+}
+
+/// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
+/// memory instead of a query: about 40 bytes per blob, filled in the one pass over the evidence
+/// table. A digest is uniformly random, so its first word serves as its hash as it is.
+#[derive(Default)]
+struct EvidenceIndex {
+    digests: HashSet<Digest, BuildHasherDefault<FirstWord>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Digest([u64; 4]);
+
+impl Hash for Digest {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+    }
+}
+
+/// A `Hasher` for `Digest`: its first word, unchanged.
+#[derive(Default)]
+struct FirstWord(u64);
+
+impl Hasher for FirstWord {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `Digest` is hashed here, through `write_u64`; fold anything else in anyway.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, word: u64) {
+        self.0 = word;
+    }
+}
+
+impl EvidenceIndex {
+    /// Adds a blob's key; a key that is not a hash is left out, and its blob reported broken.
+    fn insert(&mut self, hash: &str) {
+        if let Some(digest) = Self::digest(hash) {
+            self.digests.insert(digest);
+        }
+    }
+
+    fn contains(&self, hash: &str) -> bool {
+        Self::digest(hash).is_some_and(|digest| self.digests.contains(&digest))
+    }
+
+    /// The words of a hash written as 64 lowercase hex characters; `None` for anything else.
+    fn digest(hash: &str) -> Option<Digest> {
+        let mut bytes = [0u8; 32];
+        if !is_hash(hash) || hex::decode_to_slice(hash, &mut bytes).is_err() {
+            return None;
+        }
+        let mut words = [0u64; 4];
+        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+            *word = u64::from_be_bytes(chunk.try_into().ok()?);
+        }
+        Some(Digest(words))
+    }
+}
+
+struct Checker<'a, D: Db> {
+    db: &'a D,
+    options: &'a Options,
+    head: &'a Head,
+    /// Threads that check what this one reads.
+    workers: usize,
+    counts: Counts,
+    known: Known,
+    /// The JCS bytes of what this thread hashes, reused from object to object.
+    buf: Vec<u8>,
+}
+
+impl<D: Db> Checker<'_, D> {
+    fn check_all(&mut self) -> Result<(), Stop> {
+        self.evidence()?;
+        self.audit_chain()?;
+        self.catalog()?;
+        self.runs()?;
+        self.orphans()?;
+        self.triggers()?;
+        if self.options.replay {
+            self.replay()?;
+        }
+        Ok(())
+    }
+
+    /// Every blob: its body hashes to its key, and is the canonical JCS form of its value.
+    fn evidence(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        let index = &mut self.known.evidence;
+        let mut read = |sink: &mut dyn FnMut(Blob) -> Result<(), Stop>| {
+            store::for_each_evidence(db, |hash, body| {
+                index.insert(hash);
+                sink(Blob {
+                    hash: hash.to_string(),
+                    body: body.to_vec(),
+                })
+            })
+        };
+        pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check_blob)
+    }
+
+    /// The one chain: `seq` 1, 2, 3, … without gaps; each `entry_hash` recomputed; each
+    /// `prev_hash` the previous `entry_hash`; each payload the blob its reference names; and the
+    /// head written down, if one was given, still in it.
+    fn audit_chain(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        let expect_head = self.options.expect_head.as_ref();
+        let mut head_seen = false;
+        let mut expected_seq = 1;
+        let mut prev_hash = ZERO_HASH.to_string();
+        let mut read = |sink: &mut dyn FnMut(Linked) -> Result<(), Stop>| {
+            store::for_each_audit_entry(db, |entry| {
+                head_seen |= expect_head.is_some_and(|head| head.seq == entry.seq);
+                let this_hash = entry.entry_hash.clone();
+                let linked = Linked {
+                    entry,
+                    expected_seq,
+                    prev_hash: std::mem::replace(&mut prev_hash, this_hash),
+                };
+                expected_seq += 1;
+                sink(linked)
+            })
+        };
+        let known = &self.known;
+        let check = |buf: &mut Vec<u8>, linked: &Linked, counts: &mut Counts| {
+            check_entry(known, expect_head, buf, linked, counts)
+        };
+        pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)?;
+        match expect_head {
+            Some(head) if !head_seen && head.seq > 0 => {
+                let at = At {
+                    table: "audit_log",
+                    row: Row::Seq(head.seq),
+                };
+                let why = format!(
+                    "the log no longer holds the head written down: it ends at seq {}, so it was cut",
+                    self.head.seq
+                );
+                let (expected, found) = (head.to_string(), self.head.to_string());
+                Err(at.broken("seq", Some(&expected), Some(&found), why).into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Policy and definition versions hash to their stored hashes.
+    fn catalog(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        store::for_each_policy(db, |p| {
+            let at = At {
+                table: "policies",
+                row: Row::Version(&p.policy_id, p.version),
+            };
+            let document = receipts::policy_document(&p);
+            let actual = at.hash(&mut self.buf, "policy_hash", &document)?;
+            at.same("policy_hash", &actual, &p.policy_hash, || {
+                "the stored policy no longer hashes to its policy_hash".into()
+            })?;
+            at.stored(&self.known, "policy_hash", &p.policy_hash)?;
+            self.counts.policies += 1;
+            let key = (p.policy_id, p.version);
+            self.known.policy_hashes.insert(key, p.policy_hash);
+            Ok::<(), Stop>(())
+        })?;
+        store::for_each_definition(db, |d| {
+            let at = At {
+                table: "workflows",
+                row: Row::Version(&d.workflow_id, d.version),
+            };
+            let document = receipts::definition_document(&d);
+            let actual = at.hash(&mut self.buf, "definition_hash", &document)?;
+            at.same("definition_hash", &actual, &d.definition_hash, || {
+                "the stored definition no longer hashes to its definition_hash".into()
+            })?;
+            at.stored(&self.known, "definition_hash", &d.definition_hash)?;
+            self.counts.definitions += 1;
+            let key = (d.workflow_id, d.version);
+            self.known.definition_hashes.insert(key, d.definition_hash);
+            Ok::<(), Stop>(())
+        })
+    }
+
+    /// Each run with everything of it, read here and checked by the workers.
+    fn runs(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        let mut read = |sink: &mut dyn FnMut(RunRecord) -> Result<(), Stop>| {
+            store::for_each_run(db, |run| sink(RunRecord::read(db, run)?))
+        };
+        let known = &self.known;
+        let check = |buf: &mut Vec<u8>, record: &RunRecord, counts: &mut Counts| {
+            check_run(known, buf, record, counts)
+        };
+        pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)
+    }
+
+    /// Rows of a run's tables that name a missing run, and decisions no attempt names.
+    fn orphans(&mut self) -> Result<(), Stop> {
+        let Some(orphan) = store::first_orphan(self.db)? else {
+            return Ok(());
+        };
+        let why = match orphan.field {
+            "decision_id" => "no step attempt names this decision".to_string(),
+            field => format!(
+                "the row names {field} {}, which does not exist",
+                orphan.missing
+            ),
+        };
+        let at = At {
+            table: orphan.table,
+            row: Row::Key(&orphan.key),
+        };
+        Err(at
+            .broken(orphan.field, None, Some(&orphan.missing), why)
+            .into())
+    }
+
+    /// The immutability triggers of contract §6, each exactly as the schema declares it.
+    fn triggers(&mut self) -> Result<(), Stop> {
+        for trigger in store::schema_triggers() {
+            let at = At {
+                table: "sqlite_master",
+                row: Row::Key(&trigger.name),
+            };
+            match store::trigger_sql(self.db, &trigger.name)? {
+                Some(sql) if sql == trigger.sql => self.counts.triggers += 1,
+                Some(sql) => {
+                    let why = format!("the trigger {} was replaced by another", trigger.name);
+                    return Err(at
+                        .broken("trigger", Some(&trigger.sql), Some(&sql), why)
+                        .into());
+                }
+                None => {
+                    let why = format!("the immutability trigger {} is missing", trigger.name);
+                    return Err(at.broken("trigger", Some(&trigger.sql), None, why).into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every decision again, this time re-made: the policy version it names, evaluated on the
+    /// context its `step.requested` entry recorded, must give the same effect, reason and rules.
+    fn replay(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        let mut policies: HashMap<(String, i64), (Policy, Vec<policy::Rule>)> = HashMap::new();
+        let mut replayed = 0;
+        store::for_each_decision(db, |d| {
+            self.replay_decision(&d, &mut policies)?;
+            replayed += 1;
+            Ok::<(), Stop>(())
+        })?;
+        self.counts.replayed_decisions = Some(replayed);
+        Ok(())
+    }
+
+    fn replay_decision(
+        &mut self,
+        d: &Decision,
+        policies: &mut HashMap<(String, i64), (Policy, Vec<policy::Rule>)>,
+    ) -> Result<(), Stop> {
+        let db = self.db;
+        let at = At {
+            table: "decisions",
+            row: Row::Key(&d.decision_id),
+        };
+        let subject = format!("step:{}#{}", d.step_id, d.attempt);
+        let Some(requested) = store::last_audit_entry(db, &d.run_id, "step.requested", &subject)?
+        else {
+            let why =
+                format!("no step.requested entry for {subject} holds the context it was made on");
+            return Err(at.broken("context", None, None, why).into());
+        };
+        let context_hash = requested
+            .evidence_pack_ref
+            .as_deref()
+            .and_then(|r| r.strip_prefix("sha256:"));
+        let body = match context_hash {
+            Some(hash) => store::get_evidence(db, hash)?,
+            None => None,
+        };
+        let Some(body) = body else {
+            let why = format!(
+                "the step.requested entry (seq {}) holds no context",
+                requested.seq
+            );
+            return Err(at.broken("context", context_hash, None, why).into());
+        };
+        let context: Value = serde_json::from_slice(&body).map_err(|e| {
+            at.broken(
+                "context",
+                context_hash,
+                None,
+                format!("the context is not JSON: {e}"),
+            )
+        })?;
+        let input = context.get("input").unwrap_or(&Value::Null);
+        let input_hash = at.hash(&mut self.buf, "input_hash", input)?;
+        at.same("input_hash", &input_hash, &d.input_hash, || {
+            format!(
+                "the context recorded at seq {} holds another step input",
+                requested.seq
+            )
+        })?;
+
+        let key = (d.policy_id.clone(), d.policy_version);
+        if !policies.contains_key(&key) {
+            let Some(stored) = store::get_policy(db, &d.policy_id, Some(d.policy_version))? else {
+                let version = format!("{}@{}", d.policy_id, d.policy_version);
+                let why = "the decision names a policy version that does not exist";
+                return Err(at
+                    .broken("policy_version", None, Some(&version), why)
+                    .into());
+            };
+            let rules = policy::parse_rules(&stored.rules).map_err(|e| {
+                let at = At {
+                    table: "policies",
+                    row: Row::Version(&stored.policy_id, stored.version),
+                };
+                at.broken(
+                    "rules",
+                    None,
+                    None,
+                    format!("the stored rules no longer parse: {e}"),
+                )
+            })?;
+            policies.insert(key.clone(), (stored, rules));
+        }
+        let (stored, rules) = &policies[&key];
+        let version = format!("{}@{}", stored.policy_id, stored.version);
+        at.same("policy_hash", &stored.policy_hash, &d.policy_hash, || {
+            format!("policy {version} has another policy_hash")
+        })?;
+        at.same("tier", &stored.tier, &d.tier, || {
+            format!("policy {version} has another tier")
+        })?;
+
+        let again = policy::evaluate(rules, stored.default_effect, &context);
+        let why = || {
+            format!(
+                "re-evaluating policy {version} on the context recorded at seq {} gives {} ({:?}, rules {:?})",
+                requested.seq,
+                again.effect.as_str(),
+                again.reason,
+                again.rules_triggered
+            )
+        };
+        at.same("effect", again.effect.as_str(), d.effect.as_str(), why)?;
+        at.same("reason", &again.reason, &d.reason, why)?;
+        let rules_expected = json!(again.rules_triggered).to_string();
+        let rules_found = json!(d.rules_triggered).to_string();
+        at.same("rules_triggered", &rules_expected, &rules_found, why)?;
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the workers check: pure functions of what was read and what is known.
+
+/// An evidence blob as read: its key and its body.
+struct Blob {
+    hash: String,
+    body: Vec<u8>,
+}
+
+fn check_blob(buf: &mut Vec<u8>, blob: &Blob, counts: &mut Counts) -> Checked {
+    let at = At {
+        table: "evidence",
+        row: Row::Key(&blob.hash),
+    };
+    let actual = jcs::hash_bytes(&blob.body);
+    at.same("body", &blob.hash, &actual, || {
+        "the body no longer hashes to the key it is stored under".into()
+    })?;
+    let value: Value = serde_json::from_slice(&blob.body)
+        .map_err(|e| at.broken("body", None, None, format!("the body is not JSON: {e}")))?;
+    buf.clear();
+    jcs::write_canonical(&value, buf).map_err(|e| at.broken("body", None, None, e.to_string()))?;
+    if *buf != blob.body {
+        let canonical = jcs::hash_bytes(buf);
+        let why = "the body is not the canonical JCS form of its value";
+        return Err(at.broken("body", Some(&canonical), Some(&blob.hash), why));
+    }
+    counts.evidence += 1;
+    Ok(())
+}
+
+/// An audit entry as read, with what it must follow: the `seq` it must have, and the stored
+/// `entry_hash` of the entry read before it (64 zeros before the first).
+struct Linked {
+    entry: AuditEntry,
+    expected_seq: i64,
+    prev_hash: String,
+}
+
+fn check_entry(
+    known: &Known,
+    expect_head: Option<&Head>,
+    buf: &mut Vec<u8>,
+    linked: &Linked,
+    counts: &mut Counts,
+) -> Checked {
+    let Linked {
+        entry,
+        expected_seq,
+        prev_hash,
+    } = linked;
+    let (seq, expected_seq) = (entry.seq, *expected_seq);
+    if seq != expected_seq {
+        let at = At {
+            table: "audit_log",
+            row: Row::Seq(expected_seq),
+        };
+        let why = if seq > expected_seq {
+            format!(
+                "the log jumps from seq {} to {seq}: entries were removed",
+                expected_seq - 1
+            )
+        } else {
+            format!(
+                "seq {seq} comes after seq {}: entries were moved",
+                expected_seq - 1
+            )
+        };
+        let (expected, found) = (expected_seq.to_string(), seq.to_string());
+        return Err(at.broken("seq", Some(&expected), Some(&found), why));
+    }
+    let at = At {
+        table: "audit_log",
+        row: Row::Seq(seq),
+    };
+    let actual = at.hash(buf, "entry_hash", &receipts::entry_object(entry))?;
+    at.same("entry_hash", &actual, &entry.entry_hash, || {
+        "the entry no longer hashes to its entry_hash: it was changed after it was written".into()
+    })?;
+    at.same("prev_hash", prev_hash, &entry.prev_hash, || {
+        "the entry does not link to the one before it: entries were moved, removed or rewritten"
+            .into()
+    })?;
+    match entry.evidence_pack_ref.as_deref() {
+        Some(reference) => {
+            let named = reference.strip_prefix("sha256:").unwrap_or(reference);
+            at.same("payload_hash", named, &entry.payload_hash, || {
+                format!("the payload_hash is not the hash its evidence_pack_ref {reference} names")
+            })?;
+            at.stored(known, "evidence_pack_ref", named)?;
+        }
+        None => at.same("payload_hash", NULL_HASH, &entry.payload_hash, || {
+            "an entry without evidence carries H(null) as its payload_hash".into()
+        })?,
+    }
+    if let Some(head) = expect_head.filter(|head| head.seq == seq) {
+        at.same("entry_hash", &head.entry_hash, &entry.entry_hash, || {
+            "the entry at the head written down has another hash: the log was rewritten since"
+                .into()
+        })?;
+    }
+    counts.audit_entries += 1;
+    Ok(())
+}
+
+/// A run with everything of it that `verify` checks, each list in the order it happened.
+struct RunRecord {
+    run: Run,
+    links: Vec<AuditLink>,
+    decisions: Vec<Decision>,
+    steps: Vec<StepAttempt>,
+    gates: Vec<Gate>,
+}
+
+impl RunRecord {
+    fn read(db: &impl Db, run: Run) -> Result<RunRecord, StoreError> {
+        let mut record = RunRecord {
+            links: Vec::new(),
+            decisions: Vec::new(),
+            steps: Vec::new(),
+            gates: Vec::new(),
+            run,
+        };
+        let run_id = record.run.run_id.as_str();
+        store::audit_links_of_run(db, run_id, &mut record.links)?;
+        store::for_each_decision_of_run(db, run_id, |d| {
+            record.decisions.push(d);
+            Ok::<(), StoreError>(())
+        })?;
+        store::for_each_step_of_run(db, run_id, |s| {
+            record.steps.push(s);
+            Ok::<(), StoreError>(())
+        })?;
+        store::for_each_gate_of_run(db, run_id, |g| {
+            record.gates.push(g);
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(record)
+    }
+}
+
+/// One run: genesis, decisions, the receipt chain of its attempts, gates and workflow receipt,
+/// each tied to the audit entry that carries it.
+fn check_run(known: &Known, buf: &mut Vec<u8>, record: &RunRecord, counts: &mut Counts) -> Checked {
+    let RunRecord {
+        run,
+        links,
+        decisions,
+        steps,
+        gates,
+    } = record;
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    counts.runs += 1;
+    at.stored(known, "input_hash", &run.input_hash)?;
+    let pinned = (run.workflow_id.clone(), run.workflow_version);
+    let Some(definition_hash) = known.definition_hashes.get(&pinned) else {
+        let version = format!("{}@{}", run.workflow_id, run.workflow_version);
+        let why = "the run pins a workflow definition that does not exist";
+        return Err(at.broken("workflow_version", None, Some(&version), why));
+    };
+    let genesis = receipts::genesis_object(run, definition_hash);
+    let actual = at.hash(buf, "genesis_hash", &genesis)?;
+    at.same("genesis_hash", &actual, &run.genesis_hash, || {
+        "the run no longer hashes to its genesis_hash".into()
+    })?;
+    at.stored(known, "genesis_hash", &run.genesis_hash)?;
+    let subject = format!("run:{}", run.run_id);
+    at.carried(
+        links,
+        &["run.created"],
+        &subject,
+        "genesis_hash",
+        &run.genesis_hash,
+    )?;
+
+    for decision in decisions {
+        check_decision(known, buf, links, decision, counts)?;
+    }
+    let mut tip = run.genesis_hash.as_str();
+    let mut step_receipts = Vec::new();
+    for step in steps {
+        if let Some(receipt) = check_step(known, buf, links, decisions, step, tip, counts)? {
+            tip = receipt;
+            step_receipts.push(receipt.to_string());
+        }
+    }
+    let mut gate_receipts = Vec::new();
+    for gate in gates {
+        if let Some(receipt) = check_gate(known, buf, links, gate, counts)? {
+            gate_receipts.push(receipt.to_string());
+        }
+    }
+
+    match (&run.receipt_hash, run.status.has_ended()) {
+        (Some(receipt), true) => {
+            let object = receipts::workflow_receipt_object(run, &step_receipts, &gate_receipts);
+            let actual = at.hash(buf, "receipt_hash", &object)?;
+            at.same("receipt_hash", &actual, receipt, || {
+                "the workflow receipt does not match the run, its step and its gate receipts".into()
+            })?;
+            at.stored(known, "receipt_hash", receipt)?;
+            let ending = ["run.completed", "run.failed", "run.cancelled"];
+            at.carried(links, &ending, &subject, "receipt_hash", receipt)?;
+            counts.workflow_receipts += 1;
+            Ok(())
+        }
+        (None, true) => Err(at.broken(
+            "receipt_hash",
+            None,
+            None,
+            "the run has ended but has no workflow receipt",
+        )),
+        (Some(receipt), false) => Err(at.broken(
+            "receipt_hash",
+            None,
+            Some(receipt),
+            "a run that has not ended has a workflow receipt",
+        )),
+        (None, false) => Ok(()),
+    }
+}
+
+/// A decision hashes to its `decision_hash`, names stored blobs and a policy version that
+/// exists with the hash it recorded, and is the evidence of its `policy.evaluated` entry.
+fn check_decision(
+    known: &Known,
+    buf: &mut Vec<u8>,
+    links: &[AuditLink],
+    d: &Decision,
+    counts: &mut Counts,
+) -> Checked {
+    let at = At {
+        table: "decisions",
+        row: Row::Key(&d.decision_id),
+    };
+    counts.decisions += 1;
+    let actual = at.hash(buf, "decision_hash", &receipts::decision_object(d))?;
+    at.same("decision_hash", &actual, &d.decision_hash, || {
+        "the decision no longer hashes to its decision_hash".into()
+    })?;
+    at.stored(known, "decision_hash", &d.decision_hash)?;
+    at.stored(known, "input_hash", &d.input_hash)?;
+    let version = (d.policy_id.clone(), d.policy_version);
+    let Some(policy_hash) = known.policy_hashes.get(&version) else {
+        let version = format!("{}@{}", d.policy_id, d.policy_version);
+        let why = "the decision names a policy version that does not exist";
+        return Err(at.broken("policy_version", None, Some(&version), why));
+    };
+    at.same("policy_hash", policy_hash, &d.policy_hash, || {
+        format!(
+            "policy {}@{} has another policy_hash",
+            d.policy_id, d.policy_version
+        )
+    })?;
+    let subject = format!("step:{}#{}", d.step_id, d.attempt);
+    at.carried(
+        links,
+        &["policy.evaluated"],
+        &subject,
+        "decision_hash",
+        &d.decision_hash,
+    )
+}
+
+/// One attempt, in creation order: its decision, its output, and its place in the receipt chain
+/// after `tip`. Returns its receipt when it has finished.
+fn check_step<'r>(
+    known: &Known,
+    buf: &mut Vec<u8>,
+    links: &[AuditLink],
+    decisions: &[Decision],
+    step: &'r StepAttempt,
+    tip: &str,
+    counts: &mut Counts,
+) -> Checked<Option<&'r str>> {
+    let at = At {
+        table: "steps",
+        row: Row::Attempt(step),
+    };
+    counts.steps += 1;
+    at.stored(known, "input_hash", &step.input_hash)?;
+    let decision = decisions.iter().find(|d| d.decision_id == step.decision_id);
+    let Some(decision) = decision.filter(|d| {
+        (&d.run_id, &d.step_id, d.attempt) == (&step.run_id, &step.step_id, step.attempt)
+    }) else {
+        let why = "the attempt does not name the decision made on it";
+        return Err(at.broken("decision_id", None, Some(&step.decision_id), why));
+    };
+    at.same(
+        "decision_hash",
+        &decision.decision_hash,
+        &step.decision_hash,
+        || "the attempt's decision_hash is not its decision's".into(),
+    )?;
+    at.same("input_hash", &decision.input_hash, &step.input_hash, || {
+        "the attempt's input_hash is not the one its decision was made on".into()
+    })?;
+
+    if step.status.is_open() {
+        return match step.output_hash.as_deref().or(step.receipt_hash.as_deref()) {
+            Some(found) => {
+                let why = "an open attempt has an output or a receipt";
+                Err(at.broken("receipt_hash", None, Some(found), why))
+            }
+            None => Ok(None),
+        };
+    }
+    let (Some(output_hash), Some(receipt)) = (&step.output_hash, &step.receipt_hash) else {
+        let why = "a finished attempt has no output_hash or no receipt";
+        return Err(at.broken("receipt_hash", None, None, why));
+    };
+    at.stored(known, "output_hash", output_hash)?;
+    // COMPLETED: H(output), known only through its blob. The others hash what the row holds.
+    let expected_output = match step.status {
+        StepStatus::Failed => Some(at.hash(buf, "output_hash", &json!({"error": step.error}))?),
+        StepStatus::Denied | StepStatus::Rejected => Some(NULL_HASH.to_string()),
+        _ => None,
+    };
+    if let Some(expected) = expected_output {
+        at.same("output_hash", &expected, output_hash, || {
+            let rule = match step.status {
+                StepStatus::Failed => "H({\"error\": error})",
+                _ => "H(null)",
+            };
+            format!("the output_hash of a {} attempt is {rule}", step.status)
+        })?;
+    }
+    at.same("prev_receipt_hash", tip, &step.prev_receipt_hash, || {
+        "the attempt does not chain to the run's previous finished attempt (or its genesis)".into()
+    })?;
+    let actual = at.hash(buf, "receipt_hash", &receipts::step_receipt_object(step))?;
+    at.same("receipt_hash", &actual, receipt, || {
+        "the attempt no longer hashes to its receipt_hash".into()
+    })?;
+    at.stored(known, "receipt_hash", receipt)?;
+    let action = match step.status {
+        StepStatus::Completed => "step.completed",
+        StepStatus::Failed => "step.failed",
+        StepStatus::Denied => "step.denied",
+        _ => "step.rejected",
+    };
+    let subject = format!("step:{}#{}", step.step_id, step.attempt);
+    at.carried(links, &[action], &subject, "receipt_hash", receipt)?;
+    Ok(Some(receipt))
+}
+
+/// One gate: a gate that left PENDING has a receipt, tied to the entry that resolved it.
+/// Returns that receipt.
+fn check_gate<'r>(
+    known: &Known,
+    buf: &mut Vec<u8>,
+    links: &[AuditLink],
+    gate: &'r Gate,
+    counts: &mut Counts,
+) -> Checked<Option<&'r str>> {
+    let at = At {
+        table: "gates",
+        row: Row::Key(&gate.gate_id),
+    };
+    counts.gates += 1;
+    let action = match gate.status {
+        GateStatus::Pending => {
+            return match &gate.receipt_hash {
+                Some(found) => Err(at.broken(
+                    "receipt_hash",
+                    None,
+                    Some(found),
+                    "a PENDING gate has a receipt",
+                )),
+                None => Ok(None),
+            }
+        }
+        GateStatus::Approved | GateStatus::Rejected => "gate.resolved",
+        GateStatus::Expired => "gate.expired",
+        GateStatus::Cancelled => "gate.cancelled",
+    };
+    let Some(receipt) = &gate.receipt_hash else {
+        let why = "a gate that left PENDING has no receipt";
+        return Err(at.broken("receipt_hash", None, None, why));
+    };
+    let actual = at.hash(buf, "receipt_hash", &receipts::gate_receipt_object(gate))?;
+    at.same("receipt_hash", &actual, receipt, || {
+        "the gate no longer hashes to its receipt_hash".into()
+    })?;
+    at.stored(known, "receipt_hash", receipt)?;
+    let subject = format!("gate:{}", gate.gate_id);
+    at.carried(links, &[action], &subject, "receipt_hash", receipt)?;
+    Ok(Some(receipt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_head_is_written_and_read_as_seq_colon_hash() {
+        let hash = "ab".repeat(32);
+        let head = Head::parse(&format!("17:{hash}")).unwrap();
+        assert_eq!(
+            head,
+            Head {
+                seq: 17,
+                entry_hash: hash.clone()
+            }
+        );
+        assert_eq!(Head::parse(&head.to_string()), Some(head));
+        assert_eq!(
+            Head::parse(&format!("17:{}", hash.to_uppercase())).map(|h| h.seq),
+            Some(17)
+        );
+        assert_eq!(Head::parse(&format!("0:{ZERO_HASH}")), Some(Head::empty()));
+    }
+
+    #[test]
+    fn a_malformed_head_is_refused() {
+        let hash = "ab".repeat(32);
+        for text in [
+            String::new(),
+            "17".to_string(),
+            format!("-1:{hash}"),
+            format!("+1:{hash}"),
+            format!("x:{hash}"),
+            format!("0:{hash}"),
+            "17:abc".to_string(),
+            format!("17:{hash}00"),
+        ] {
+            assert_eq!(Head::parse(&text), None, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn the_json_report_names_the_failure() {
+        let report = Report {
+            counts: Counts::default(),
+            head: Head::empty(),
+            failure: Some(Broken {
+                table: "audit_log",
+                id: "3".into(),
+                field: "entry_hash",
+                expected: Some("a".into()),
+                found: Some("b".into()),
+                message: "changed".into(),
+            }),
+        };
+        let value = report.to_json();
+        assert_eq!(value["ok"], false);
+        assert_eq!(value["head"]["seq"], 0);
+        assert_eq!(value["failure"]["table"], "audit_log");
+        assert_eq!(value["failure"]["id"], "3");
+        assert_eq!(value["counts"]["replayed_decisions"], Value::Null);
+        assert!(report
+            .to_string()
+            .contains("BROKEN: audit_log 3 entry_hash: changed"));
+    }
+}

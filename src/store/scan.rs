@@ -1,0 +1,390 @@
+//! Streaming reads for `verify`: every table walked row by row through one prepared statement,
+//! each row handed to a callback as a model object and then dropped, so a log of millions of
+//! entries is checked in constant memory. A row that cannot be read back as what fedcore wrote is
+//! `StoreError::BadRow` naming the table and the row, which `verify` reports as a broken object
+//! rather than as a failure to check. Also here: the immutability triggers the schema declares and
+//! the ones a database holds.
+
+use super::queries::{
+    audit_from_row, decision_from_row, definition_from_row, gate_from_row, policy_from_row,
+    run_from_row, step_from_row, AUDIT_COLUMNS, DECISION_COLUMNS, DEFINITION_COLUMNS, GATE_COLUMNS,
+    POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
+};
+use super::{Db, StoreError, MIGRATIONS};
+use crate::model::*;
+use rusqlite::types::ValueRef;
+use rusqlite::{OptionalExtension, Params, Row};
+
+/// An audit entry reduced to what ties it to a run's receipts: what it did, to what, with what
+/// evidence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditLink {
+    pub seq: i64,
+    pub action: String,
+    pub subject: String,
+    pub payload_hash: String,
+}
+
+/// A row that names a run, or a decision, that is not there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub table: &'static str,
+    /// The row, named as `verify` names rows of that table.
+    pub key: String,
+    pub field: &'static str,
+    pub missing: String,
+}
+
+/// A trigger as the schema declares it: its name and the exact `CREATE TRIGGER` text that
+/// SQLite keeps in `sqlite_master.sql` (the statement without its final semicolon).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerSql {
+    pub name: String,
+    pub sql: String,
+}
+
+/// Calls `f` with each evidence blob `(hash, body)`, in hash order, without copying the body.
+pub fn for_each_evidence<E: From<StoreError>>(
+    db: &impl Db,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = db
+        .conn()
+        .prepare_cached("SELECT hash, body FROM evidence ORDER BY hash")
+        .map_err(StoreError::from)?;
+    let mut rows = stmt.query([]).map_err(StoreError::from)?;
+    while let Some(row) = rows.next().map_err(StoreError::from)? {
+        let (hash, body) =
+            hash_and_body(row).map_err(|e| bad_row("evidence", row, key_first, e))?;
+        f(hash, body)?;
+    }
+    Ok(())
+}
+
+fn hash_and_body<'r>(row: &'r Row<'_>) -> rusqlite::Result<(&'r str, &'r [u8])> {
+    Ok((row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_bytes()?))
+}
+
+/// Calls `f` with each audit entry in `seq` order.
+pub fn for_each_audit_entry<E: From<StoreError>>(
+    db: &impl Db,
+    f: impl FnMut(AuditEntry) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
+    for_each_row(db, &sql, [], "audit_log", key_first, audit_from_row, f)
+}
+
+/// Calls `f` with each policy version, by id and version.
+pub fn for_each_policy<E: From<StoreError>>(
+    db: &impl Db,
+    f: impl FnMut(Policy) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!("SELECT {POLICY_COLUMNS} FROM policies ORDER BY policy_id, version");
+    for_each_row(db, &sql, [], "policies", key_versioned, policy_from_row, f)
+}
+
+/// Calls `f` with each workflow definition version, by id and version.
+pub fn for_each_definition<E: From<StoreError>>(
+    db: &impl Db,
+    f: impl FnMut(Definition) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!("SELECT {DEFINITION_COLUMNS} FROM workflows ORDER BY workflow_id, version");
+    for_each_row(
+        db,
+        &sql,
+        [],
+        "workflows",
+        key_versioned,
+        definition_from_row,
+        f,
+    )
+}
+
+/// Calls `f` with each decision in the order they were made.
+pub fn for_each_decision<E: From<StoreError>>(
+    db: &impl Db,
+    f: impl FnMut(Decision) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions ORDER BY creation_order");
+    for_each_row(db, &sql, [], "decisions", key_first, decision_from_row, f)
+}
+
+/// Calls `f` with each decision of a run in the order they were made.
+pub fn for_each_decision_of_run<E: From<StoreError>>(
+    db: &impl Db,
+    run_id: &str,
+    f: impl FnMut(Decision) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!(
+        "SELECT {DECISION_COLUMNS} FROM decisions WHERE run_id = ?1 ORDER BY creation_order"
+    );
+    for_each_row(
+        db,
+        &sql,
+        [run_id],
+        "decisions",
+        key_first,
+        decision_from_row,
+        f,
+    )
+}
+
+/// Calls `f` with each run in `run_id` order (UUIDv7, so creation order). A run whose input blob
+/// is missing is still visited, with `input` null; `verify` reports the missing blob.
+pub fn for_each_run<E: From<StoreError>>(
+    db: &impl Db,
+    f: impl FnMut(Run) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!(
+        "SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN evidence e ON e.hash = r.input_hash
+         ORDER BY r.run_id"
+    );
+    for_each_row(db, &sql, [], "runs", key_first, run_from_row, f)
+}
+
+/// Calls `f` with each attempt of a run in the order they were created.
+pub fn for_each_step_of_run<E: From<StoreError>>(
+    db: &impl Db,
+    run_id: &str,
+    f: impl FnMut(StepAttempt) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY creation_order");
+    for_each_row(db, &sql, [run_id], "steps", key_step, step_from_row, f)
+}
+
+/// Calls `f` with each gate of a run in the order they were requested.
+pub fn for_each_gate_of_run<E: From<StoreError>>(
+    db: &impl Db,
+    run_id: &str,
+    f: impl FnMut(Gate) -> Result<(), E>,
+) -> Result<(), E> {
+    let sql = format!("SELECT {GATE_COLUMNS} FROM gates WHERE run_id = ?1 ORDER BY creation_order");
+    for_each_row(db, &sql, [run_id], "gates", key_first, gate_from_row, f)
+}
+
+/// Replaces `out` with the audit links of one run, in `seq` order.
+pub fn audit_links_of_run(
+    db: &impl Db,
+    run_id: &str,
+    out: &mut Vec<AuditLink>,
+) -> Result<(), StoreError> {
+    out.clear();
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT seq, action, subject, payload_hash FROM audit_log WHERE run_id = ?1 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([run_id])?;
+    while let Some(row) = rows.next()? {
+        let link = (|| {
+            Ok(AuditLink {
+                seq: row.get(0)?,
+                action: row.get(1)?,
+                subject: row.get(2)?,
+                payload_hash: row.get(3)?,
+            })
+        })()
+        .map_err(|e| bad_row("audit_log", row, key_first, e))?;
+        out.push(link);
+    }
+    Ok(())
+}
+
+/// The last entry of a run with this action and subject.
+pub fn last_audit_entry(
+    db: &impl Db,
+    run_id: &str,
+    action: &str,
+    subject: &str,
+) -> Result<Option<AuditEntry>, StoreError> {
+    let sql = format!(
+        "SELECT {AUDIT_COLUMNS} FROM audit_log WHERE run_id = ?1 AND action = ?2 AND subject = ?3
+         ORDER BY seq DESC LIMIT 1"
+    );
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let mut rows = stmt.query([run_id, action, subject])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(
+            audit_from_row(row).map_err(|e| bad_row("audit_log", row, key_first, e))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The first row that names a run that does not exist, or a decision that no step attempt
+/// names. Each row of the run tables belongs to a run, and each decision to exactly one attempt.
+pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
+    const CHECKS: [(&str, &str, &str, &str); 5] = [
+        (
+            "audit_log",
+            "run_id",
+            "CAST(seq AS TEXT)",
+            "run_id IS NOT NULL AND run_id NOT IN (SELECT run_id FROM runs)",
+        ),
+        (
+            "decisions",
+            "run_id",
+            "decision_id",
+            "run_id NOT IN (SELECT run_id FROM runs)",
+        ),
+        (
+            "steps",
+            "run_id",
+            "run_id || '/' || step_id || '#' || attempt",
+            "run_id NOT IN (SELECT run_id FROM runs)",
+        ),
+        (
+            "gates",
+            "run_id",
+            "gate_id",
+            "run_id NOT IN (SELECT run_id FROM runs)",
+        ),
+        (
+            "decisions",
+            "decision_id",
+            "decision_id",
+            "decision_id NOT IN (SELECT decision_id FROM steps)",
+        ),
+    ];
+    for (table, field, key, condition) in CHECKS {
+        // Every piece is a constant of this function; nothing from the database is formatted in.
+        let sql = format!("SELECT {key}, {field} FROM {table} WHERE {condition} LIMIT 1");
+        let found = db
+            .conn()
+            .prepare_cached(&sql)?
+            .query_row([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+            .optional()?;
+        if let Some((key, missing)) = found {
+            return Ok(Some(Orphan {
+                table,
+                key,
+                field,
+                missing,
+            }));
+        }
+    }
+    Ok(None)
+}
+
+/// The triggers the schema declares, in the order it declares them.
+pub fn schema_triggers() -> Vec<TriggerSql> {
+    const START: &str = "CREATE TRIGGER ";
+    const END: &str = "END;";
+    let mut triggers = Vec::new();
+    for migration in MIGRATIONS {
+        let mut rest = *migration;
+        while let Some(start) = rest.find(START) {
+            let statement = &rest[start..];
+            let Some(end) = statement.find(END) else {
+                break;
+            };
+            let sql = &statement[..end + END.len() - 1];
+            let name = sql[START.len()..].split_whitespace().next().unwrap_or("");
+            triggers.push(TriggerSql {
+                name: name.to_string(),
+                sql: sql.to_string(),
+            });
+            rest = &statement[end + END.len()..];
+        }
+    }
+    triggers
+}
+
+/// The SQL of the trigger named `name`, if the database holds one.
+pub fn trigger_sql(db: &impl Db, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?1")?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
+/// Runs `sql` and hands each row, read by `from_row`, to `f`; a row `from_row` cannot read is
+/// `BadRow`, named by `key`.
+fn for_each_row<T, E: From<StoreError>>(
+    db: &impl Db,
+    sql: &str,
+    params: impl Params,
+    table: &'static str,
+    key: fn(&Row<'_>) -> String,
+    from_row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    mut f: impl FnMut(T) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut stmt = db.conn().prepare_cached(sql).map_err(StoreError::from)?;
+    let mut rows = stmt.query(params).map_err(StoreError::from)?;
+    while let Some(row) = rows.next().map_err(StoreError::from)? {
+        let item = from_row(row).map_err(|e| bad_row(table, row, key, e))?;
+        f(item)?;
+    }
+    Ok(())
+}
+
+fn bad_row(
+    table: &'static str,
+    row: &Row<'_>,
+    key: fn(&Row<'_>) -> String,
+    error: rusqlite::Error,
+) -> StoreError {
+    StoreError::BadRow {
+        table,
+        key: key(row),
+        why: error.to_string(),
+    }
+}
+
+/// A column as text, whatever its type, for naming a row that may not hold what it should.
+fn raw(row: &Row<'_>, index: usize) -> String {
+    match row.get_ref(index) {
+        Ok(ValueRef::Null) => "null".to_string(),
+        Ok(ValueRef::Integer(n)) => n.to_string(),
+        Ok(ValueRef::Real(x)) => x.to_string(),
+        Ok(ValueRef::Text(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+        Ok(ValueRef::Blob(bytes)) => format!("x'{}'", hex::encode(bytes)),
+        Err(_) => "?".to_string(),
+    }
+}
+
+/// Rows keyed by their first column: an id, a hash or a `seq`.
+fn key_first(row: &Row<'_>) -> String {
+    raw(row, 0)
+}
+
+/// Policy and definition versions: `id@version`.
+fn key_versioned(row: &Row<'_>) -> String {
+    format!("{}@{}", raw(row, 0), raw(row, 1))
+}
+
+/// Step attempts: `run_id/step_id#attempt` (columns of `STEP_COLUMNS`).
+fn key_step(row: &Row<'_>) -> String {
+    format!("{}/{}#{}", raw(row, 0), raw(row, 1), raw(row, 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_declares_sixteen_triggers_each_a_whole_statement() {
+        let triggers = schema_triggers();
+        assert_eq!(triggers.len(), 16);
+        assert_eq!(triggers[0].name, "audit_log_no_update");
+        for trigger in &triggers {
+            assert!(
+                trigger.sql.starts_with("CREATE TRIGGER "),
+                "{}",
+                trigger.sql
+            );
+            assert!(trigger.sql.ends_with("END"), "{}", trigger.sql);
+            assert_eq!(trigger.sql.matches("CREATE TRIGGER").count(), 1);
+        }
+    }
+
+    #[test]
+    fn sqlite_keeps_each_trigger_exactly_as_the_schema_declares_it() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
+        let reader = super::super::Reader { conn };
+        for trigger in schema_triggers() {
+            let stored = trigger_sql(&reader, &trigger.name).unwrap();
+            assert_eq!(stored.as_deref(), Some(trigger.sql.as_str()));
+        }
+    }
+}

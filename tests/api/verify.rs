@@ -1,0 +1,920 @@
+//! `fedcore verify` on real databases. Each test builds one over HTTP (a completed run, a flagged
+//! run approved by a second actor, a denied run, a run whose first attempt failed, a cancelled
+//! run, then two entries after a head written down), stops the server, and checks a copy of the
+//! file: untouched, then edited with SQLite the way an attacker would, after dropping the
+//! triggers that refuse such edits. Each edit must be named in `--json` output, exit 1.
+
+use crate::support::{run_cli, Client, Server, TempDir};
+use rusqlite::{params, Connection};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+const AGENT: &str = "agent-7";
+const APPROVER: &str = "approver-1";
+const ADMIN: &str = "admin";
+const WORKFLOW: &str = "spine";
+const STEPS: [&str; 3] = ["observe", "decide", "act"];
+
+/// A stopped server's database and what was built in it.
+struct Built {
+    dir: TempDir,
+    db: PathBuf,
+    completed_run: String,
+    flagged_run: String,
+    denied_run: String,
+    retried_run: String,
+    cancelled_run: String,
+    /// The decision that denied `decide` in `denied_run`.
+    deny_decision: String,
+    /// The head written down before the last two entries (a refused request, an agent change).
+    head_before_tail: String,
+    /// The head of the whole log.
+    head: String,
+}
+
+impl Built {
+    /// A copy of the database to tamper with.
+    fn copy(&self, name: &str) -> PathBuf {
+        let copy = self.dir.path().join(format!("{name}.db"));
+        std::fs::copy(&self.db, &copy).expect("copy the database");
+        copy
+    }
+}
+
+fn build_database() -> Built {
+    let dir = TempDir::new();
+    let db = dir.path().join("fedcore.db");
+    let mut server = Server::start_on(&db, &[]);
+    let mut client = server.client();
+    let c = &mut client;
+
+    expect(
+        c.put(
+            &format!("/registry/agents/{AGENT}"),
+            &json!({
+                "status": "active", "capabilities": ["observe"], "tier": "T2", "actor": ADMIN,
+            }),
+        ),
+        200,
+        "register the agent",
+    );
+    expect(c.put("/policies/gov", &json!({
+        "tier": "T2", "default_effect": "deny", "actor": ADMIN,
+        "rules": [
+            {"rule_id": "deny-critical", "effect": "deny", "reason": "critical-risk actions are forbidden",
+             "when": {"path": "input.risk", "eq": "critical"}},
+            {"rule_id": "flag-high", "effect": "flag", "reason": "high-risk actions need a human",
+             "when": {"path": "input.risk", "eq": "high"}},
+            {"rule_id": "allow-registered", "effect": "allow", "reason": "registered active agent",
+             "when": {"path": "agent.status", "eq": "active"}}]
+    })), 201, "store the policy");
+    let steps: Vec<Value> = STEPS
+        .iter()
+        .zip(["OBSERVE", "DECIDE", "ACT"])
+        .map(|(id, ty)| json!({"step_id": id, "step_type": ty}))
+        .collect();
+    expect(
+        c.put(
+            &format!("/workflows/definitions/{WORKFLOW}"),
+            &json!({
+                "policy_id": "gov", "steps": steps, "actor": ADMIN,
+            }),
+        ),
+        201,
+        "store the definition",
+    );
+
+    let completed_run = create_run(c);
+    for step in STEPS {
+        request_step(c, &completed_run, step, "low");
+        complete_step(c, &completed_run, step);
+    }
+
+    let flagged_run = create_run(c);
+    request_step(c, &flagged_run, "observe", "low");
+    complete_step(c, &flagged_run, "observe");
+    let flagged = request_step(c, &flagged_run, "decide", "high");
+    assert_eq!(flagged["decision"]["effect"], "flag", "{flagged}");
+    let gate_id = flagged["gate"]["gate_id"]
+        .as_str()
+        .expect("a gate")
+        .to_string();
+    let approval = json!({"decision": "approve", "comment": "looked at it", "actor": APPROVER});
+    expect(
+        c.patch(
+            &format!("/workflows/runs/{flagged_run}/gates/{gate_id}"),
+            &approval,
+        ),
+        200,
+        "approve",
+    );
+    set_status(c, &flagged_run, "RUNNING");
+    complete_step(c, &flagged_run, "decide");
+    request_step(c, &flagged_run, "act", "low");
+    complete_step(c, &flagged_run, "act");
+
+    let denied_run = create_run(c);
+    request_step(c, &denied_run, "observe", "low");
+    complete_step(c, &denied_run, "observe");
+    let denied = request_step(c, &denied_run, "decide", "critical");
+    assert_eq!(denied["run"]["status"], "FAILED", "{denied}");
+    let deny_decision = denied["decision"]["decision_id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    let retried_run = create_run(c);
+    request_step(c, &retried_run, "observe", "low");
+    let failure = json!({"status": "FAILED", "error": {"code": "timeout"}, "actor": AGENT});
+    expect(
+        c.patch(
+            &format!("/workflows/runs/{retried_run}/steps/observe"),
+            &failure,
+        ),
+        200,
+        "fail",
+    );
+    for step in STEPS {
+        request_step(c, &retried_run, step, "low");
+        complete_step(c, &retried_run, step);
+    }
+
+    let cancelled_run = create_run(c);
+    request_step(c, &cancelled_run, "observe", "low");
+    complete_step(c, &cancelled_run, "observe");
+    set_status(c, &cancelled_run, "CANCELLED");
+
+    let head_before_tail = audit_head(c);
+    let refused = c.post(
+        &format!("/workflows/runs/{denied_run}/steps"),
+        &json!({"step_id": "act", "input": {}, "actor": AGENT}),
+    );
+    assert_eq!(refused.status, 409, "a step on a failed run is refused");
+    expect(
+        c.put(
+            &format!("/registry/agents/{APPROVER}"),
+            &json!({
+                "status": "active", "capabilities": [], "actor": ADMIN,
+            }),
+        ),
+        200,
+        "register the approver",
+    );
+    let head = audit_head(c);
+    assert_eq!(server.terminate(), Some(0), "the server stops cleanly");
+
+    Built {
+        dir,
+        db,
+        completed_run,
+        flagged_run,
+        denied_run,
+        retried_run,
+        cancelled_run,
+        deny_decision,
+        head_before_tail,
+        head,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// An intact database, and files that cannot be checked.
+
+#[test]
+fn an_untouched_database_is_intact_and_verify_prints_its_head() {
+    let built = build_database();
+    let db = built.db.to_str().expect("utf-8 path");
+    let (code, out, err) = run_cli(&["verify", "--db", db]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        out.contains(&format!("audit head: {}", built.head)),
+        "{out}"
+    );
+    assert!(out.trim_end().ends_with("intact"), "{out}");
+
+    let (code, report) = verify_json(&built.db, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["failure"], Value::Null);
+    let head = format!(
+        "{}:{}",
+        report["head"]["seq"],
+        text(&report["head"]["entry_hash"])
+    );
+    assert_eq!(head, built.head);
+    let counts = &report["counts"];
+    assert_eq!(counts["runs"], 5, "{counts}");
+    assert_eq!(counts["workflow_receipts"], 5, "{counts}");
+    assert_eq!(counts["gates"], 1, "{counts}");
+    assert_eq!(counts["policies"], 1, "{counts}");
+    assert_eq!(counts["definitions"], 1, "{counts}");
+    assert_eq!(counts["triggers"], 16, "{counts}");
+    // completed 3 + flagged 3 + denied 2 + retried 4 + cancelled 1
+    assert_eq!(counts["steps"], 13, "{counts}");
+    assert_eq!(counts["decisions"], 13, "{counts}");
+    assert_eq!(counts["audit_entries"], report["head"]["seq"], "{counts}");
+    assert_eq!(counts["replayed_decisions"], Value::Null, "{counts}");
+}
+
+#[test]
+fn an_untouched_database_still_holds_the_head_written_down_and_replays_every_decision() {
+    let built = build_database();
+    for head in [&built.head, &built.head_before_tail] {
+        let (code, report) = verify_json(&built.db, &["--expect-head", head]);
+        assert_eq!(code, 0, "{report}");
+    }
+    let (code, report) = verify_json(&built.db, &["--replay"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["counts"]["replayed_decisions"], 13, "{report}");
+}
+
+#[test]
+fn verifying_the_database_changes_nothing_and_leaves_nothing_beside_it() {
+    let built = build_database();
+    let before = std::fs::read(&built.db).expect("read");
+    let files_before = files_in(built.dir.path());
+    let (code, report) = verify_json(&built.db, &["--replay"]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(std::fs::read(&built.db).expect("read"), before);
+    assert_eq!(files_in(built.dir.path()), files_before);
+}
+
+#[test]
+fn a_database_in_use_by_a_running_server_can_be_verified() {
+    let dir = TempDir::new();
+    let db = dir.path().join("live.db");
+    let server = Server::start_on(&db, &[]);
+    let mut client = server.client();
+    let body = json!({"status": "active", "capabilities": [], "actor": ADMIN});
+    expect(
+        client.put(&format!("/registry/agents/{AGENT}"), &body),
+        200,
+        "register",
+    );
+    let head = audit_head(&mut client);
+    let (code, report) = verify_json(&db, &["--expect-head", &head]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(report["counts"]["audit_entries"], 1, "{report}");
+    expect(client.get("/health"), 200, "the server still answers");
+}
+
+#[test]
+fn a_database_that_does_not_exist_cannot_be_checked_and_is_not_created() {
+    let dir = TempDir::new();
+    let missing = dir.path().join("missing.db");
+    let (code, out, err) = run_cli(&["verify", "--db", missing.to_str().expect("utf-8")]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!missing.exists(), "verify created the file");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+    assert!(left.is_empty(), "verify left files behind: {left:?}");
+}
+
+#[test]
+fn a_file_that_is_not_a_fedcore_database_cannot_be_checked_and_is_left_alone() {
+    let dir = TempDir::new();
+    let text_file = dir.path().join("notes.db");
+    std::fs::write(&text_file, "not a database at all\n").expect("write");
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, "").expect("write");
+    let foreign = dir.path().join("foreign.db");
+    Connection::open(&foreign)
+        .and_then(|c| c.execute_batch("CREATE TABLE t (x)"))
+        .expect("a foreign SQLite database");
+    for file in [&text_file, &empty, &foreign] {
+        let before = std::fs::read(file).expect("read");
+        let (code, out, err) = run_cli(&["verify", "--db", file.to_str().expect("utf-8")]);
+        assert_eq!(
+            code,
+            2,
+            "{}: stdout:\n{out}\nstderr:\n{err}",
+            file.display()
+        );
+        assert!(err.contains("not a fedcore database"), "{err}");
+        assert_eq!(
+            std::fs::read(file).expect("read"),
+            before,
+            "{}",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn a_malformed_expected_head_is_a_usage_error() {
+    let built = build_database();
+    let db = built.db.to_str().expect("utf-8");
+    let (code, _, err) = run_cli(&["verify", "--db", db, "--expect-head", "12"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SEQ:HASH"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tampering, each found and named.
+
+#[test]
+fn an_edited_audit_reason_is_named_by_its_seq() {
+    let built = build_database();
+    let copy = built.copy("reason");
+    let conn = attacker_opens(&copy);
+    let seq: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit_log WHERE run_id = ?1 AND action = 'policy.evaluated'
+             AND decision = 'deny'",
+            [&built.denied_run],
+            |r| r.get(0),
+        )
+        .expect("the denial is in the log");
+    conn.execute(
+        "UPDATE audit_log SET reason = 'looked fine' WHERE seq = ?1",
+        [seq],
+    )
+    .expect("edit");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &seq.to_string(), "entry_hash");
+
+    let (code, out, _) = run_cli(&["verify", "--db", copy.to_str().expect("utf-8")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("BROKEN: audit_log {seq} entry_hash: ")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("  found    {}", text(&failure["found"]))),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_edited_evidence_body_is_named_by_its_hash() {
+    let built = build_database();
+    let copy = built.copy("evidence");
+    let conn = attacker_opens(&copy);
+    let input_hash: String = conn
+        .query_row(
+            "SELECT input_hash FROM runs WHERE run_id = ?1",
+            [&built.completed_run],
+            |r| r.get(0),
+        )
+        .expect("the run");
+    conn.execute(
+        "UPDATE evidence SET body = ?2 WHERE hash = ?1",
+        params![input_hash, br#"{"n":2}"#.to_vec()],
+    )
+    .expect("edit");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "evidence", &input_hash, "body");
+}
+
+#[test]
+fn an_edited_decision_effect_is_named_by_its_decision() {
+    let built = build_database();
+    let copy = built.copy("decision");
+    let conn = attacker_opens(&copy);
+    conn.execute(
+        "UPDATE decisions SET effect = 'allow' WHERE decision_id = ?1",
+        [&built.deny_decision],
+    )
+    .expect("edit");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "decisions", &built.deny_decision, "decision_hash");
+}
+
+#[test]
+fn a_deleted_audit_entry_leaves_a_gap_named_by_its_seq() {
+    let built = build_database();
+    let copy = built.copy("deleted");
+    let conn = attacker_opens(&copy);
+    let middle = head_seq(&built.head) / 2;
+    conn.execute("DELETE FROM audit_log WHERE seq = ?1", [middle])
+        .expect("delete");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &middle.to_string(), "seq");
+    assert_eq!(failure["found"], (middle + 1).to_string(), "{failure}");
+}
+
+#[test]
+fn two_audit_entries_swapped_are_named_at_the_first_of_them() {
+    let built = build_database();
+    let copy = built.copy("swapped");
+    let conn = attacker_opens(&copy);
+    let first = head_seq(&built.head) / 2;
+    swap_entries(&conn, first, first + 1);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &first.to_string(), "entry_hash");
+}
+
+#[test]
+fn a_truncated_log_is_caught_only_against_the_head_written_down() {
+    let built = build_database();
+    let copy = built.copy("truncated");
+    let conn = attacker_opens(&copy);
+    let kept = head_seq(&built.head_before_tail);
+    conn.execute("DELETE FROM audit_log WHERE seq > ?1", [kept])
+        .expect("truncate");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    // The shorter log is a consistent log: nothing in the file alone betrays the cut.
+    let (code, report) = verify_json(&copy, &[]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        format!(
+            "{}:{}",
+            report["head"]["seq"],
+            text(&report["head"]["entry_hash"])
+        ),
+        built.head_before_tail
+    );
+
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(
+        &failure,
+        "audit_log",
+        &head_seq(&built.head).to_string(),
+        "seq",
+    );
+}
+
+#[test]
+fn an_edited_step_receipt_is_named_by_its_attempt() {
+    let built = build_database();
+    let copy = built.copy("receipt");
+    let conn = attacker_opens(&copy);
+    let forged = sha256_hex(b"a receipt that was never issued");
+    conn.execute(
+        "UPDATE steps SET receipt_hash = ?2 WHERE run_id = ?1 AND step_id = 'decide'",
+        params![built.flagged_run, forged],
+    )
+    .expect("edit");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    let attempt = format!("{}/decide#1", built.flagged_run);
+    assert_named(&failure, "steps", &attempt, "receipt_hash");
+    assert_eq!(failure["found"], forged, "{failure}");
+}
+
+#[test]
+fn a_dropped_trigger_is_named() {
+    let built = build_database();
+    let copy = built.copy("trigger");
+    let conn = Connection::open(&copy).expect("open");
+    conn.execute_batch("DROP TRIGGER evidence_no_update")
+        .expect("drop");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "sqlite_master", "evidence_no_update", "trigger");
+}
+
+#[test]
+fn every_kind_of_run_is_checked_down_to_its_receipts() {
+    // Not tampering: one edit per kind of run shows each run's receipts are really recomputed.
+    let built = build_database();
+    let runs = [
+        &built.completed_run,
+        &built.flagged_run,
+        &built.denied_run,
+        &built.retried_run,
+        &built.cancelled_run,
+    ];
+    for run_id in runs {
+        let copy = built.copy(&format!("ended-{run_id}"));
+        let conn = attacker_opens(&copy);
+        conn.execute(
+            "UPDATE runs SET ended_at = '2000-01-01T00:00:00.000000Z' WHERE run_id = ?1",
+            [run_id],
+        )
+        .expect("edit");
+        drop(conn);
+        let failure = expect_broken(&copy, &[]);
+        assert_named(&failure, "runs", run_id, "receipt_hash");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A forgery consistent in every hash: only replaying the decision finds it.
+
+#[test]
+fn a_decision_forged_with_every_hash_rewritten_passes_verify_but_not_replay() {
+    let built = build_database();
+    let copy = built.copy("forged");
+    let conn = attacker_opens(&copy);
+    forge_allow(&conn, &built.deny_decision, &built.denied_run);
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+
+    let (code, report) = verify_json(&copy, &[]);
+    assert_eq!(code, 0, "the forgery is consistent in every hash: {report}");
+
+    let failure = expect_broken(&copy, &["--replay"]);
+    assert_named(&failure, "decisions", &built.deny_decision, "effect");
+    assert_eq!(failure["expected"], "deny", "{failure}");
+    assert_eq!(failure["found"], "allow", "{failure}");
+}
+
+/// Turns a deny into an allow and rewrites everything that hashes it: the decision and its blob,
+/// the attempt's decision and receipt, the run's workflow receipt, the entries carrying them, and
+/// the whole audit chain.
+fn forge_allow(conn: &Connection, decision_id: &str, run_id: &str) {
+    let mut renamed: Vec<(String, String)> = Vec::new();
+
+    let decision: Value = conn
+        .query_row(
+            "SELECT json_object('decision_id', decision_id, 'run_id', run_id, 'step_id', step_id,
+               'attempt', attempt, 'effect', effect, 'reason', reason, 'policy_id', policy_id,
+               'policy_version', policy_version, 'policy_hash', policy_hash, 'tier', tier,
+               'rules_triggered', json(rules_triggered), 'input_hash', input_hash, 'actor', actor,
+               'decided_at', decided_at), decision_hash FROM decisions WHERE decision_id = ?1",
+            [decision_id],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)),
+        )
+        .map(|(object, old_hash)| {
+            let mut object: Value = serde_json::from_str(&object).expect("json");
+            object["effect"] = json!("allow");
+            let new_hash = store_blob(conn, &object);
+            renamed.push((old_hash, new_hash));
+            object
+        })
+        .expect("the decision");
+    let new_decision_hash = renamed[0].1.clone();
+    conn.execute(
+        "UPDATE decisions SET effect = 'allow', decision_hash = ?2 WHERE decision_id = ?1",
+        params![decision_id, new_decision_hash],
+    )
+    .expect("rewrite the decision");
+    conn.execute(
+        "UPDATE steps SET decision_hash = ?2 WHERE decision_id = ?1",
+        params![decision_id, new_decision_hash],
+    )
+    .expect("rewrite the attempt's decision");
+    assert_eq!(decision["effect"], "allow");
+
+    // The attempts' receipt chain from the genesis, then the workflow receipt.
+    let genesis: String = conn
+        .query_row(
+            "SELECT genesis_hash FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| r.get(0),
+        )
+        .expect("run");
+    let mut tip = genesis;
+    let mut step_receipts = Vec::new();
+    let attempts: Vec<(i64, Value, Option<String>)> = query_all(
+        conn,
+        "SELECT creation_order, json_object('kind', 'step', 'run_id', run_id, 'step_id', step_id,
+           'step_type', step_type, 'attempt', attempt, 'status', status, 'actor', actor,
+           'started_at', started_at, 'ended_at', ended_at, 'input_hash', input_hash,
+           'output_hash', output_hash, 'decision_hash', decision_hash,
+           'prev_receipt_hash', prev_receipt_hash), receipt_hash
+         FROM steps WHERE run_id = ?1 ORDER BY creation_order",
+        run_id,
+    );
+    for (order, mut receipt, old) in attempts {
+        let Some(old) = old else { continue };
+        receipt["prev_receipt_hash"] = json!(tip);
+        let new = store_blob(conn, &receipt);
+        conn.execute(
+            "UPDATE steps SET prev_receipt_hash = ?2, receipt_hash = ?3 WHERE creation_order = ?1",
+            params![order, tip, new],
+        )
+        .expect("rewrite a step receipt");
+        renamed.push((old, new.clone()));
+        step_receipts.push(new.clone());
+        tip = new;
+    }
+    let gate_receipts: Vec<String> = query_all(
+        conn,
+        "SELECT creation_order, 'null', receipt_hash FROM gates WHERE run_id = ?1
+         AND receipt_hash IS NOT NULL ORDER BY creation_order",
+        run_id,
+    )
+    .into_iter()
+    .filter_map(|(_, _, receipt)| receipt)
+    .collect();
+    let (mut workflow, old): (Value, String) = conn
+        .query_row(
+            "SELECT json_object('kind', 'workflow', 'run_id', run_id, 'workflow_id', workflow_id,
+               'workflow_version', workflow_version, 'status', status, 'ended_at', ended_at,
+               'genesis_hash', genesis_hash), receipt_hash FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| {
+                Ok((
+                    serde_json::from_str(&r.get::<_, String>(0)?).expect("json"),
+                    r.get(1)?,
+                ))
+            },
+        )
+        .expect("run");
+    workflow["step_receipts"] = json!(step_receipts);
+    workflow["gate_receipts"] = json!(gate_receipts);
+    let new = store_blob(conn, &workflow);
+    conn.execute(
+        "UPDATE runs SET receipt_hash = ?2 WHERE run_id = ?1",
+        params![run_id, new],
+    )
+    .expect("rewrite the workflow receipt");
+    renamed.push((old, new));
+
+    // The entries that carry what changed, then the chain.
+    for (old, new) in &renamed {
+        conn.execute(
+            "UPDATE audit_log SET payload_hash = ?2, evidence_pack_ref = 'sha256:' || ?2
+             WHERE payload_hash = ?1",
+            params![old, new],
+        )
+        .expect("rewrite a payload");
+    }
+    conn.execute(
+        "UPDATE audit_log SET decision = 'allow' WHERE payload_hash = ?1",
+        [&new_decision_hash],
+    )
+    .expect("rewrite the logged decision");
+    rechain(conn);
+}
+
+/// Recomputes `prev_hash` and `entry_hash` of every entry, in order.
+fn rechain(conn: &Connection) {
+    let entries: Vec<(i64, Value)> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq, json_object('seq', seq, 'run_id', run_id, 'at', at, 'actor', actor,
+                   'action', action, 'subject', subject, 'from_status', from_status,
+                   'to_status', to_status, 'decision', decision, 'reason', reason,
+                   'message', message, 'evidence_pack_ref', evidence_pack_ref,
+                   'payload_hash', payload_hash) FROM audit_log ORDER BY seq",
+            )
+            .expect("prepare");
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, String>(1)?)))
+            .expect("query");
+        rows.map(|row| {
+            let (seq, object) = row.expect("row");
+            (seq, serde_json::from_str(&object).expect("json"))
+        })
+        .collect()
+    };
+    let mut prev = "0".repeat(64);
+    for (seq, mut entry) in entries {
+        entry["prev_hash"] = json!(prev);
+        let entry_hash = sha256_hex(jcs(&entry).as_bytes());
+        conn.execute(
+            "UPDATE audit_log SET prev_hash = ?2, entry_hash = ?3 WHERE seq = ?1",
+            params![seq, prev, entry_hash],
+        )
+        .expect("rewrite an entry");
+        prev = entry_hash;
+    }
+}
+
+/// Rows of `(creation_order, JSON object, hash)` for one run.
+fn query_all(conn: &Connection, sql: &str, run_id: &str) -> Vec<(i64, Value, Option<String>)> {
+    let mut stmt = conn.prepare(sql).expect("prepare");
+    let rows = stmt
+        .query_map([run_id], |r| {
+            Ok((r.get(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })
+        .expect("query");
+    rows.map(|row| {
+        let (order, object, hash) = row.expect("row");
+        (order, serde_json::from_str(&object).expect("json"), hash)
+    })
+    .collect()
+}
+
+/// Stores `value` as an evidence blob and returns its hash.
+fn store_blob(conn: &Connection, value: &Value) -> String {
+    let body = jcs(value);
+    let hash = sha256_hex(body.as_bytes());
+    conn.execute(
+        "INSERT OR IGNORE INTO evidence (hash, body) VALUES (?1, ?2)",
+        params![hash, body.into_bytes()],
+    )
+    .expect("store a blob");
+    hash
+}
+
+/// RFC 8785 for the values forged here: objects, arrays, strings, integers, booleans and null.
+/// Keys sort by UTF-16 code units; strings escape as serde_json does, which for these is JCS.
+fn jcs(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort_by(|a, b| a.encode_utf16().cmp(b.encode_utf16()));
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", jcs(&json!(k)), jcs(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(jcs).collect();
+            format!("[{}]", items.join(","))
+        }
+        Value::Number(n) => n.as_i64().expect("only integers are forged").to_string(),
+        other => other.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The attacker's tools.
+
+/// Opens a copy for writing and drops every trigger, and foreign keys, as someone altering the
+/// file would.
+fn attacker_opens(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("open the copy");
+    conn.pragma_update(None, "foreign_keys", "OFF")
+        .expect("foreign keys off");
+    let names: Vec<String> = {
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            .expect("prepare");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+        rows.map(|r| r.expect("name")).collect()
+    };
+    assert_eq!(names.len(), 16, "the schema's triggers: {names:?}");
+    for name in names {
+        // Trigger names come from the database itself, not from input.
+        conn.execute_batch(&format!("DROP TRIGGER \"{name}\""))
+            .expect("drop trigger");
+    }
+    conn
+}
+
+/// Puts the triggers back exactly as `original` has them, hiding that they were ever gone.
+fn restore_triggers(conn: &Connection, original: &Path) {
+    let source = Connection::open(original).expect("open the original");
+    let mut stmt = source
+        .prepare("SELECT sql FROM sqlite_master WHERE type = 'trigger'")
+        .expect("prepare");
+    let sqls: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .expect("query")
+        .map(|r| r.expect("sql"))
+        .collect();
+    for sql in sqls {
+        conn.execute_batch(&sql).expect("recreate a trigger");
+    }
+}
+
+/// Swaps every column but `seq` between two entries.
+fn swap_entries(conn: &Connection, a: i64, b: i64) {
+    const COLUMNS: &str = "run_id, at, actor, action, subject, from_status, to_status, decision,
+        reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash";
+    let read = |seq: i64| -> Vec<rusqlite::types::Value> {
+        conn.query_row(
+            &format!("SELECT {COLUMNS} FROM audit_log WHERE seq = ?1"),
+            [seq],
+            |r| (0..14).map(|i| r.get(i)).collect(),
+        )
+        .expect("read an entry")
+    };
+    let (row_a, row_b) = (read(a), read(b));
+    // entry_hash is UNIQUE: park one row's hash while the other takes it.
+    conn.execute(
+        "UPDATE audit_log SET entry_hash = 'parked' WHERE seq = ?1",
+        [b],
+    )
+    .expect("park");
+    let write = |seq: i64, row: &[rusqlite::types::Value]| {
+        let mut values: Vec<&dyn rusqlite::ToSql> =
+            row.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
+        values.push(&seq);
+        conn.execute(
+            "UPDATE audit_log SET run_id = ?1, at = ?2, actor = ?3, action = ?4, subject = ?5,
+               from_status = ?6, to_status = ?7, decision = ?8, reason = ?9, message = ?10,
+               evidence_pack_ref = ?11, payload_hash = ?12, prev_hash = ?13, entry_hash = ?14
+             WHERE seq = ?15",
+            values.as_slice(),
+        )
+        .expect("write an entry");
+    };
+    write(a, &row_b);
+    write(b, &row_a);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running verify and reading its answer.
+
+/// Runs `fedcore verify --json` and returns the exit code and the parsed report.
+fn verify_json(db: &Path, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["verify", "--json", "--db", db.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run_cli(&args);
+    let report = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): exit {code}\n{out}\n{err}"));
+    (code, report)
+}
+
+/// Runs verify, expects exit 1, and returns the named failure.
+fn expect_broken(db: &Path, extra: &[&str]) -> Value {
+    let (code, report) = verify_json(db, extra);
+    assert_eq!(
+        code, 1,
+        "expected verify to find the database broken: {report}"
+    );
+    assert_eq!(report["ok"], false, "{report}");
+    report["failure"].clone()
+}
+
+fn assert_named(failure: &Value, table: &str, id: &str, field: &str) {
+    assert_eq!(
+        (
+            text(&failure["table"]),
+            text(&failure["id"]),
+            text(&failure["field"])
+        ),
+        (table, id, field),
+        "the failure named another object: {failure}"
+    );
+    assert!(
+        failure["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{failure}"
+    );
+}
+
+/// The names of the files in `dir`, sorted.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn head_seq(head: &str) -> i64 {
+    head.split_once(':')
+        .and_then(|(seq, _)| seq.parse().ok())
+        .unwrap_or_else(|| panic!("not a head: {head}"))
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("<not a string>")
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests that assert what they expect.
+
+fn expect(resp: crate::support::Response, status: u16, what: &str) -> Value {
+    assert_eq!(
+        resp.status,
+        status,
+        "{what}: expected HTTP {status}, got {} {}",
+        resp.status,
+        String::from_utf8_lossy(&resp.body)
+    );
+    resp.json()
+}
+
+fn create_run(c: &mut Client) -> String {
+    let body = json!({"workflow_id": WORKFLOW, "input": {"ticket": "T-1"}, "actor": AGENT});
+    let run = expect(c.post("/workflows/runs", &body), 201, "create a run");
+    text(&run["run_id"]).to_string()
+}
+
+fn request_step(c: &mut Client, run_id: &str, step_id: &str, risk: &str) -> Value {
+    let body = json!({"step_id": step_id, "input": {"risk": risk}, "actor": AGENT});
+    expect(
+        c.post(&format!("/workflows/runs/{run_id}/steps"), &body),
+        201,
+        "request a step",
+    )
+}
+
+fn complete_step(c: &mut Client, run_id: &str, step_id: &str) {
+    let body = json!({"status": "COMPLETED", "output": {"done": step_id}, "actor": AGENT});
+    let path = format!("/workflows/runs/{run_id}/steps/{step_id}");
+    expect(c.patch(&path, &body), 200, "complete a step");
+}
+
+fn set_status(c: &mut Client, run_id: &str, status: &str) {
+    let body = json!({"status": status, "reason": "test", "actor": AGENT});
+    let path = format!("/workflows/runs/{run_id}/status");
+    expect(c.patch(&path, &body), 200, "change the run's status");
+}
+
+/// `SEQ:HASH` of the log's last entry, as `verify` prints it.
+fn audit_head(c: &mut Client) -> String {
+    let page = expect(
+        c.get("/audit?after_seq=0&limit=1"),
+        200,
+        "read the audit head",
+    );
+    format!(
+        "{}:{}",
+        page["head"]["seq"],
+        text(&page["head"]["entry_hash"])
+    )
+}
