@@ -19,6 +19,8 @@ Usage:
                                               write one run's receipts, audit entries and evidence as files
   fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
                                               recompute every hash in the database, offline
+  fedcore verify --receipts DIR [--json]      check a folder written by export, without the database
+  fedcore proof [--out DIR]                   run the PT-004 proof and write its report (default REPORT/PROOFS)
   fedcore --help | --version
 
 Run `fedcore COMMAND --help` for a command's flags.
@@ -61,6 +63,7 @@ pub const VERIFY_USAGE: &str = "\
 fedcore verify: check, offline and read-only, that nothing in a database was altered
 
 Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
+       fedcore verify --receipts DIR [--json]
 
   --db PATH                 database file (default ./fedcore.db); opened read-only, never
                             created or changed
@@ -70,6 +73,10 @@ Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
                             rewritten log
   --replay                  also re-evaluate every decision with the policy version it names, on
                             the context recorded when it was made, and compare the outcome
+  --receipts DIR            check a folder written by `fedcore export` instead of a database:
+                            the manifest's file hashes, every evidence blob, the run's genesis,
+                            decisions, step receipt chain, gate and workflow receipts, and each
+                            audit entry's entry_hash
 
 Recomputes every evidence hash, policy and definition hash, decision hash, step receipt chain,
 gate receipt, workflow receipt and the whole audit chain, and checks the immutability triggers.
@@ -80,6 +87,22 @@ Exit status: 0 intact, 1 broken, 2 could not check (usage, unreadable file, not 
 database).
 ";
 
+pub const PROOF_USAGE: &str = "\
+fedcore proof: the PT-004 proof of governed workflow orchestration
+
+Usage: fedcore proof [--out DIR]
+
+  --out DIR   where to write (default REPORT/PROOFS)
+
+Starts a real server on a free loopback port over a fresh database DIR/PT-004_workflow_orchestration/
+pt004.db and, over HTTP as an agent and a separate approver, runs Test A (every step allowed),
+Test B (a flagged step approved by a second person, then resumed) and Test C (a denied step that
+fails the run closed). Exports each run to DIR/PT-004_workflow_orchestration/receipts/, verifies the
+database and each exported folder, shows that a tampered copy is rejected and that a direct UPDATE
+of the audit log is refused, and writes DIR/PT-004_workflow_orchestration_PROOF_REPORT.md.
+Exit status: 0 when every check passed, 1 when one failed, 2 when the proof could not run.
+";
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cli {
@@ -88,6 +111,7 @@ pub enum Cli {
     Serve(ServeArgs),
     Export(ExportArgs),
     Verify(VerifyArgs),
+    Proof { out: PathBuf },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -112,6 +136,8 @@ pub struct VerifyArgs {
     pub json: bool,
     pub expect_head: Option<Head>,
     pub replay: bool,
+    /// Check an exported folder instead of a database.
+    pub receipts: Option<PathBuf>,
 }
 
 /// Parses `args` (without the program name).
@@ -125,6 +151,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             Some("serve") => parse_serve(&mut parser),
             Some("export") => parse_export(&mut parser),
             Some("verify") => parse_verify(&mut parser),
+            Some("proof") => parse_proof(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -192,6 +219,7 @@ fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         json: false,
         expect_head: None,
         replay: false,
+        receipts: None,
     };
     while let Some(arg) = parser.next()? {
         match arg {
@@ -199,11 +227,24 @@ fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("db") => args.db = parser.value()?.into(),
             Long("json") => args.json = true,
             Long("replay") => args.replay = true,
+            Long("receipts") => args.receipts = Some(parser.value()?.into()),
             Long("expect-head") => args.expect_head = Some(head(&parser.value()?.string()?)?),
             other => return Err(other.unexpected()),
         }
     }
     Ok(Cli::Verify(args))
+}
+
+fn parse_proof(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let mut out = PathBuf::from("REPORT/PROOFS");
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(PROOF_USAGE)),
+            Long("out") => out = parser.value()?.into(),
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Cli::Proof { out })
 }
 
 /// `SEQ:HASH` as `verify` prints it.

@@ -246,3 +246,323 @@ impl FolderWriter {
         Ok(())
     }
 }
+
+/// What `verify --receipts` found in an exported folder.
+#[derive(Debug, Clone, Default)]
+pub struct FolderReport {
+    pub run_id: String,
+    pub n_files: usize,
+    pub n_evidence: usize,
+    pub n_step_receipts: usize,
+    pub n_gate_receipts: usize,
+    pub n_decisions: usize,
+    pub n_entries: usize,
+    pub workflow_receipt: Option<String>,
+    /// The first thing that did not check out.
+    pub failure: Option<String>,
+}
+
+impl FolderReport {
+    pub fn is_intact(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    pub fn summary(&self) -> String {
+        match &self.failure {
+            None => format!(
+                "intact: run {}, {} files, {} evidence blobs, {} step receipts, {} gate receipts, {} decisions, {} audit entries, workflow receipt {}",
+                self.run_id,
+                self.n_files,
+                self.n_evidence,
+                self.n_step_receipts,
+                self.n_gate_receipts,
+                self.n_decisions,
+                self.n_entries,
+                self.workflow_receipt.as_deref().unwrap_or("none")
+            ),
+            Some(why) => format!("BROKEN: {why}"),
+        }
+    }
+}
+
+/// Checks a folder written by `export_run` without the database: the manifest's file hashes,
+/// every evidence blob's hash, the run's genesis, every decision hash, the step receipt chain,
+/// the gate receipts, the workflow receipt, and every audit entry's `entry_hash` and evidence.
+/// A folder that cannot be read is reported broken like one that was altered.
+pub fn verify_folder(dir: &Path) -> FolderReport {
+    let mut report = FolderReport::default();
+    if let Err(why) = check_folder(dir, &mut report) {
+        report.failure = Some(why);
+    }
+    report
+}
+
+/// A failed check, as the sentence the report prints.
+type Checked<T> = Result<T, String>;
+
+fn read(dir: &Path, relative: &str) -> Checked<Vec<u8>> {
+    std::fs::read(dir.join(relative)).map_err(|e| format!("{relative}: {e}"))
+}
+
+fn parse<T: serde::de::DeserializeOwned>(dir: &Path, relative: &str) -> Checked<T> {
+    serde_json::from_slice(&read(dir, relative)?)
+        .map_err(|e| format!("{relative}: not the expected JSON: {e}"))
+}
+
+fn same(what: &str, expected: &str, found: &str) -> Checked<()> {
+    if expected == found {
+        Ok(())
+    } else {
+        Err(format!("{what}: expected {expected}, found {found}"))
+    }
+}
+
+fn hash_of(value: &Value) -> Checked<String> {
+    jcs::hash(value).map_err(|e| e.to_string())
+}
+
+fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
+    // The manifest: every file it lists has that SHA-256, and nothing else is in the folder.
+    let manifest: Value = parse(dir, "manifest.json")?;
+    if manifest["format"] != FORMAT {
+        return Err(format!(
+            "manifest.json: format {} is not {FORMAT}",
+            manifest["format"]
+        ));
+    }
+    let files = manifest["files"]
+        .as_array()
+        .ok_or("manifest.json: no file list")?;
+    let mut listed = BTreeSet::new();
+    for f in files {
+        let path = f["path"]
+            .as_str()
+            .ok_or("manifest.json: a file without a path")?;
+        let expected = f["sha256"]
+            .as_str()
+            .ok_or("manifest.json: a file without a sha256")?;
+        same(
+            &format!("sha256 of {path}"),
+            expected,
+            &jcs::hash_bytes(&read(dir, path)?),
+        )?;
+        listed.insert(path.to_string());
+    }
+    let mut on_disk = Vec::new();
+    list_files(dir, dir, &mut on_disk).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if let Some(extra) = on_disk
+        .iter()
+        .find(|p| p.as_str() != "manifest.json" && !listed.contains(*p))
+    {
+        return Err(format!("{extra} is not in the manifest"));
+    }
+    report.n_files = listed.len();
+
+    // Evidence: each blob is named by the hash of its bytes, and holds canonical JSON.
+    let mut evidence = BTreeSet::new();
+    for path in listed.iter().filter(|p| p.starts_with("evidence/")) {
+        let hash = path
+            .trim_start_matches("evidence/")
+            .trim_end_matches(".json");
+        let body = read(dir, path)?;
+        same(&format!("hash of {path}"), hash, &jcs::hash_bytes(&body))?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))?;
+        if jcs::canonical(&value).map_err(|e| e.to_string())? != body {
+            return Err(format!("{path} is not canonical JSON"));
+        }
+        evidence.insert(hash.to_string());
+    }
+    report.n_evidence = evidence.len();
+    let require = |what: &str, hash: &str| -> Checked<()> {
+        if evidence.contains(hash) {
+            Ok(())
+        } else {
+            Err(format!("{what}: no evidence blob {hash}"))
+        }
+    };
+
+    // The run, its definition and policies.
+    let run_json: Value = parse(dir, "run.json")?;
+    let run: Run =
+        serde_json::from_value(run_json.clone()).map_err(|e| format!("run.json: {e}"))?;
+    let steps: Vec<StepAttempt> = serde_json::from_value(run_json["steps"].clone())
+        .map_err(|e| format!("run.json steps: {e}"))?;
+    let gates: Vec<Gate> = serde_json::from_value(run_json["gates"].clone())
+        .map_err(|e| format!("run.json gates: {e}"))?;
+    let decisions: Vec<Decision> = serde_json::from_value(run_json["decisions"].clone())
+        .map_err(|e| format!("run.json decisions: {e}"))?;
+    report.run_id = run.run_id.clone();
+    same(
+        "manifest run_id",
+        manifest["run_id"].as_str().unwrap_or_default(),
+        &run.run_id,
+    )?;
+    let definition: Definition = parse(dir, "definition.json")?;
+    same(
+        "definition_hash",
+        &hash_of(&receipts::definition_document(&definition))?,
+        &definition.definition_hash,
+    )?;
+    same("run input_hash", &hash_of(&run.input)?, &run.input_hash)?;
+    require("run input", &run.input_hash)?;
+    same(
+        "genesis_hash",
+        &hash_of(&receipts::genesis_object(&run, &definition.definition_hash))?,
+        &run.genesis_hash,
+    )?;
+    require("genesis", &run.genesis_hash)?;
+
+    for d in &decisions {
+        let what = format!("decision {} ({}#{})", d.decision_id, d.step_id, d.attempt);
+        same(
+            &what,
+            &hash_of(&receipts::decision_object(d))?,
+            &d.decision_hash,
+        )?;
+        require(&what, &d.decision_hash)?;
+        let policy: Policy = parse(
+            dir,
+            &format!("policies/{}@{}.json", d.policy_id, d.policy_version),
+        )?;
+        same(
+            &format!("{what} policy_hash"),
+            &hash_of(&receipts::policy_document(&policy))?,
+            &d.policy_hash,
+        )?;
+    }
+    report.n_decisions = decisions.len();
+
+    // The step receipt chain, from the genesis, in the order the attempts finished.
+    let mut tip = run.genesis_hash.clone();
+    let mut step_receipts = Vec::new();
+    for s in &steps {
+        let what = format!("step {}#{}", s.step_id, s.attempt);
+        let decision = decisions
+            .iter()
+            .find(|d| d.decision_id == s.decision_id)
+            .ok_or(format!("{what}: no decision"))?;
+        same(
+            &format!("{what} decision_hash"),
+            &decision.decision_hash,
+            &s.decision_hash,
+        )?;
+        require(&format!("{what} input"), &s.input_hash)?;
+        let Some(receipt) = &s.receipt_hash else {
+            continue;
+        };
+        same(
+            &format!("{what} prev_receipt_hash"),
+            &tip,
+            &s.prev_receipt_hash,
+        )?;
+        same(
+            &format!("{what} receipt_hash"),
+            &hash_of(&receipts::step_receipt_object(s))?,
+            receipt,
+        )?;
+        require(
+            &format!("{what} output"),
+            s.output_hash.as_deref().unwrap_or_default(),
+        )?;
+        tip = receipt.clone();
+        step_receipts.push(receipt.clone());
+    }
+    let files: Vec<String> = listed
+        .iter()
+        .filter(|p| p.starts_with("receipts/steps/"))
+        .cloned()
+        .collect();
+    let file_hashes = files
+        .iter()
+        .map(|p| read(dir, p).map(|b| jcs::hash_bytes(&b)))
+        .collect::<Checked<Vec<_>>>()?;
+    if file_hashes != step_receipts {
+        return Err("receipts/steps/ does not hold the run's step receipts in chain order".into());
+    }
+    report.n_step_receipts = step_receipts.len();
+
+    let mut gate_receipts = Vec::new();
+    for g in gates.iter().filter(|g| g.status != GateStatus::Pending) {
+        let found = g.receipt_hash.clone().unwrap_or_default();
+        same(
+            &format!("gate {} receipt_hash", g.gate_id),
+            &hash_of(&receipts::gate_receipt_object(g))?,
+            &found,
+        )?;
+        gate_receipts.push(found);
+    }
+    report.n_gate_receipts = gate_receipts.len();
+
+    if let Some(receipt_hash) = &run.receipt_hash {
+        let object = receipts::workflow_receipt_object(&run, &step_receipts, &gate_receipts);
+        same("workflow receipt_hash", &hash_of(&object)?, receipt_hash)?;
+        same(
+            "receipts/workflow.json",
+            receipt_hash,
+            &jcs::hash_bytes(&read(dir, "receipts/workflow.json")?),
+        )?;
+        report.workflow_receipt = Some(receipt_hash.clone());
+    }
+
+    // The run's audit entries: each hash, each evidence blob, and the entry that ended the run.
+    let text =
+        String::from_utf8(read(dir, "audit.jsonl")?).map_err(|_| "audit.jsonl is not UTF-8")?;
+    let mut last_seq = 0;
+    let mut last_end = None;
+    for (i, line) in text.lines().enumerate() {
+        let entry: AuditEntry =
+            serde_json::from_str(line).map_err(|e| format!("audit.jsonl line {}: {e}", i + 1))?;
+        let what = format!("audit entry seq {}", entry.seq);
+        if entry.seq <= last_seq || entry.run_id.as_deref() != Some(run.run_id.as_str()) {
+            return Err(format!("{what}: out of order or of another run"));
+        }
+        last_seq = entry.seq;
+        same(
+            &format!("{what} entry_hash"),
+            &receipts::entry_hash(&entry).map_err(|e| e.to_string())?,
+            &entry.entry_hash,
+        )?;
+        match &entry.evidence_pack_ref {
+            Some(reference) => {
+                same(
+                    &format!("{what} evidence_pack_ref"),
+                    &format!("sha256:{}", entry.payload_hash),
+                    reference,
+                )?;
+                require(&what, &entry.payload_hash)?;
+            }
+            None => same(
+                &format!("{what} payload_hash"),
+                NULL_HASH,
+                &entry.payload_hash,
+            )?,
+        }
+        if matches!(
+            entry.action.as_str(),
+            "run.completed" | "run.failed" | "run.cancelled"
+        ) {
+            last_end = Some(entry.payload_hash.clone());
+        }
+        report.n_entries += 1;
+    }
+    if let Some(receipt_hash) = &run.receipt_hash {
+        same(
+            "payload of the entry that ended the run",
+            receipt_hash,
+            last_end.as_deref().unwrap_or("none"),
+        )?;
+    }
+    Ok(())
+}
+
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            list_files(root, &path, out)?;
+        } else if let Ok(relative) = path.strip_prefix(root) {
+            out.push(relative.to_string_lossy().replace('\\', "/"));
+        }
+    }
+    Ok(())
+}

@@ -7,4 +7,5 @@ pub mod engine;
 pub mod export;
 pub mod http;
 pub mod model;
+pub mod proof;
 pub mod store;

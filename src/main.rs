@@ -53,14 +53,37 @@ fn main() -> ExitCode {
                 },
             };
             match http::serve(options) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(()) => {
+                    eprintln!("fedcore stopped");
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     eprintln!("fedcore serve: {e}");
                     ExitCode::from(2)
                 }
             }
         }
-        Cli::Verify(args) => run_verify(args),
+        Cli::Verify(args) => match args.receipts.clone() {
+            Some(dir) => run_verify_folder(&dir, args.json),
+            None => run_verify(args),
+        },
+        Cli::Proof { out } => match fedcore::proof::run(&out) {
+            Ok(proof) => {
+                let verdict = if proof.passed() { "PASS" } else { "FAIL" };
+                let n = proof.checks().count();
+                let passed = proof.checks().filter(|c| c.passed).count();
+                println!("PT-004 proof: {verdict} ({passed} of {n} checks passed)");
+                for c in proof.checks().filter(|c| !c.passed) {
+                    println!("  failed: {} — {}", c.name, c.detail);
+                }
+                println!("report: {}", proof.report_path().display());
+                ExitCode::from(if proof.passed() { 0 } else { 1 })
+            }
+            Err(e) => {
+                eprintln!("fedcore proof: {e}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 
@@ -86,4 +109,26 @@ fn run_verify(args: VerifyArgs) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `verify --receipts DIR`: exit 0 intact, 1 broken or unreadable, 2 no such folder.
+fn run_verify_folder(dir: &std::path::Path, json: bool) -> ExitCode {
+    if !dir.is_dir() {
+        eprintln!(
+            "fedcore verify --receipts: {} is not a folder",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    let report = fedcore::export::verify_folder(dir);
+    if json {
+        let failure = &report.failure;
+        println!(
+            "{}",
+            serde_json::json!({"ok": report.is_intact(), "summary": report.summary(), "failure": failure})
+        );
+    } else {
+        println!("{}", report.summary());
+    }
+    ExitCode::from(if report.is_intact() { 0 } else { 1 })
 }

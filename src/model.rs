@@ -272,7 +272,7 @@ pub struct Failure {
 }
 
 /// A workflow run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     pub run_id: String,
     pub workflow_id: String,
@@ -290,7 +290,7 @@ pub struct Run {
     pub receipt_hash: Option<String>,
     /// Attempts of `next_step_id` made before the last retry; they do not count against
     /// `max_attempts`. Internal: not part of the contract's JSON.
-    #[serde(skip)]
+    #[serde(skip, default)]
     pub attempt_base: i64,
 }
 
@@ -301,7 +301,7 @@ impl Run {
 }
 
 /// One attempt of one step of a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepAttempt {
     pub run_id: String,
     pub step_id: String,
@@ -322,7 +322,7 @@ pub struct StepAttempt {
 }
 
 /// A policy decision on one step attempt; written once, never changed.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Decision {
     pub decision_id: String,
     pub run_id: String,
@@ -342,7 +342,7 @@ pub struct Decision {
 }
 
 /// A human approval gate bound to one step attempt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Gate {
     pub gate_id: String,
     pub run_id: String,
@@ -361,7 +361,7 @@ pub struct Gate {
 }
 
 /// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub seq: i64,
     pub run_id: Option<String>,
@@ -381,7 +381,7 @@ pub struct AuditEntry {
 }
 
 /// One stored version of a policy.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     pub policy_id: String,
     pub version: i64,
@@ -401,7 +401,7 @@ pub struct StepDef {
 }
 
 /// One stored version of a workflow definition.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Definition {
     pub workflow_id: String,
     pub version: i64,
@@ -420,7 +420,7 @@ impl Definition {
 }
 
 /// An entry of the agent registry.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Agent {
     pub agent_id: String,
     pub status: String,

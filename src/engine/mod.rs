@@ -199,16 +199,25 @@ impl Command {
         }
     }
 
-    /// What was attempted, for the `request.refused` evidence: the operation and its arguments.
+    /// What was attempted, for the `request.refused` entry: the operation, the subject (the run,
+    /// or the gate for a gate decision) and the request's arguments as evidence.
     fn describe(&self) -> (&'static str, String, Value) {
         match self {
-            Command::RequestStep { step_id, input, .. } => (
+            Command::RequestStep {
+                run_id,
+                step_id,
+                input,
+                ..
+            } => (
                 "step.request",
-                format!("step:{step_id}"),
+                format!("run:{run_id}"),
                 json!({"step_id": step_id, "input": input}),
             ),
             Command::FinishStep {
-                step_id, result, ..
+                run_id,
+                step_id,
+                result,
+                ..
             } => {
                 let body = match result {
                     StepResult::Completed { output } => {
@@ -218,16 +227,17 @@ impl Command {
                         json!({"step_id": step_id, "status": "FAILED", "error": error})
                     }
                 };
-                ("step.finish", format!("step:{step_id}"), body)
+                ("step.finish", format!("run:{run_id}"), body)
             }
             Command::RequestGate {
+                run_id,
                 step_id,
                 reason,
                 expires_in_s,
                 ..
             } => (
                 "gate.request",
-                format!("step:{step_id}"),
+                format!("run:{run_id}"),
                 json!({"step_id": step_id, "reason": reason, "expires_in_s": expires_in_s}),
             ),
             Command::ResolveGate {

@@ -56,6 +56,23 @@ pub fn now() -> Timestamp {
 /// Runs the server until SIGINT or SIGTERM: opens (or creates) the database, starts the writer
 /// thread, serves, then drains in-flight requests and the writer queue before returning.
 pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
+    let db = options.db.clone();
+    serve_until(options, server::shutdown_signal(), move |addr| {
+        eprintln!(
+            "fedcore {} over {} listening on http://{addr}",
+            env!("CARGO_PKG_VERSION"),
+            db.display()
+        );
+    })
+}
+
+/// Serves until `shutdown` resolves; `on_ready` is called with the bound address before the
+/// first connection is accepted.
+fn serve_until(
+    options: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    on_ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServeError> {
     let conn = store::open_for_writing(&options.db)?;
     let (writer, writer_thread) = Writer::start(conn, now, WRITER_QUEUE)?;
     let state = AppState {
@@ -69,20 +86,9 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
         .build()?;
     let served = runtime.block_on(async {
         let listener = server::bind(options.listen).await?;
-        eprintln!(
-            "fedcore {} over {} listening on http://{}",
-            env!("CARGO_PKG_VERSION"),
-            options.db.display(),
-            listener.local_addr()?
-        );
+        on_ready(listener.local_addr()?);
         let sweeper = tokio::spawn(sweep_expired_gates(state.clone()));
-        let result = server::serve(
-            listener,
-            routes::router(state),
-            options.server,
-            server::shutdown_signal(),
-        )
-        .await;
+        let result = server::serve(listener, routes::router(state), options.server, shutdown).await;
         sweeper.abort();
         result
     });
@@ -92,8 +98,53 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     if writer_thread.join().is_err() {
         eprintln!("the writer thread panicked");
     }
-    eprintln!("fedcore stopped");
     Ok(served?)
+}
+
+/// A server running on its own thread, for `fedcore proof`: a real server on a loopback port
+/// that a client in the same process talks to over HTTP.
+pub struct Background {
+    pub addr: SocketAddr,
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<Result<(), ServeError>>,
+}
+
+impl Background {
+    /// Starts serving and returns once the address is bound.
+    pub fn start(options: ServeOptions) -> Result<Background, ServeError> {
+        let (ready, bound) = std::sync::mpsc::channel();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("fedcore-background".into())
+            .spawn(move || {
+                let shutdown = async move {
+                    let _ = stopped.await;
+                };
+                serve_until(options, shutdown, move |addr| {
+                    let _ = ready.send(addr);
+                })
+            })?;
+        match bound.recv() {
+            Ok(addr) => Ok(Background { addr, stop, thread }),
+            // The thread ended before binding: its result says why.
+            Err(_) => match thread.join() {
+                Ok(Err(e)) => Err(e),
+                _ => Err(ServeError::Io(std::io::Error::other(
+                    "the server stopped before it was ready",
+                ))),
+            },
+        }
+    }
+
+    /// Shuts down as SIGTERM would, waiting for in-flight requests and the writer.
+    pub fn stop(self) -> Result<(), ServeError> {
+        let _ = self.stop.send(());
+        self.thread.join().unwrap_or_else(|_| {
+            Err(ServeError::Io(std::io::Error::other(
+                "the server thread panicked",
+            )))
+        })
+    }
 }
 
 /// Expires gates whose deadline passed even when nobody touches their run.

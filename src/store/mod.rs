@@ -2,6 +2,7 @@
 //! migrations), the write transaction type handed to the engine, the read connection pool, the
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
+pub mod attack;
 mod queries;
 mod scan;
 mod writer;
