@@ -1,8 +1,9 @@
 //! `fedcore verify` on real databases. Each test builds one over HTTP (a completed run, a flagged
-//! run approved by a second actor, a denied run, a run whose first attempt failed, a cancelled
-//! run, then two entries after a head written down), stops the server, and checks a copy of the
-//! file: untouched, then edited with SQLite the way an attacker would, after dropping the
-//! triggers that refuse such edits. Each edit must be named in `--json` output, exit 1.
+//! run approved by a second actor, a denied run, a run whose first attempt failed, a run cancelled
+//! while a flagged attempt waited, then two entries after a head written down), stops the
+//! server, and checks a copy of the file: untouched, then edited with SQLite the way an attacker
+//! would, after dropping the triggers that refuse such edits. Each edit must be named in `--json`
+//! output, exit 1.
 
 use crate::support::{run_cli, Client, Server, TempDir};
 use rusqlite::{params, Connection};
@@ -140,9 +141,12 @@ fn build_database() -> Built {
         complete_step(c, &retried_run, step);
     }
 
+    // Cancelled while a flagged attempt waits: the gate is cancelled, the attempt rejected.
     let cancelled_run = create_run(c);
     request_step(c, &cancelled_run, "observe", "low");
     complete_step(c, &cancelled_run, "observe");
+    let waiting = request_step(c, &cancelled_run, "decide", "high");
+    assert_eq!(waiting["step"]["status"], "AWAITING_APPROVAL", "{waiting}");
     set_status(c, &cancelled_run, "CANCELLED");
 
     let head_before_tail = audit_head(c);
@@ -206,13 +210,13 @@ fn an_untouched_database_is_intact_and_verify_prints_its_head() {
     let counts = &report["counts"];
     assert_eq!(counts["runs"], 5, "{counts}");
     assert_eq!(counts["workflow_receipts"], 5, "{counts}");
-    assert_eq!(counts["gates"], 1, "{counts}");
+    assert_eq!(counts["gates"], 2, "{counts}");
     assert_eq!(counts["policies"], 1, "{counts}");
     assert_eq!(counts["definitions"], 1, "{counts}");
     assert_eq!(counts["triggers"], 16, "{counts}");
-    // completed 3 + flagged 3 + denied 2 + retried 4 + cancelled 1
-    assert_eq!(counts["steps"], 13, "{counts}");
-    assert_eq!(counts["decisions"], 13, "{counts}");
+    // completed 3 + flagged 3 + denied 2 + retried 4 + cancelled 2
+    assert_eq!(counts["steps"], 14, "{counts}");
+    assert_eq!(counts["decisions"], 14, "{counts}");
     assert_eq!(counts["audit_entries"], report["head"]["seq"], "{counts}");
     assert_eq!(counts["replayed_decisions"], Value::Null, "{counts}");
 }
@@ -226,7 +230,7 @@ fn an_untouched_database_still_holds_the_head_written_down_and_replays_every_dec
     }
     let (code, report) = verify_json(&built.db, &["--replay"]);
     assert_eq!(code, 0, "{report}");
-    assert_eq!(report["counts"]["replayed_decisions"], 13, "{report}");
+    assert_eq!(report["counts"]["replayed_decisions"], 14, "{report}");
 }
 
 #[test]
