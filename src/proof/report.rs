@@ -33,7 +33,7 @@ pub fn render(proof: &Proof) -> String {
         "| binary SHA-256 (image digest) | `{}` |",
         proof.binary_sha256
     );
-    let _ = writeln!(out, "| database | `{}` |", relative(proof, &proof.db));
+    let _ = writeln!(out, "| database | `{}` |", shown(&proof.db));
     let _ = writeln!(
         out,
         "| command | `fedcore proof --out {}` |\n",
@@ -99,7 +99,7 @@ pub fn render(proof: &Proof) -> String {
             out,
             "- {} `{}` — {}",
             mark(check),
-            relative(proof, folder),
+            shown(folder),
             check.detail
         );
     }
@@ -108,7 +108,7 @@ pub fn render(proof: &Proof) -> String {
         out,
         "\n{} `fedcore verify --db {}`:\n",
         mark(check),
-        relative(proof, &proof.db)
+        shown(&proof.db)
     );
     let _ = writeln!(out, "```\n{}\n```\n", text.trim_end());
 
@@ -222,7 +222,7 @@ fn render_scenario(out: &mut String, scenario: &Scenario) {
     for e in &scenario.logs {
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | `{}` |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             e["seq"],
             s(&e["at"]),
             s(&e["actor"]),
@@ -230,7 +230,7 @@ fn render_scenario(out: &mut String, scenario: &Scenario) {
             s(&e["subject"]),
             s(&e["decision"]),
             s(&e["reason"]).replace('|', "\\|"),
-            short(&e["evidence_pack_ref"])
+            short_or_none(&e["evidence_pack_ref"])
         );
     }
 
@@ -294,8 +294,15 @@ fn short(v: &Value) -> String {
     }
 }
 
-fn relative(proof: &Proof, path: &std::path::Path) -> String {
-    path.strip_prefix(&proof.out)
-        .map(|p| format!("{}/{}", proof.out.display(), p.display()))
-        .unwrap_or_else(|_| path.display().to_string())
+fn shown(path: &std::path::Path) -> String {
+    path.display().to_string()
+}
+
+/// A shortened hash as code, or "—" where there is none.
+fn short_or_none(v: &Value) -> String {
+    if v.is_null() {
+        "—".into()
+    } else {
+        format!("`{}`", short(v))
+    }
 }

@@ -148,3 +148,132 @@ fn walk(dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// Exports a completed PT-004 run and returns (the temp dir holding it, the folder).
+fn exported_run() -> (TempDir, std::path::PathBuf) {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "tamper");
+    for (step_id, _) in PT004_STEPS {
+        start_step(&mut c, &run_id, step_id, &step_input(step_id, "low"));
+        complete_step(&mut c, &run_id, step_id, &step_output(step_id));
+    }
+    assert_eq!(server.terminate(), Some(0));
+    let out = TempDir::new();
+    let folder = out.path().join("run");
+    let db = server.db.to_str().unwrap().to_string();
+    let (code, _, stderr) = run_cli(&[
+        "export",
+        "--db",
+        &db,
+        "--run",
+        &run_id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "export: {stderr}");
+    (out, folder)
+}
+
+/// Rewrites `relative` with `edit` and, as a careful attacker would, its hash in the manifest.
+fn tamper(folder: &Path, relative: &str, edit: impl FnOnce(String) -> String) {
+    let path = folder.join(relative);
+    let old_hash = sha256_file(&path);
+    std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+    let manifest = folder.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace(&old_hash, &sha256_file(&path));
+    std::fs::write(manifest, text).unwrap();
+}
+
+fn verify_receipts(folder: &Path) -> (i32, Value) {
+    let (code, stdout, stderr) =
+        run_cli(&["verify", "--receipts", folder.to_str().unwrap(), "--json"]);
+    let report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("verify --json output ({e}): {stdout} {stderr}"));
+    (code, report)
+}
+
+#[test]
+fn an_untouched_export_verifies_without_the_database() {
+    let (_dir, folder) = exported_run();
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 0, "expected an untouched export to verify: {report}");
+    assert_eq!(report["ok"], true);
+}
+
+#[test]
+fn an_edited_audit_entry_is_caught_even_with_the_manifest_rewritten() {
+    let (_dir, folder) = exported_run();
+    tamper(&folder, "audit.jsonl", |text| {
+        text.replacen("registered active agent", "approved by a human", 1)
+    });
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 1, "expected an edited entry to fail: {report}");
+    let failure = report["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("audit entry seq") && failure.contains("entry_hash"),
+        "expected the entry named: {failure}"
+    );
+}
+
+#[test]
+fn an_edited_step_receipt_or_evidence_blob_is_caught() {
+    let (_dir, folder) = exported_run();
+    let step_file = std::fs::read_dir(folder.join("receipts/steps"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let relative = step_file
+        .strip_prefix(&folder)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    tamper(&folder, &relative, |text| {
+        text.replace("COMPLETED", "FAILED")
+    });
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 1, "expected an edited step receipt to fail: {report}");
+
+    let (_dir, folder) = exported_run();
+    let blob = std::fs::read_dir(folder.join("evidence"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let relative = blob
+        .strip_prefix(&folder)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    tamper(&folder, &relative, |text| format!("{text} "));
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(
+        code, 1,
+        "expected an edited evidence blob to fail: {report}"
+    );
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("evidence/"),
+        "expected the blob named: {report}"
+    );
+}
+
+#[test]
+fn a_file_added_to_an_export_is_caught_and_a_missing_folder_cannot_be_checked() {
+    let (_dir, folder) = exported_run();
+    std::fs::write(folder.join("evidence/extra.json"), "{}").unwrap();
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 1, "expected an unlisted file to fail: {report}");
+    let (code, _, _) = run_cli(&[
+        "verify",
+        "--receipts",
+        folder.join("nope").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "expected a missing folder to be exit 2");
+}

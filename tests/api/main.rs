@@ -8,6 +8,7 @@ mod cli;
 mod connections;
 mod export;
 mod lifecycle;
+mod proof;
 mod races;
 mod receipts;
 mod scenarios;
