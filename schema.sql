@@ -1,4 +1,4 @@
--- fedcore schema, migration 1. Column names equal the contract's JSON field names.
+-- fedcore schema, migration 1 (later migrations are in migrations/, applied in order). Column names equal the contract's JSON field names.
 -- Timestamps are TEXT in RFC 3339 UTC with microseconds; JSON values are TEXT holding JSON.
 -- The triggers at the end make the evidence append-only (contract §6); `fedcore verify` checks
 -- that they exist.

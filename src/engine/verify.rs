@@ -608,7 +608,7 @@ impl<D: Db> Checker<'_, D> {
 
     /// The immutability triggers of contract §6, each exactly as the schema declares it.
     fn triggers(&mut self) -> Result<(), Stop> {
-        for trigger in store::schema_triggers() {
+        for trigger in store::schema_triggers(self.db)? {
             let at = At {
                 table: "sqlite_master",
                 row: Row::Key(&trigger.name),

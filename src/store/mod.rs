@@ -23,7 +23,10 @@ const APPLICATION_ID: i64 = 0x4645_4443;
 
 /// The ordered list of migrations; `user_version` counts how many were applied. Never remove or
 /// reorder an entry: only append.
-const MIGRATIONS: &[&str] = &[include_str!("../../schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../schema.sql"),
+    include_str!("../../migrations/002_trust.sql"),
+];
 
 /// How many idle read connections the pool keeps.
 const MAX_IDLE_READERS: usize = 16;
@@ -319,6 +322,35 @@ mod tests {
             .query_row("PRAGMA application_id", [], |r| r.get(0))
             .unwrap();
         assert_eq!(app, APPLICATION_ID);
+    }
+
+    #[test]
+    fn a_version_one_database_is_migrated_forward_keeping_its_rows() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO evidence (hash, body) VALUES ('h', x'6e756c6c')",
+            [],
+        )
+        .unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        let v: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM evidence", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1, "expected the existing rows kept");
+        let required: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('gates') WHERE name = 'approvals_required'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(required, 1, "expected migration 2 applied");
     }
 
     #[test]

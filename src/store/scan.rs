@@ -264,12 +264,23 @@ pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
     Ok(None)
 }
 
-/// The triggers the schema declares, in the order it declares them.
-pub fn schema_triggers() -> Vec<TriggerSql> {
+/// The triggers the migrations a database has applied declare (its `user_version` of them), in
+/// the order they declare them: a database of an older schema is checked against that schema.
+pub fn schema_triggers(db: &impl Db) -> Result<Vec<TriggerSql>, StoreError> {
+    let version: i64 = db
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    Ok(declared_triggers(
+        version.clamp(0, MIGRATIONS.len() as i64) as usize
+    ))
+}
+
+/// The triggers the first `n_migrations` migrations declare.
+fn declared_triggers(n_migrations: usize) -> Vec<TriggerSql> {
     const START: &str = "CREATE TRIGGER ";
     const END: &str = "END;";
     let mut triggers = Vec::new();
-    for migration in MIGRATIONS {
+    for migration in &MIGRATIONS[..n_migrations] {
         let mut rest = *migration;
         while let Some(start) = rest.find(START) {
             let statement = &rest[start..];
@@ -362,9 +373,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_schema_declares_sixteen_triggers_each_a_whole_statement() {
-        let triggers = schema_triggers();
-        assert_eq!(triggers.len(), 16);
+    fn the_schema_declares_its_triggers_each_a_whole_statement() {
+        assert_eq!(
+            declared_triggers(1).len(),
+            16,
+            "migration 1: contract section 6"
+        );
+        let triggers = declared_triggers(MIGRATIONS.len());
+        assert_eq!(
+            triggers.len(),
+            20,
+            "migration 2 adds tokens and gate approvals"
+        );
         assert_eq!(triggers[0].name, "audit_log_no_update");
         for trigger in &triggers {
             assert!(
@@ -382,7 +402,7 @@ mod tests {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         super::super::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
         let reader = super::super::Reader { conn };
-        for trigger in schema_triggers() {
+        for trigger in schema_triggers(&reader).unwrap() {
             let stored = trigger_sql(&reader, &trigger.name).unwrap();
             assert_eq!(stored.as_deref(), Some(trigger.sql.as_str()));
         }

@@ -213,7 +213,10 @@ fn an_untouched_database_is_intact_and_verify_prints_its_head() {
     assert_eq!(counts["gates"], 2, "{counts}");
     assert_eq!(counts["policies"], 1, "{counts}");
     assert_eq!(counts["definitions"], 1, "{counts}");
-    assert_eq!(counts["triggers"], 16, "{counts}");
+    assert_eq!(
+        counts["triggers"], 20,
+        "16 of contract section 6 and 4 of migration 2: {counts}"
+    );
     // completed 3 + flagged 3 + denied 2 + retried 4 + cancelled 2
     assert_eq!(counts["steps"], 14, "{counts}");
     assert_eq!(counts["decisions"], 14, "{counts}");
@@ -740,7 +743,7 @@ fn attacker_opens(path: &Path) -> Connection {
         let rows = stmt.query_map([], |r| r.get(0)).expect("query");
         rows.map(|r| r.expect("name")).collect()
     };
-    assert_eq!(names.len(), 16, "the schema's triggers: {names:?}");
+    assert_eq!(names.len(), 20, "the schema's triggers: {names:?}");
     for name in names {
         // Trigger names come from the database itself, not from input.
         conn.execute_batch(&format!("DROP TRIGGER \"{name}\""))
