@@ -358,6 +358,31 @@ pub struct Gate {
     pub resolved_at: Option<Timestamp>,
     pub comment: Option<String>,
     pub receipt_hash: Option<String>,
+    /// How many distinct approvers the gate needs; 1 unless a flag rule asked for a quorum.
+    #[serde(default = "one")]
+    pub approvals_required: i64,
+    /// The approvals given so far, in order (only quorum gates record them one by one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<GateApproval>,
+}
+
+fn one() -> i64 {
+    1
+}
+
+impl Gate {
+    /// Whether this gate needs more than one approver.
+    pub fn is_quorum(&self) -> bool {
+        self.approvals_required > 1
+    }
+}
+
+/// One approver's approval of a quorum gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateApproval {
+    pub approver: String,
+    pub approved_at: Timestamp,
+    pub comment: Option<String>,
 }
 
 /// One entry of the audit log.

@@ -23,6 +23,18 @@ pub struct Rule {
     pub reason: String,
     pub when: Condition,
     pub when_json: Value,
+    /// Flag rules only: the gate this rule opens expires after this many seconds (fail closed).
+    pub gate_expires_in_s: Option<i64>,
+    /// Flag rules only: how many distinct approvers the gate needs (default 1).
+    pub approvals_required: Option<i64>,
+}
+
+/// What a gate opened on a flag must demand: the strictest terms of the matched flag rules
+/// (the shortest deadline, the most approvers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateTerms {
+    pub expires_in_s: Option<i64>,
+    pub approvals_required: i64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -68,6 +80,8 @@ pub struct Evaluation {
     pub reason: String,
     /// Ids of every matched rule, in policy order.
     pub rules_triggered: Vec<String>,
+    /// The terms of the gate a flag opens (`None` unless the effect is flag).
+    pub gate: Option<GateTerms>,
 }
 
 /// Validates a policy document body (already known to be a JSON object; the caller has removed
@@ -135,6 +149,13 @@ impl PolicyRules {
             object.insert("effect".into(), Value::String(rule.effect.as_str().into()));
             object.insert("reason".into(), Value::String(rule.reason.clone()));
             object.insert("when".into(), rule.when_json.clone());
+            // Written only when given, so policies without gate terms hash as they always did.
+            if let Some(seconds) = rule.gate_expires_in_s {
+                object.insert("gate_expires_in_s".into(), Value::from(seconds));
+            }
+            if let Some(n) = rule.approvals_required {
+                object.insert("approvals_required".into(), Value::from(n));
+            }
             Value::Object(object)
         });
         Value::Array(rules.collect())
@@ -159,15 +180,40 @@ pub fn evaluate(rules: &[Rule], default_effect: Effect, context: &Value) -> Eval
             format!("no rule matched: default {}", default_effect.as_str()),
         ),
     };
+    let gate = (effect == Effect::Flag).then(|| {
+        let flags = matched.iter().filter(|rule| rule.effect == Effect::Flag);
+        GateTerms {
+            expires_in_s: flags
+                .clone()
+                .filter_map(|rule| rule.gate_expires_in_s)
+                .min(),
+            approvals_required: flags
+                .filter_map(|rule| rule.approvals_required)
+                .max()
+                .unwrap_or(1),
+        }
+    });
     Evaluation {
         effect,
         reason,
         rules_triggered: matched.iter().map(|rule| rule.rule_id.clone()).collect(),
+        gate,
     }
 }
 
 const POLICY_FIELDS: [&str; 4] = ["policy_id", "tier", "default_effect", "rules"];
-const RULE_FIELDS: [&str; 4] = ["rule_id", "effect", "reason", "when"];
+const RULE_FIELDS: [&str; 6] = [
+    "rule_id",
+    "effect",
+    "reason",
+    "when",
+    "gate_expires_in_s",
+    "approvals_required",
+];
+/// The longest deadline a policy may give a gate: one year.
+const MAX_GATE_SECONDS: i64 = 366 * 24 * 3600;
+/// The most approvers a gate may require.
+const MAX_APPROVALS: i64 = 100;
 const PATH_ROOTS: [&str; 5] = ["run", "step", "input", "actor", "agent"];
 const OPERATORS: [(&str, Op); 11] = [
     ("eq", Op::Eq),
@@ -250,13 +296,43 @@ fn parse_rule(value: &Value, path: &str) -> Result<Rule, PolicyInvalid> {
         return Err(invalid(when_path, "is required (a condition)"));
     };
     let when = parse_condition(when_json, &when_path)?;
+    let gate_expires_in_s = gate_term(object, path, "gate_expires_in_s", effect, MAX_GATE_SECONDS)?;
+    let approvals_required = gate_term(object, path, "approvals_required", effect, MAX_APPROVALS)?;
     Ok(Rule {
         rule_id,
         effect,
         reason,
         when,
         when_json: when_json.clone(),
+        gate_expires_in_s,
+        approvals_required,
     })
+}
+
+/// An optional positive integer term of the gate a flag rule opens; refused on other effects.
+fn gate_term(
+    object: &Map<String, Value>,
+    path: &str,
+    field: &str,
+    effect: Effect,
+    max: i64,
+) -> Result<Option<i64>, PolicyInvalid> {
+    let Some(value) = object.get(field).filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    if effect != Effect::Flag {
+        return Err(invalid(
+            child_path(path, field),
+            "only a flag rule opens a gate",
+        ));
+    }
+    match value.as_i64() {
+        Some(n) if (1..=max).contains(&n) => Ok(Some(n)),
+        _ => Err(invalid(
+            child_path(path, field),
+            format!("must be an integer from 1 to {max}"),
+        )),
+    }
 }
 
 fn parse_condition(value: &Value, path: &str) -> Result<Condition, PolicyInvalid> {

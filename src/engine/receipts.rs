@@ -59,9 +59,10 @@ pub fn step_receipt_object(s: &StepAttempt) -> Value {
     })
 }
 
-/// `{"kind":"gate", …}` of a gate that left PENDING.
+/// `{"kind":"gate", …}` of a gate that left PENDING. A quorum gate's receipt also names how many
+/// approvals it needed and each one given; other gates' receipts are exactly the contract's.
 pub fn gate_receipt_object(g: &Gate) -> Value {
-    json!({
+    let mut receipt = json!({
         "kind": "gate",
         "gate_id": g.gate_id,
         "run_id": g.run_id,
@@ -75,7 +76,12 @@ pub fn gate_receipt_object(g: &Gate) -> Value {
         "resolved_by": g.resolved_by,
         "resolved_at": g.resolved_at,
         "comment": g.comment,
-    })
+    });
+    if g.is_quorum() {
+        receipt["approvals_required"] = json!(g.approvals_required);
+        receipt["approvals"] = json!(g.approvals);
+    }
+    receipt
 }
 
 /// `{"kind":"workflow", …}` of a run that ended.

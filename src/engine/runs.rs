@@ -309,6 +309,8 @@ fn new_gate(
         resolved_at: None,
         comment: None,
         receipt_hash: None,
+        approvals_required: 1,
+        approvals: Vec::new(),
     }
 }
 
@@ -460,6 +462,7 @@ pub(super) fn request_step(
     let input_hash = ctx.evidence(input)?;
     let context_hash = ctx.evidence(&context)?;
     let evaluation = policy::evaluate(&rules, policy.default_effect, &context);
+    let evaluation_gate = evaluation.gate;
 
     let mut decision = Decision {
         decision_id: ctx.new_id(),
@@ -542,6 +545,12 @@ pub(super) fn request_step(
             store::insert_step(ctx.tx, &attempt_row)?;
             let mut flagged = new_gate(ctx, &run, step_id, attempt, &decision.reason, actor);
             flagged.decision_id = Some(decision.decision_id.clone());
+            if let Some(terms) = evaluation_gate {
+                flagged.expires_at = terms
+                    .expires_in_s
+                    .map(|seconds| ctx.now.plus_seconds(seconds));
+                flagged.approvals_required = terms.approvals_required;
+            }
             gate = Some(open_gate(ctx, flagged)?);
             move_run(
                 ctx,
@@ -761,7 +770,9 @@ pub(super) fn resolve_gate(
             ),
         });
     }
-    if approve {
+    if approve && gate.is_quorum() {
+        approve_quorum_gate(ctx, &mut gate, actor, comment)?;
+    } else if approve {
         close_gate(ctx, &mut gate, GateStatus::Approved, actor, comment)?;
     } else {
         close_gate(ctx, &mut gate, GateStatus::Rejected, actor, comment)?;
@@ -781,6 +792,57 @@ pub(super) fn resolve_gate(
         end_run(ctx, &mut run, RunStatus::Failed, Some(failure), actor)?;
     }
     Ok(Outcome::GateResolved { gate, run })
+}
+
+/// One approval of a quorum gate: recorded and audited on its own; the gate is APPROVED (with
+/// its receipt) when the last required approver has approved. Each approver counts once.
+fn approve_quorum_gate(
+    ctx: &mut Ctx<'_, '_>,
+    gate: &mut Gate,
+    actor: &str,
+    comment: Option<&str>,
+) -> Result<(), Error> {
+    if gate.approvals.iter().any(|a| a.approver == actor) {
+        return Err(Error::conflict(
+            "duplicate_approval",
+            format!(
+                "{actor} has already approved gate {}; it needs {} distinct approvers",
+                gate.gate_id, gate.approvals_required
+            ),
+            json!({"approvals": gate.approvals.len(), "approvals_required": gate.approvals_required}),
+        ));
+    }
+    let approval = GateApproval {
+        approver: actor.to_string(),
+        approved_at: ctx.now,
+        comment: comment.map(str::to_string),
+    };
+    store::insert_approval(ctx.tx, &gate.gate_id, &approval)?;
+    gate.approvals.push(approval);
+    let given = gate.approvals.len() as i64;
+    let evidence = ctx.evidence(&json!({
+        "gate_id": gate.gate_id,
+        "approvals_required": gate.approvals_required,
+        "approvals": gate.approvals,
+    }))?;
+    ctx.audit(Draft {
+        run_id: Some(gate.run_id.clone()),
+        actor,
+        action: "gate.approval",
+        subject: format!("gate:{}", gate.gate_id),
+        decision: Some("approve"),
+        reason: comment.map(str::to_string),
+        message: format!(
+            "Gate {} approved by {actor} ({given} of {})",
+            gate.gate_id, gate.approvals_required
+        ),
+        evidence: Some(evidence),
+        ..Draft::default()
+    })?;
+    if given >= gate.approvals_required {
+        close_gate(ctx, gate, GateStatus::Approved, actor, comment)?;
+    }
+    Ok(())
 }
 
 pub(super) fn change_status(

@@ -537,6 +537,17 @@ pub(super) const GATE_COLUMNS: &str =
     "gate_id, run_id, step_id, attempt, status, reason, decision_id,
     requested_by, requested_at, expires_at, resolved_by, resolved_at, comment, receipt_hash";
 
+/// What `gate_from_row` reads: the migration-1 columns, then `approvals_required` (migration 2;
+/// a database of schema version 1 is read with the constant 1 in its place).
+pub(super) fn gate_select(schema_version: i64) -> String {
+    let quorum = if schema_version >= 2 {
+        "approvals_required"
+    } else {
+        "1"
+    };
+    format!("{GATE_COLUMNS}, {quorum}")
+}
+
 pub(super) fn gate_from_row(r: &Row<'_>) -> rusqlite::Result<Gate> {
     Ok(Gate {
         gate_id: r.get(0)?,
@@ -553,11 +564,49 @@ pub(super) fn gate_from_row(r: &Row<'_>) -> rusqlite::Result<Gate> {
         resolved_at: r.get(11)?,
         comment: r.get(12)?,
         receipt_hash: r.get(13)?,
+        approvals_required: r.get(14)?,
+        approvals: Vec::new(),
     })
 }
 
+/// Loads the approvals of a quorum gate into it (other gates record none).
+pub(super) fn fill_approvals(db: &impl Db, gate: &mut Gate) -> Result<(), StoreError> {
+    if gate.is_quorum() {
+        gate.approvals = approvals_of_gate(db, &gate.gate_id)?;
+    }
+    Ok(())
+}
+
+/// The approvals of a gate in the order they were given.
+pub fn approvals_of_gate(db: &impl Db, gate_id: &str) -> Result<Vec<GateApproval>, StoreError> {
+    let mut stmt = db.conn().prepare_cached(
+        "SELECT approver, approved_at, comment FROM gate_approvals WHERE gate_id = ?1
+         ORDER BY approved_at, approver",
+    )?;
+    let rows = stmt.query_map([gate_id], |r| {
+        Ok(GateApproval {
+            approver: r.get(0)?,
+            approved_at: r.get(1)?,
+            comment: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Records one approver's approval of a quorum gate.
+pub fn insert_approval(
+    tx: &Tx<'_>,
+    gate_id: &str,
+    approval: &GateApproval,
+) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached("INSERT INTO gate_approvals (gate_id, approver, approved_at, comment) VALUES (?1, ?2, ?3, ?4)")?
+        .execute(params![gate_id, approval.approver, approval.approved_at, approval.comment])?;
+    Ok(())
+}
+
 pub fn insert_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
-    let sql = format!("INSERT INTO gates ({GATE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)");
+    let sql = format!("INSERT INTO gates ({GATE_COLUMNS}, approvals_required) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
     tx.conn().prepare_cached(&sql)?.execute(params![
         g.gate_id,
         g.run_id,
@@ -573,6 +622,7 @@ pub fn insert_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
         g.resolved_at,
         g.comment,
         g.receipt_hash,
+        g.approvals_required,
     ])?;
     Ok(())
 }
@@ -596,20 +646,38 @@ pub fn update_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
 }
 
 pub fn get_gate(db: &impl Db, gate_id: &str) -> Result<Option<Gate>, StoreError> {
-    let sql = format!("SELECT {GATE_COLUMNS} FROM gates WHERE gate_id = ?1");
-    Ok(db
+    let sql = format!(
+        "SELECT {} FROM gates WHERE gate_id = ?1",
+        gate_select(super::SCHEMA_VERSION)
+    );
+    let gate = db
         .conn()
         .prepare_cached(&sql)?
         .query_row([gate_id], gate_from_row)
-        .optional()?)
+        .optional()?;
+    match gate {
+        Some(mut gate) => {
+            fill_approvals(db, &mut gate)?;
+            Ok(Some(gate))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Every gate of a run in the order it was requested.
 pub fn gates_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Gate>, StoreError> {
-    let sql = format!("SELECT {GATE_COLUMNS} FROM gates WHERE run_id = ?1 ORDER BY creation_order");
+    let sql = format!(
+        "SELECT {} FROM gates WHERE run_id = ?1 ORDER BY creation_order",
+        gate_select(super::SCHEMA_VERSION)
+    );
     let mut stmt = db.conn().prepare_cached(&sql)?;
-    let rows = stmt.query_map([run_id], gate_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    let mut gates: Vec<Gate> = stmt
+        .query_map([run_id], gate_from_row)?
+        .collect::<Result<_, _>>()?;
+    for gate in &mut gates {
+        fill_approvals(db, gate)?;
+    }
+    Ok(gates)
 }
 
 /// Runs that have a PENDING gate whose deadline is at or before `now`.

@@ -6,9 +6,9 @@
 //! the ones a database holds.
 
 use super::queries::{
-    audit_from_row, decision_from_row, definition_from_row, gate_from_row, policy_from_row,
-    run_from_row, step_from_row, AUDIT_COLUMNS, DECISION_COLUMNS, DEFINITION_COLUMNS, GATE_COLUMNS,
-    POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
+    audit_from_row, decision_from_row, definition_from_row, fill_approvals, gate_from_row,
+    gate_select, policy_from_row, run_from_row, step_from_row, AUDIT_COLUMNS, DECISION_COLUMNS,
+    DEFINITION_COLUMNS, POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
 };
 use super::{Db, StoreError, MIGRATIONS};
 use crate::model::*;
@@ -156,10 +156,32 @@ pub fn for_each_step_of_run<E: From<StoreError>>(
 pub fn for_each_gate_of_run<E: From<StoreError>>(
     db: &impl Db,
     run_id: &str,
-    f: impl FnMut(Gate) -> Result<(), E>,
+    mut f: impl FnMut(Gate) -> Result<(), E>,
 ) -> Result<(), E> {
-    let sql = format!("SELECT {GATE_COLUMNS} FROM gates WHERE run_id = ?1 ORDER BY creation_order");
-    for_each_row(db, &sql, [run_id], "gates", key_first, gate_from_row, f)
+    let version = schema_version(db)?;
+    let sql = format!(
+        "SELECT {} FROM gates WHERE run_id = ?1 ORDER BY creation_order",
+        gate_select(version)
+    );
+    for_each_row(
+        db,
+        &sql,
+        [run_id],
+        "gates",
+        key_first,
+        gate_from_row,
+        |mut gate| {
+            fill_approvals(db, &mut gate)?;
+            f(gate)
+        },
+    )
+}
+
+/// The schema version a database was written with (`PRAGMA user_version`).
+pub fn schema_version(db: &impl Db) -> Result<i64, StoreError> {
+    Ok(db
+        .conn()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
 
 /// Replaces `out` with the audit links of one run, in `seq` order.

@@ -7,6 +7,7 @@ mod bad_input;
 mod cli;
 mod connections;
 mod export;
+mod gates;
 mod lifecycle;
 mod proof;
 mod races;
