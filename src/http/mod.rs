@@ -13,6 +13,10 @@ pub use error::ApiError;
 use crate::engine::{self, Command, Outcome};
 use crate::model::Timestamp;
 use crate::store::{self, ReadPool, StoreError, Tx, Writer};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use request::Idempotency;
+use serde_json::Value;
 use server::ServerConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -158,31 +162,134 @@ async fn sweep_expired_gates(state: AppState) {
         })
         .await;
         if let Ok(false) = due {
-            if let Err(e) = write(&state, Command::ExpireGates).await {
+            let done = write(&state, Command::ExpireGates, None, |_| {
+                Ok((StatusCode::OK, Value::Null))
+            })
+            .await;
+            if let Err(e) = done {
                 eprintln!("gate sweep: {}", e.message);
             }
         }
     }
 }
 
-/// A write job: one engine command, answered over a oneshot channel after its transaction ended.
+/// How long an idempotency key is remembered: at least 24 hours (contract: issue 4).
+const IDEMPOTENCY_SECONDS: i64 = 24 * 3600;
+
+/// Turns a command's outcome into the status and JSON body of its answer.
+type Encoder = fn(Outcome) -> Result<(StatusCode, Value), ApiError>;
+
+/// An answer as sent: status, JSON body bytes, and whether it replays an earlier one.
+struct Answer {
+    status: StatusCode,
+    body: Vec<u8>,
+    replayed: bool,
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            self.body,
+        )
+            .into_response();
+        if self.replayed {
+            response
+                .headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        }
+        response
+    }
+}
+
+/// A write job: one engine command, encoded and (under an idempotency key) remembered inside the
+/// command's own transaction, answered over a oneshot channel after that transaction ended.
 struct CommandJob {
     command: Command,
-    result: Option<Result<Outcome, engine::Error>>,
-    reply: oneshot::Sender<Result<Outcome, ApiError>>,
+    idempotency: Option<Idempotency>,
+    encode: Encoder,
+    result: Option<Result<Answer, ApiError>>,
+    reply: oneshot::Sender<Result<Answer, ApiError>>,
+}
+
+impl CommandJob {
+    /// Runs the job's transaction body; returns the answer and whether to commit.
+    fn execute(&self, tx: &Tx<'_>, now: Timestamp) -> (Result<Answer, ApiError>, bool) {
+        if let Some(idem) = &self.idempotency {
+            match store::get_idempotency(tx, &idem.actor, &idem.key) {
+                Ok(Some(first)) if first.request_hash == idem.request_hash => {
+                    let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
+                    return (
+                        Ok(Answer {
+                            status,
+                            body: first.response,
+                            replayed: true,
+                        }),
+                        false,
+                    );
+                }
+                Ok(Some(_)) => {
+                    let refused = ApiError {
+                        details: serde_json::json!({"path": "Idempotency-Key"}),
+                        ..ApiError::new(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "idempotency_key_reused",
+                            "this Idempotency-Key was already used for a different request",
+                        )
+                    };
+                    return (Err(refused), false);
+                }
+                Ok(None) => {}
+                Err(e) => return (Err(ApiError::internal(e)), false),
+            }
+        }
+        let (result, commit) = engine::apply(tx, now, &self.command);
+        let answer = result.map_err(ApiError::from).and_then(|outcome| {
+            let (status, value) = (self.encode)(outcome)?;
+            let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+            Ok(Answer {
+                status,
+                body,
+                replayed: false,
+            })
+        });
+        if let (Some(idem), true) = (&self.idempotency, commit) {
+            // A committed answer, success or recorded refusal, is what a retry must see again.
+            let (status, response) = match &answer {
+                Ok(a) => (a.status.as_u16(), a.body.clone()),
+                Err(e) => (
+                    e.status.as_u16(),
+                    serde_json::to_vec(&e.body()).unwrap_or_default(),
+                ),
+            };
+            let stored = store::StoredAnswer {
+                request_hash: idem.request_hash.clone(),
+                status,
+                response,
+            };
+            let keep_since = now.plus_seconds(-IDEMPOTENCY_SECONDS);
+            if let Err(e) =
+                store::put_idempotency(tx, &idem.actor, &idem.key, &stored, now, keep_since)
+            {
+                return (Err(ApiError::internal(e)), false);
+            }
+        }
+        (answer, commit)
+    }
 }
 
 impl store::Job for CommandJob {
     fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
-        let (result, commit) = engine::apply(tx, now, &self.command);
-        self.result = Some(result);
+        let (answer, commit) = self.execute(tx, now);
+        self.result = Some(answer);
         commit
     }
 
     fn finish(self: Box<Self>, failure: Option<StoreError>) {
         let answer = match (failure, self.result) {
             (Some(e), _) => Err(ApiError::internal(e)),
-            (None, Some(result)) => result.map_err(ApiError::from),
+            (None, Some(result)) => result,
             (None, None) => Err(ApiError::internal("the operation produced no result")),
         };
         // The client may have gone away; its answer is then simply dropped.
@@ -190,20 +297,29 @@ impl store::Job for CommandJob {
     }
 }
 
-/// Sends `command` to the writer thread and waits for its committed result.
-async fn write(state: &AppState, command: Command) -> Result<Outcome, ApiError> {
+/// Sends `command` to the writer thread and waits for its committed, encoded answer.
+async fn write(
+    state: &AppState,
+    command: Command,
+    idempotency: Option<Idempotency>,
+    encode: Encoder,
+) -> Result<Response, ApiError> {
     let (reply, answer) = oneshot::channel();
+    let job = CommandJob {
+        command,
+        idempotency,
+        encode,
+        result: None,
+        reply,
+    };
     state
         .writer
-        .submit(Box::new(CommandJob {
-            command,
-            result: None,
-            reply,
-        }))
+        .submit(Box::new(job))
         .map_err(|_| ApiError::busy())?;
-    answer
+    let answer = answer
         .await
-        .map_err(|_| ApiError::internal("the writer dropped a job"))?
+        .map_err(|_| ApiError::internal("the writer dropped a job"))??;
+    Ok(answer.into_response())
 }
 
 /// Runs a read on the blocking pool over a read connection, in one snapshot.

@@ -19,7 +19,22 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct Body {
     pub actor: String,
     fields: Map<String, Value>,
+    /// The request's `Idempotency-Key`, if it sent one.
+    pub idempotency: Option<Idempotency>,
 }
+
+/// An `Idempotency-Key` and what it was first used for: the same key with the same request
+/// replays the first answer; with another request it is refused.
+#[derive(Debug, Clone)]
+pub struct Idempotency {
+    pub actor: String,
+    pub key: String,
+    /// `H({"method", "path", "body"})` of the request as sent.
+    pub request_hash: String,
+}
+
+/// The longest `Idempotency-Key` accepted.
+const MAX_KEY_BYTES: usize = 255;
 
 impl<S: Send + Sync> FromRequest<S> for Body {
     type Rejection = ApiError;
@@ -84,6 +99,14 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         })?;
         jcs::check_i_json(&value)
             .map_err(|e| ApiError::bad_request("number_out_of_range", &e.path, e.to_string()))?;
+        let idempotency_key = idempotency_key(&parts.headers)?;
+        let request_hash = match &idempotency_key {
+            Some(_) => {
+                let request = serde_json::json!({"method": parts.method.as_str(), "path": parts.uri.path(), "body": value});
+                Some(jcs::hash(&request).map_err(ApiError::internal)?)
+            }
+            None => None,
+        };
         let Value::Object(mut fields) = value else {
             return Err(ApiError::bad_request(
                 "wrong_type",
@@ -120,7 +143,39 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "actor must be 1-128 letters, digits or ._:@-",
             ));
         }
-        Ok(Body { actor, fields })
+        let idempotency = idempotency_key
+            .zip(request_hash)
+            .map(|(key, request_hash)| Idempotency {
+                actor: actor.clone(),
+                key,
+                request_hash,
+            });
+        Ok(Body {
+            actor,
+            fields,
+            idempotency,
+        })
+    }
+}
+
+/// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key)
+            if !key.is_empty()
+                && key.len() <= MAX_KEY_BYTES
+                && key.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(key.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            format!("Idempotency-Key must be 1 to {MAX_KEY_BYTES} visible ASCII characters"),
+        )),
     }
 }
 
@@ -183,9 +238,10 @@ impl Body {
         }
     }
 
-    /// The remaining fields as a document (policies, definitions, agents), and the actor.
-    pub fn into_document(self) -> (Map<String, Value>, String) {
-        (self.fields, self.actor)
+    /// The remaining fields as a document (policies, definitions, agents), the actor, and the
+    /// idempotency key.
+    pub fn into_document(self) -> (Map<String, Value>, String, Option<Idempotency>) {
+        (self.fields, self.actor, self.idempotency)
     }
 }
 

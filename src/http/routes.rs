@@ -61,6 +61,11 @@ fn json_of(value: &impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(ApiError::internal)
 }
 
+/// An encoder's result: the status and body of an answer.
+fn encoded(status: StatusCode, value: Value) -> Result<(StatusCode, Value), ApiError> {
+    Ok((status, value))
+}
+
 fn reply(status: StatusCode, value: Value) -> Answer {
     Ok((status, Json(value)).into_response())
 }
@@ -87,20 +92,21 @@ async fn put_policy(
     Params(policy_id): Params<String>,
     body: Body,
 ) -> Answer {
-    let (doc, actor) = body.into_document();
-    match write(
+    let (doc, actor, idempotency) = body.into_document();
+    write(
         &state,
         Command::PutPolicy {
             policy_id,
             doc,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::Policy(p) => encoded(StatusCode::CREATED, json_of(&p)?),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::Policy(p) => reply(StatusCode::CREATED, json_of(&p)?),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn get_policy(
@@ -118,20 +124,21 @@ async fn put_definition(
     Params(workflow_id): Params<String>,
     body: Body,
 ) -> Answer {
-    let (doc, actor) = body.into_document();
-    match write(
+    let (doc, actor, idempotency) = body.into_document();
+    write(
         &state,
         Command::PutDefinition {
             workflow_id,
             doc,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::Definition(d) => encoded(StatusCode::CREATED, json_of(&d)?),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::Definition(d) => reply(StatusCode::CREATED, json_of(&d)?),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn get_definition(
@@ -152,20 +159,21 @@ async fn put_agent(
     Params(agent_id): Params<String>,
     body: Body,
 ) -> Answer {
-    let (doc, actor) = body.into_document();
-    match write(
+    let (doc, actor, idempotency) = body.into_document();
+    write(
         &state,
         Command::PutAgent {
             agent_id,
             doc,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::Agent(a) => encoded(StatusCode::OK, json_of(&a)?),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::Agent(a) => reply(StatusCode::OK, json_of(&a)?),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn get_agent(State(state): State<AppState>, Params(agent_id): Params<String>) -> Answer {
@@ -179,22 +187,24 @@ async fn list_agents(State(state): State<AppState>) -> Answer {
 }
 
 async fn create_run(State(state): State<AppState>, mut body: Body) -> Answer {
+    let idempotency = body.idempotency.take();
     let workflow_id = body.required_str("workflow_id")?;
     let input = body.value("input");
     let actor = body.finish()?;
-    match write(
+    write(
         &state,
         Command::CreateRun {
             workflow_id,
             input,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::Run(run) => encoded(StatusCode::CREATED, json_of(&run)?),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::Run(run) => reply(StatusCode::CREATED, json_of(&run)?),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn list_runs(State(state): State<AppState>, query: QueryPairs) -> Answer {
@@ -256,6 +266,7 @@ async fn change_status(
     Params(run_id): Params<String>,
     mut body: Body,
 ) -> Answer {
+    let idempotency = body.idempotency.take();
     let status_text = body.required_str("status")?;
     let reason = body.optional_str("reason")?;
     let actor = body.finish()?;
@@ -272,7 +283,7 @@ async fn change_status(
                 "status must be one of PAUSED, RUNNING, CANCELLED, FAILED",
             )
         })?;
-    match write(
+    write(
         &state,
         Command::ChangeStatus {
             run_id,
@@ -280,12 +291,13 @@ async fn change_status(
             reason,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::Run(run) => encoded(StatusCode::OK, json_of(&run)?),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::Run(run) => reply(StatusCode::OK, json_of(&run)?),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn request_step(
@@ -293,10 +305,11 @@ async fn request_step(
     Params(run_id): Params<String>,
     mut body: Body,
 ) -> Answer {
+    let idempotency = body.idempotency.take();
     let step_id = body.required_str("step_id")?;
     let input = body.value("input");
     let actor = body.finish()?;
-    match write(
+    write(
         &state,
         Command::RequestStep {
             run_id,
@@ -304,20 +317,21 @@ async fn request_step(
             input,
             actor,
         },
-    )
-    .await?
-    {
+        idempotency,
+        |outcome| match outcome {
         Outcome::StepRequested {
             step,
             decision,
             run,
             gate,
-        } => reply(
+        } => encoded(
             StatusCode::CREATED,
             json!({"step": json_of(&step)?, "decision": json_of(&decision)?, "run": json_of(&run)?, "gate": json_of(&gate)?}),
         ),
-        other => Err(unexpected(other)),
-    }
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
 }
 
 async fn finish_step(
@@ -325,6 +339,7 @@ async fn finish_step(
     Params((run_id, step_id)): Params<(String, String)>,
     mut body: Body,
 ) -> Answer {
+    let idempotency = body.idempotency.take();
     let status = body.required_str("status")?;
     let result = match status.as_str() {
         "COMPLETED" if body.has("error") => {
@@ -355,7 +370,7 @@ async fn finish_step(
         }
     };
     let actor = body.finish()?;
-    match write(
+    write(
         &state,
         Command::FinishStep {
             run_id,
@@ -363,15 +378,16 @@ async fn finish_step(
             result,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::StepFinished { step, run } => encoded(
+                StatusCode::OK,
+                json!({"step": json_of(&step)?, "run": json_of(&run)?}),
+            ),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::StepFinished { step, run } => reply(
-            StatusCode::OK,
-            json!({"step": json_of(&step)?, "run": json_of(&run)?}),
-        ),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn run_logs(State(state): State<AppState>, Params(run_id): Params<String>) -> Answer {
@@ -384,11 +400,12 @@ async fn request_gate(
     Params(run_id): Params<String>,
     mut body: Body,
 ) -> Answer {
+    let idempotency = body.idempotency.take();
     let step_id = body.required_str("step_id")?;
     let reason = body.required_str("reason")?;
     let expires_in_s = body.optional_i64("expires_in_s")?;
     let actor = body.finish()?;
-    match write(
+    write(
         &state,
         Command::RequestGate {
             run_id,
@@ -397,12 +414,13 @@ async fn request_gate(
             expires_in_s,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::GateOpened(gate) => encoded(StatusCode::CREATED, json_of(&gate)?),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::GateOpened(gate) => reply(StatusCode::CREATED, json_of(&gate)?),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn resolve_gate(
@@ -410,6 +428,7 @@ async fn resolve_gate(
     Params((run_id, gate_id)): Params<(String, String)>,
     mut body: Body,
 ) -> Answer {
+    let idempotency = body.idempotency.take();
     let decision = body.required_str("decision")?;
     let comment = body.optional_str("comment")?;
     let actor = body.finish()?;
@@ -423,7 +442,7 @@ async fn resolve_gate(
             ))
         }
     };
-    match write(
+    write(
         &state,
         Command::ResolveGate {
             run_id,
@@ -432,15 +451,16 @@ async fn resolve_gate(
             comment,
             actor,
         },
+        idempotency,
+        |outcome| match outcome {
+            Outcome::GateResolved { gate, run } => encoded(
+                StatusCode::OK,
+                json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
+            ),
+            other => Err(unexpected(other)),
+        },
     )
-    .await?
-    {
-        Outcome::GateResolved { gate, run } => reply(
-            StatusCode::OK,
-            json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
-        ),
-        other => Err(unexpected(other)),
-    }
+    .await
 }
 
 async fn run_receipt(State(state): State<AppState>, Params(run_id): Params<String>) -> Answer {

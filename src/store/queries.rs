@@ -802,3 +802,62 @@ mod tests {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Idempotency keys
+
+/// The first answer given to a request under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAnswer {
+    pub request_hash: String,
+    pub status: u16,
+    pub response: Vec<u8>,
+}
+
+pub fn get_idempotency(
+    db: &impl Db,
+    actor: &str,
+    key: &str,
+) -> Result<Option<StoredAnswer>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT request_hash, status, response FROM idempotency WHERE actor = ?1 AND key = ?2",
+        )?
+        .query_row([actor, key], |r| {
+            Ok(StoredAnswer {
+                request_hash: r.get(0)?,
+                status: r.get(1)?,
+                response: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Keeps `answer` under `(actor, key)`, and forgets keys first used before `keep_since`.
+pub fn put_idempotency(
+    tx: &Tx<'_>,
+    actor: &str,
+    key: &str,
+    answer: &StoredAnswer,
+    now: Timestamp,
+    keep_since: Timestamp,
+) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
+        .execute([keep_since])?;
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO idempotency (actor, key, request_hash, status, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            actor,
+            key,
+            answer.request_hash,
+            answer.status,
+            answer.response,
+            now
+        ])?;
+    Ok(())
+}

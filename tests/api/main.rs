@@ -8,6 +8,7 @@ mod cli;
 mod connections;
 mod export;
 mod gates;
+mod idempotency;
 mod lifecycle;
 mod proof;
 mod races;
