@@ -53,6 +53,9 @@ impl<'de> Deserialize<'de> for Timestamp {
     }
 }
 
+/// The longest deadline a gate may have: one year.
+pub const MAX_GATE_SECONDS: i64 = 366 * 24 * 3600;
+
 /// The hash of nothing: `H(null)`, the payload hash of an audit entry without evidence.
 pub const NULL_HASH: &str = "74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b";
 
@@ -210,6 +213,20 @@ impl RunStatus {
         }
     }
 
+    /// The statuses a client may ask for with `PATCH …/status` from `self`: the lifecycle's
+    /// successors without the moves fedcore makes itself (`PENDING → RUNNING` on the first step
+    /// request, `RUNNING → COMPLETED` when the last step completes).
+    pub fn patch_targets(self, failure: Option<FailureCode>) -> Vec<RunStatus> {
+        self.successors(failure)
+            .iter()
+            .copied()
+            .filter(|&to| {
+                to != RunStatus::Completed
+                    && !(self == RunStatus::Pending && to == RunStatus::Running)
+            })
+            .collect()
+    }
+
     /// Checks that `self → to` is a lifecycle transition.
     pub fn transition(
         self,
@@ -248,7 +265,7 @@ impl StepStatus {
         use StepStatus::*;
         match self {
             AwaitingApproval => &[Started, Rejected],
-            Started => &[Completed, Failed, Rejected],
+            Started => &[Completed, Failed],
             Completed | Failed | Denied | Rejected => &[],
         }
     }
@@ -479,6 +496,19 @@ mod tests {
     }
 
     #[test]
+    fn a_client_may_patch_only_to_statuses_fedcore_does_not_reach_by_itself() {
+        use RunStatus::*;
+        assert_eq!(Pending.patch_targets(None), vec![Failed, Cancelled]);
+        assert_eq!(Running.patch_targets(None), vec![Paused, Failed, Cancelled]);
+        assert_eq!(Paused.patch_targets(None), vec![Running, Failed, Cancelled]);
+        assert_eq!(
+            Failed.patch_targets(Some(FailureCode::Declared)),
+            vec![Running]
+        );
+        assert!(Completed.patch_targets(None).is_empty());
+    }
+
+    #[test]
     fn only_step_failures_and_declared_failures_can_be_retried() {
         use RunStatus::*;
         assert!(Failed
@@ -506,6 +536,10 @@ mod tests {
         assert!(AwaitingApproval.can_become(Rejected));
         assert!(!AwaitingApproval.can_become(Completed));
         assert!(Started.can_become(Completed) && Started.can_become(Failed));
+        assert!(
+            !Started.can_become(Rejected),
+            "a started attempt ends FAILED when its run ends"
+        );
         for done in [Completed, Failed, Denied, Rejected] {
             assert!(done.successors().is_empty());
             assert!(!done.is_open());

@@ -3,7 +3,7 @@
 //! exactly what is wrong. Evaluation is pure: every rule is evaluated, deny wins over flag over
 //! allow, and when nothing matched the policy's default effect applies (contract §2).
 
-use crate::model::Effect;
+use crate::model::{Effect, MAX_GATE_SECONDS};
 use serde_json::{Map, Value};
 
 /// A policy document that cannot be accepted, and the JSON path of the offending part.
@@ -210,8 +210,6 @@ const RULE_FIELDS: [&str; 6] = [
     "gate_expires_in_s",
     "approvals_required",
 ];
-/// The longest deadline a policy may give a gate: one year.
-const MAX_GATE_SECONDS: i64 = 366 * 24 * 3600;
 /// The most approvers a gate may require.
 const MAX_APPROVALS: i64 = 100;
 const PATH_ROOTS: [&str; 5] = ["run", "step", "input", "actor", "agent"];

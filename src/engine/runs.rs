@@ -8,9 +8,6 @@ use crate::model::*;
 use crate::store;
 use serde_json::{json, Value};
 
-/// The longest deadline a gate may have: one year.
-const MAX_GATE_SECONDS: i64 = 366 * 24 * 3600;
-
 fn load_run(ctx: &Ctx<'_, '_>, run_id: &str) -> Result<Run, Error> {
     store::get_run(ctx.tx, run_id)?
         .ok_or_else(|| Error::not_found("unknown_run", format!("no run {run_id:?}")))
@@ -68,7 +65,7 @@ fn check_transition(run: &Run, to: RunStatus) -> Result<(), Error> {
                     "run {} cannot go from {} to {}{why}",
                     run.run_id, refused.from, refused.to
                 ),
-                json!({"current_status": refused.from, "allowed": refused.allowed}),
+                json!({"current_status": refused.from, "allowed": run.status.patch_targets(run.failure_code())}),
             )
         })
 }
@@ -225,11 +222,13 @@ fn close_gate(
 
 /// Ends a run as COMPLETED, FAILED or CANCELLED: cancels its PENDING gates, closes its open
 /// attempt, and writes the workflow receipt with the status in one update.
+/// `note` is the reason a client gave for a cancel; a failure carries its own.
 fn end_run(
     ctx: &mut Ctx<'_, '_>,
     run: &mut Run,
     to: RunStatus,
     failure: Option<Failure>,
+    note: Option<&str>,
     actor: &str,
 ) -> Result<(), Error> {
     check_transition(run, to)?;
@@ -274,7 +273,11 @@ fn end_run(
         subject: format!("run:{}", run.run_id),
         from_status: Some(from.as_str()),
         to_status: Some(to.as_str()),
-        reason: run.failure.as_ref().map(|f| f.reason.clone()),
+        reason: run
+            .failure
+            .as_ref()
+            .map(|f| f.reason.clone())
+            .or_else(|| note.map(str::to_string)),
         message: match &run.failure {
             Some(f) => format!("Run {} {from} -> {to} ({})", run.run_id, f.code.as_str()),
             None => format!("Run {} {from} -> {to}", run.run_id),
@@ -415,8 +418,10 @@ pub(super) fn request_step(
         return Err(Error::conflict(
             "step_out_of_order",
             format!(
-                "step {step_id} is out of order; the next step is {:?}",
+                "step {step_id} is out of order; the next step is {}",
                 run.next_step_id
+                    .as_deref()
+                    .unwrap_or("none (every step completed)")
             ),
             json!({"expected_step_id": run.next_step_id}),
         ));
@@ -575,7 +580,7 @@ pub(super) fn request_step(
                 reason: decision.reason.clone(),
                 step_id: Some(step_id.to_string()),
             };
-            end_run(ctx, &mut run, RunStatus::Failed, Some(failure), actor)?;
+            end_run(ctx, &mut run, RunStatus::Failed, Some(failure), None, actor)?;
         }
     }
     Ok(Outcome::StepRequested {
@@ -645,7 +650,7 @@ pub(super) fn finish_step(
             run.attempt_base = 0;
             run.next_step_id = def.steps.get(step_index + 1).map(|s| s.step_id.clone());
             if run.next_step_id.is_none() {
-                end_run(ctx, &mut run, RunStatus::Completed, None, actor)?;
+                end_run(ctx, &mut run, RunStatus::Completed, None, None, actor)?;
             } else {
                 store::update_run(ctx.tx, &run)?;
             }
@@ -660,7 +665,7 @@ pub(super) fn finish_step(
                 ),
                 step_id: Some(step_id.to_string()),
             };
-            end_run(ctx, &mut run, RunStatus::Failed, Some(failure), actor)?;
+            end_run(ctx, &mut run, RunStatus::Failed, Some(failure), None, actor)?;
         }
         _ => store::update_run(ctx.tx, &run)?,
     }
@@ -715,8 +720,10 @@ pub(super) fn request_gate(
             return Err(Error::conflict(
                 "step_out_of_order",
                 format!(
-                    "a gate binds to an open attempt or the next step; the next step is {:?}",
+                    "a gate binds to an open attempt or the next step; the next step is {}",
                     run.next_step_id
+                        .as_deref()
+                        .unwrap_or("none (every step completed)")
                 ),
                 json!({"expected_step_id": run.next_step_id}),
             ))
@@ -775,12 +782,9 @@ pub(super) fn resolve_gate(
     } else if approve {
         close_gate(ctx, &mut gate, GateStatus::Approved, actor, comment)?;
     } else {
+        // Ending the run closes the open attempt as the contract says: one awaiting approval is
+        // REJECTED, one already started is FAILED with run_ended.
         close_gate(ctx, &mut gate, GateStatus::Rejected, actor, comment)?;
-        if let Some(open) = open_attempt(ctx, run_id)?
-            .filter(|o| o.step_id == gate.step_id && o.attempt == gate.attempt)
-        {
-            close_attempt(ctx, &run, open, StepStatus::Rejected, None, actor)?;
-        }
         let failure = Failure {
             code: FailureCode::GateRejected,
             reason: comment.map_or_else(
@@ -789,7 +793,7 @@ pub(super) fn resolve_gate(
             ),
             step_id: Some(gate.step_id.clone()),
         };
-        end_run(ctx, &mut run, RunStatus::Failed, Some(failure), actor)?;
+        end_run(ctx, &mut run, RunStatus::Failed, Some(failure), None, actor)?;
     }
     Ok(Outcome::GateResolved { gate, run })
 }
@@ -853,6 +857,29 @@ pub(super) fn change_status(
     actor: &str,
 ) -> Result<Outcome, Error> {
     let mut run = load_run(ctx, run_id)?;
+    if matches!(to, RunStatus::Pending | RunStatus::Completed) {
+        return Err(Error::invalid(
+            "invalid_value",
+            "status",
+            "status must be one of PAUSED, RUNNING, CANCELLED, FAILED",
+        ));
+    }
+    let targets = run.status.patch_targets(run.failure_code());
+    if !targets.contains(&to) {
+        let why = if targets.is_empty() {
+            " (the run is final)"
+        } else {
+            ""
+        };
+        return Err(Error::conflict(
+            "invalid_transition",
+            format!(
+                "run {} cannot be set from {} to {to}{why}",
+                run.run_id, run.status
+            ),
+            json!({"current_status": run.status, "allowed": targets}),
+        ));
+    }
     match to {
         RunStatus::Paused => move_run(ctx, &mut run, to, actor, reason.map(str::to_string))?,
         RunStatus::Running if run.status == RunStatus::Paused => {
@@ -861,8 +888,7 @@ pub(super) fn change_status(
         RunStatus::Running if run.status == RunStatus::Failed => {
             retry(ctx, &mut run, reason, actor)?
         }
-        RunStatus::Running => check_transition(&run, to)?,
-        RunStatus::Cancelled => end_run(ctx, &mut run, to, None, actor)?,
+        RunStatus::Cancelled => end_run(ctx, &mut run, to, None, reason, actor)?,
         RunStatus::Failed => {
             check_transition(&run, to)?;
             let step_id = open_attempt(ctx, run_id)?.map(|s| s.step_id);
@@ -872,15 +898,10 @@ pub(super) fn change_status(
                     .map_or_else(|| format!("declared failed by {actor}"), str::to_string),
                 step_id,
             };
-            end_run(ctx, &mut run, to, Some(failure), actor)?;
+            end_run(ctx, &mut run, to, Some(failure), None, actor)?;
         }
-        RunStatus::Pending | RunStatus::Completed => {
-            return Err(Error::invalid(
-                "invalid_value",
-                "status",
-                "status must be one of PAUSED, RUNNING, CANCELLED, FAILED",
-            ))
-        }
+        // Excluded above: not patch targets, or refused as invalid values.
+        RunStatus::Running | RunStatus::Pending | RunStatus::Completed => {}
     }
     Ok(Outcome::Run(run))
 }
@@ -908,7 +929,7 @@ fn resume(
             ),
             json!({
                 "current_status": run.status,
-                "allowed": [],
+                "allowed": run.status.patch_targets(run.failure_code()),
                 "gates": blocking.iter().map(|g| json!({"gate_id": g.gate_id, "status": g.status})).collect::<Vec<_>>(),
             }),
         ));
@@ -966,26 +987,25 @@ pub(super) fn expire_gates_of_run(ctx: &mut Ctx<'_, '_>, run_id: &str) -> Result
         .into_iter()
         .filter(|g| g.status == GateStatus::Pending && g.expires_at.is_some_and(|t| t <= ctx.now))
         .collect();
-    let Some(mut gate) = due.into_iter().next() else {
+    let Some(first) = due.first().map(|g| (g.gate_id.clone(), g.step_id.clone())) else {
         return Ok(());
     };
     let mut run = load_run(ctx, run_id)?;
-    close_gate(ctx, &mut gate, GateStatus::Expired, SYSTEM_ACTOR, None)?;
-    if let Some(open) = open_attempt(ctx, run_id)?
-        .filter(|o| o.step_id == gate.step_id && o.attempt == gate.attempt)
-    {
-        close_attempt(ctx, &run, open, StepStatus::Rejected, None, SYSTEM_ACTOR)?;
+    // Every gate past its deadline is EXPIRED; only gates still in time are CANCELLED by the end.
+    for mut gate in due {
+        close_gate(ctx, &mut gate, GateStatus::Expired, SYSTEM_ACTOR, None)?;
     }
     let failure = Failure {
         code: FailureCode::GateExpired,
-        reason: format!("gate {} expired without a decision", gate.gate_id),
-        step_id: Some(gate.step_id.clone()),
+        reason: format!("gate {} expired without a decision", first.0),
+        step_id: Some(first.1),
     };
     end_run(
         ctx,
         &mut run,
         RunStatus::Failed,
         Some(failure),
+        None,
         SYSTEM_ACTOR,
     )?;
     ctx.wrote_before_command = true;

@@ -43,12 +43,17 @@ impl ApiError {
 
     /// 500; the cause is logged, the client sees only that something went wrong.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
-        eprintln!("internal error: {cause}");
+        super::server::log_line(format_args!("internal error: {cause}"));
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
             "internal error",
         )
+    }
+
+    /// The writer thread is gone: nothing can be written any more.
+    pub fn writer_stopped() -> ApiError {
+        ApiError::internal("the writer thread has stopped")
     }
 
     pub fn busy() -> ApiError {

@@ -24,7 +24,8 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// How many write jobs may wait for the writer before requests are refused with 503.
-const WRITER_QUEUE: usize = 4096;
+/// Bodies are at most 1 MiB, so this also bounds what queued jobs can hold.
+const WRITER_QUEUE: usize = 1024;
 
 /// How often the background sweep looks for gates past their deadline.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -100,7 +101,7 @@ fn serve_until(
     // checkpoints the WAL and exits.
     runtime.shutdown_timeout(Duration::from_secs(1));
     if writer_thread.join().is_err() {
-        eprintln!("the writer thread panicked");
+        server::log_line(format_args!("the writer thread panicked"));
     }
     Ok(served?)
 }
@@ -167,7 +168,7 @@ async fn sweep_expired_gates(state: AppState) {
             })
             .await;
             if let Err(e) = done {
-                eprintln!("gate sweep: {}", e.message);
+                server::log_line(format_args!("gate sweep: {}", e.message));
             }
         }
     }
@@ -254,8 +255,10 @@ impl CommandJob {
                 replayed: false,
             })
         });
-        if let (Some(idem), true) = (&self.idempotency, commit) {
-            // A committed answer, success or recorded refusal, is what a retry must see again.
+        let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
+        if let (Some(idem), true, false) = (&self.idempotency, commit, server_error) {
+            // A committed answer, success or recorded refusal, is what a retry must see again; a
+            // server error is not an answer to keep.
             let (status, response) = match &answer {
                 Ok(a) => (a.status.as_u16(), a.body.clone()),
                 Err(e) => (

@@ -33,6 +33,11 @@ pub struct Idempotency {
     pub request_hash: String,
 }
 
+/// The deepest nesting a body may have. The engine wraps inputs in a few levels (the evaluation
+/// context, refusal evidence) before storing them, and every stored blob must parse back within
+/// serde_json's limit of 128 when `verify` reads it, so bodies stop well short of that.
+pub const MAX_BODY_DEPTH: usize = 64;
+
 /// The longest `Idempotency-Key` accepted.
 const MAX_KEY_BYTES: usize = 255;
 
@@ -99,6 +104,13 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         })?;
         jcs::check_i_json(&value)
             .map_err(|e| ApiError::bad_request("number_out_of_range", &e.path, e.to_string()))?;
+        if depth(&value) > MAX_BODY_DEPTH {
+            return Err(ApiError::bad_request(
+                "too_deep",
+                "",
+                format!("the body nests deeper than {MAX_BODY_DEPTH} levels"),
+            ));
+        }
         let idempotency_key = idempotency_key(&parts.headers)?;
         let request_hash = match &idempotency_key {
             Some(_) => {
@@ -155,6 +167,15 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             fields,
             idempotency,
         })
+    }
+}
+
+/// How deeply `value` nests: 1 for a scalar, one more for each array or object around it.
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 1,
     }
 }
 
@@ -348,6 +369,12 @@ fn percent_decode(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_every_level_of_nesting() {
+        assert_eq!(depth(&serde_json::json!(1)), 1);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+    }
 
     #[test]
     fn query_strings_decode_plus_and_percent_escapes() {

@@ -475,11 +475,18 @@ async fn audit(State(state): State<AppState>, query: QueryPairs) -> Answer {
     query.only(&["after_seq", "limit"])?;
     let after_seq = query.int("after_seq")?.unwrap_or(0);
     let limit = query.int("limit")?.unwrap_or(100);
-    if after_seq < 0 || limit < 1 {
+    if after_seq < 0 {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "after_seq",
+            "after_seq must be >= 0",
+        ));
+    }
+    if limit < 1 {
         return Err(ApiError::bad_request(
             "invalid_query",
             "limit",
-            "after_seq must be >= 0 and limit >= 1",
+            "limit must be >= 1",
         ));
     }
     let (entries, (seq, entry_hash)) =

@@ -249,20 +249,21 @@ async fn guard_request(
             log_line(format_args!("PANIC {} {}: {reason}", log.method, log.path));
             error_response(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                r#"{"error":{"code":"internal","message":"internal error"}}"#.to_owned(),
+                r#"{"error":{"code":"internal","message":"internal error","details":{}}}"#
+                    .to_owned(),
             )
         }
         Err(_elapsed) if !body_received.load(Ordering::Acquire) => error_response(
             StatusCode::REQUEST_TIMEOUT,
             format!(
-                r#"{{"error":{{"code":"request_timeout","message":"the request body did not arrive within {} ms"}}}}"#,
+                r#"{{"error":{{"code":"request_timeout","message":"the request body did not arrive within {} ms","details":{{}}}}}}"#,
                 request_timeout.as_millis()
             ),
         ),
         Err(_elapsed) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                r#"{{"error":{{"code":"timeout","message":"request took longer than {} ms"}}}}"#,
+                r#"{{"error":{{"code":"timeout","message":"request took longer than {} ms","details":{{}}}}}}"#,
                 request_timeout.as_millis()
             ),
         ),
@@ -388,7 +389,7 @@ fn is_per_connection_error(error: &io::Error) -> bool {
 /// Writes one line to stderr in a single write while holding the lock, so lines from
 /// concurrent requests never interleave. A failed write is dropped: losing a log line must not
 /// fail a request, and `eprintln!` would panic instead.
-fn log_line(line: std::fmt::Arguments<'_>) {
+pub(crate) fn log_line(line: std::fmt::Arguments<'_>) {
     let mut text = line.to_string();
     text.push('\n');
     let _ = io::stderr().lock().write_all(text.as_bytes());

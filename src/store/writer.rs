@@ -6,6 +6,7 @@
 use super::{StoreError, Tx};
 use crate::model::Timestamp;
 use rusqlite::Connection;
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::thread::JoinHandle;
@@ -22,9 +23,14 @@ pub trait Job: Send {
     fn finish(self: Box<Self>, failure: Option<StoreError>);
 }
 
-/// The writer's queue is full: try again shortly.
-#[derive(Debug)]
-pub struct Busy;
+/// Why a job was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Busy {
+    /// The queue is full: try again shortly.
+    Full,
+    /// The writer thread has stopped (it only does when the server shuts down).
+    Stopped,
+}
 
 /// A handle to the writer thread. Cloning shares the queue; when every handle is dropped the
 /// thread finishes the queued jobs and exits.
@@ -62,7 +68,8 @@ impl Writer {
     pub fn submit(&self, job: Box<dyn Job>) -> Result<(), Busy> {
         match self.sender.try_send(job) {
             Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(Busy),
+            Err(TrySendError::Full(_)) => Err(Busy::Full),
+            Err(TrySendError::Disconnected(_)) => Err(Busy::Stopped),
         }
     }
 }
@@ -78,7 +85,11 @@ fn run_one(conn: &Connection, mut job: Box<dyn Job>, now: Timestamp) {
         Ok(true) => conn.execute_batch("COMMIT").err().map(StoreError::from),
         Ok(false) => conn.execute_batch("ROLLBACK").err().map(StoreError::from),
         Err(_) => {
-            eprintln!("writer: an operation panicked; its transaction was rolled back");
+            // Never eprintln! here: a failed write to stderr would panic the writer itself.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "writer: an operation panicked; its transaction was rolled back"
+            );
             let _ = conn.execute_batch("ROLLBACK");
             Some(StoreError::Panicked)
         }

@@ -6,6 +6,7 @@ mod support;
 mod bad_input;
 mod cli;
 mod connections;
+mod edges;
 mod export;
 mod gates;
 mod idempotency;

@@ -1,0 +1,151 @@
+//! Edge cases of the lifecycle and of input that reviews found: each would otherwise answer
+//! wrongly, lose information, or let a client break verification.
+
+use crate::scenarios::{
+    complete_step, expect, expect_error, new_pt004_run, pt004_server, resolve_gate, run_logs,
+    set_status, start_step, step_input, step_output, AGENT, APPROVER, WORKFLOW_ID,
+};
+use crate::support::run_cli;
+use serde_json::{json, Value};
+
+fn nested(depth: usize) -> Value {
+    (0..depth).fold(json!(1), |inner, _| json!([inner]))
+}
+
+#[test]
+fn a_body_nested_too_deeply_is_refused_and_verification_stays_intact() {
+    let (mut server, mut c) = pt004_server();
+    let deep = json!({"workflow_id": WORKFLOW_ID, "input": nested(126), "actor": AGENT});
+    let refused = c.post("/workflows/runs", &deep);
+    assert_eq!(
+        refused.status, 400,
+        "expected a 400 for 126 levels of nesting"
+    );
+    assert_eq!(refused.error_code(), "too_deep");
+
+    // The deepest body accepted still leaves room for the engine's own wrapping of it.
+    let run = expect(
+        c.post(
+            "/workflows/runs",
+            &json!({"workflow_id": WORKFLOW_ID, "input": nested(62), "actor": AGENT}),
+        ),
+        201,
+        "a run with deeply nested input",
+    );
+    let run_id = run["run_id"].as_str().unwrap().to_string();
+    let body =
+        json!({"step_id": "observe", "input": {"risk": "low", "deep": nested(60)}, "actor": AGENT});
+    expect(
+        c.post(&format!("/workflows/runs/{run_id}/steps"), &body),
+        201,
+        "a deep step input",
+    );
+    let refused = json!({"step_id": "act", "input": nested(62), "actor": AGENT});
+    assert_eq!(
+        c.post(&format!("/workflows/runs/{run_id}/steps"), &refused)
+            .status,
+        409
+    );
+    assert_eq!(server.terminate(), Some(0));
+    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+}
+
+#[test]
+fn a_pending_run_cannot_be_set_running_by_hand() {
+    let (_server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    let refused = expect_error(
+        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        409,
+        "invalid_transition",
+        "PENDING -> RUNNING",
+    );
+    assert_eq!(refused["details"]["current_status"], "PENDING");
+    assert_eq!(
+        refused["details"]["allowed"],
+        json!(["FAILED", "CANCELLED"]),
+        "{refused}"
+    );
+    let logs = run_logs(&mut c, &run_id);
+    assert!(
+        logs.iter().any(|e| e["action"] == "request.refused"),
+        "expected the refusal recorded"
+    );
+    let run = c.get(&format!("/workflows/runs/{run_id}")).json();
+    assert_eq!(run["status"], "PENDING");
+}
+
+#[test]
+fn a_cancel_keeps_the_reason_it_was_given() {
+    let (_server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    let body = json!({"status": "CANCELLED", "reason": "operator stop: ticket 42", "actor": AGENT});
+    expect(
+        c.patch(&format!("/workflows/runs/{run_id}/status"), &body),
+        200,
+        "cancel",
+    );
+    let logs = run_logs(&mut c, &run_id);
+    let cancelled = logs
+        .iter()
+        .find(|e| e["action"] == "run.cancelled")
+        .expect("run.cancelled");
+    assert_eq!(cancelled["reason"], "operator stop: ticket 42");
+}
+
+#[test]
+fn rejecting_a_gate_on_a_started_attempt_fails_that_attempt_with_run_ended() {
+    let (_server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
+    let gate = expect(
+        c.post(
+            &format!("/workflows/runs/{run_id}/gates"),
+            &json!({"step_id": "observe", "reason": "look first", "actor": AGENT}),
+        ),
+        201,
+        "explicit gate",
+    );
+    let gate_id = gate["gate_id"].as_str().unwrap();
+    let done = expect(
+        resolve_gate(&mut c, &run_id, gate_id, "reject", APPROVER),
+        200,
+        "reject",
+    );
+    assert_eq!(done["run"]["failure"]["code"], "gate_rejected");
+    let run = c.get(&format!("/workflows/runs/{run_id}")).json();
+    let attempt = &run["steps"][0];
+    assert_eq!(
+        attempt["status"], "FAILED",
+        "contract section 3: a started attempt fails when its run ends: {run}"
+    );
+    assert_eq!(
+        attempt["error"],
+        json!({"code": "run_ended", "reason": "FAILED"})
+    );
+}
+
+#[test]
+fn a_resume_refused_by_a_pending_gate_names_what_the_run_may_still_do() {
+    let (_server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
+    complete_step(&mut c, &run_id, "observe", &step_output("observe"));
+    let flagged = c.post(
+        &format!("/workflows/runs/{run_id}/steps"),
+        &json!({"step_id": "decide", "input": {"risk": "high"}, "actor": AGENT}),
+    );
+    assert_eq!(flagged.status, 201);
+    let refused = expect_error(
+        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        409,
+        "gates_unresolved",
+        "resume",
+    );
+    assert_eq!(
+        refused["details"]["allowed"],
+        json!(["RUNNING", "FAILED", "CANCELLED"]),
+        "{refused}"
+    );
+}
