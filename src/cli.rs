@@ -221,16 +221,25 @@ fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         replay: false,
         receipts: None,
     };
+    let mut db_given = false;
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(VERIFY_USAGE)),
-            Long("db") => args.db = parser.value()?.into(),
+            Long("db") => {
+                args.db = parser.value()?.into();
+                db_given = true;
+            }
             Long("json") => args.json = true,
             Long("replay") => args.replay = true,
             Long("receipts") => args.receipts = Some(parser.value()?.into()),
             Long("expect-head") => args.expect_head = Some(head(&parser.value()?.string()?)?),
             other => return Err(other.unexpected()),
         }
+    }
+    if args.receipts.is_some() && (db_given || args.replay || args.expect_head.is_some()) {
+        return Err(lexopt::Error::Custom(
+            "--receipts checks a folder without the database: it takes no --db, --replay or --expect-head".into(),
+        ));
     }
     Ok(Cli::Verify(args))
 }

@@ -4,7 +4,7 @@
 //! definition versions it ran under, its audit entries as JSON lines, every evidence blob those
 //! name, and a manifest with each file's SHA-256. Reads one snapshot of the file, read-only.
 
-use crate::engine::{self, jcs, receipts, views};
+use crate::engine::{self, jcs, receipts, verify, views};
 use crate::model::*;
 use crate::store::{self, StoreError};
 use serde_json::{json, Value};
@@ -27,6 +27,8 @@ pub enum ExportError {
     },
     #[error("{0} exists and is not empty; export writes into a new or empty folder")]
     NotEmpty(PathBuf),
+    #[error("the database does not verify, so nothing was exported: {0}")]
+    Broken(String),
 }
 
 /// What an export wrote.
@@ -58,7 +60,19 @@ pub fn export_run(db: &Path, run_id: &str, out: &Path) -> Result<Exported, Expor
         return Err(ExportError::NotEmpty(out.to_path_buf()));
     }
     let reader = store::open_read_only(db)?;
-    let files = reader.snapshot(|db| collect(db, run_id))??;
+    // Only what verifies is handed over: the folder's hashes are checked against the database's
+    // own, so a broken file would export a self-consistent lie.
+    let (files, head) = reader.snapshot(|db| {
+        let report = verify::verify(db, &verify::Options::default())?;
+        if let Some(broken) = &report.failure {
+            let why = format!(
+                "{} {} {}: {}",
+                broken.table, broken.id, broken.field, broken.message
+            );
+            return Err(ExportError::Broken(why));
+        }
+        Ok((collect(db, run_id)?, report.head))
+    })??;
     let mut writer = FolderWriter {
         root: out.to_path_buf(),
         written: Vec::new(),
@@ -70,6 +84,7 @@ pub fn export_run(db: &Path, run_id: &str, out: &Path) -> Result<Exported, Expor
         "run_id": files.view.run.run_id,
         "status": files.view.run.status,
         "receipt_hash": files.view.run.receipt_hash,
+        "audit_head": head.to_string(),
         "files": writer.written.iter().map(|(path, hash, bytes)| json!({"path": path, "sha256": hash, "bytes": bytes})).collect::<Vec<_>>(),
     });
     writer.write("manifest.json", &pretty(&manifest))?;
@@ -234,8 +249,24 @@ struct FolderWriter {
     written: Vec<(String, String, usize)>,
 }
 
+/// Whether `relative` stays inside the folder: plain names only, no `..`, no root, no hidden
+/// names. File names come from ids in the database, which an attacker may have edited.
+fn is_inside(relative: &str) -> bool {
+    let path = Path::new(relative);
+    !relative.is_empty()
+        && path.components().all(|c| match c {
+            std::path::Component::Normal(name) => !name.to_string_lossy().starts_with('.'),
+            _ => false,
+        })
+}
+
 impl FolderWriter {
     fn write(&mut self, relative: &str, bytes: &[u8]) -> Result<(), ExportError> {
+        if !is_inside(relative) {
+            return Err(corrupt(format!(
+                "refusing to write {relative:?}: it would leave the export folder"
+            )));
+        }
         let path = self.root.join(relative);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
@@ -338,6 +369,11 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         let path = f["path"]
             .as_str()
             .ok_or("manifest.json: a file without a path")?;
+        if !is_inside(path) {
+            return Err(format!(
+                "manifest.json names {path:?}, which is outside the folder"
+            ));
+        }
         let expected = f["sha256"]
             .as_str()
             .ok_or("manifest.json: a file without a sha256")?;
@@ -396,6 +432,16 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         "manifest run_id",
         manifest["run_id"].as_str().unwrap_or_default(),
         &run.run_id,
+    )?;
+    same(
+        "manifest status",
+        manifest["status"].as_str().unwrap_or_default(),
+        run.status.as_str(),
+    )?;
+    same(
+        "manifest receipt_hash",
+        manifest["receipt_hash"].as_str().unwrap_or("none"),
+        run.receipt_hash.as_deref().unwrap_or("none"),
     )?;
     let definition: Definition = parse(dir, "definition.json")?;
     same(

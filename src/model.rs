@@ -63,10 +63,14 @@ pub const NULL_HASH: &str = "74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c0
 pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Whether `text` is a well-formed identifier for policies, workflows, steps, agents and actors:
-/// 1 to 128 characters of letters, digits and `._:@-`.
+/// 1 to 128 characters of letters, digits and `._:@-`, starting with a letter or digit (so no id
+/// is `.`, `..` or hidden when it names a file in an export).
 pub fn is_valid_id(text: &str) -> bool {
-    !text.is_empty()
-        && text.len() <= 128
+    text.len() <= 128
+        && text
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
@@ -553,6 +557,8 @@ mod tests {
         assert!(!is_valid_id(""));
         assert!(!is_valid_id("has space"));
         assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id(".."));
+        assert!(!is_valid_id(".hidden"));
         assert!(!is_valid_id(&"x".repeat(129)));
     }
 }

@@ -43,7 +43,8 @@ pub fn render(proof: &Proof) -> String {
         out,
         "`fedcore proof` started a real server on a free loopback port over a fresh database and drove \
          the PT-004 workflow over HTTP as the agent `{}` and, for approvals, `{}`. Every line below \
-         marked ✅ or ❌ is a check the proof made on what the API answered.\n",
+         marked ✅ or ❌ is a check the proof made: on what the API answered, on the files it \
+         exported, or on what the verifier reported.\n",
         super::AGENT,
         super::APPROVER
     );
@@ -120,7 +121,7 @@ pub fn render(proof: &Proof) -> String {
     let _ = writeln!(out, "\n## Verdict\n");
     let failed: Vec<&Check> = proof.checks().filter(|c| !c.passed).collect();
     if failed.is_empty() {
-        let _ = writeln!(out, "**PASS.** All {n_checks} checks passed: the three scenarios behaved as the contract says, every receipt and the whole audit chain verify, and tampering is detected.");
+        let _ = writeln!(out, "**PASS.** All {n_checks} checks passed: the three scenarios behaved as the contract says, every receipt and the whole audit chain verify (with every decision replayed), each exported run verifies on its own, and the two tamper scenarios above were caught. Write the audit head down: a later `fedcore verify --expect-head SEQ:HASH` proves the log still holds it.");
     } else {
         let _ = writeln!(
             out,

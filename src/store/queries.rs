@@ -648,7 +648,7 @@ pub fn update_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
 pub fn get_gate(db: &impl Db, gate_id: &str) -> Result<Option<Gate>, StoreError> {
     let sql = format!(
         "SELECT {} FROM gates WHERE gate_id = ?1",
-        gate_select(super::SCHEMA_VERSION)
+        gate_select(super::scan::schema_version(db)?)
     );
     let gate = db
         .conn()
@@ -668,7 +668,7 @@ pub fn get_gate(db: &impl Db, gate_id: &str) -> Result<Option<Gate>, StoreError>
 pub fn gates_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Gate>, StoreError> {
     let sql = format!(
         "SELECT {} FROM gates WHERE run_id = ?1 ORDER BY creation_order",
-        gate_select(super::SCHEMA_VERSION)
+        gate_select(super::scan::schema_version(db)?)
     );
     let mut stmt = db.conn().prepare_cached(&sql)?;
     let mut gates: Vec<Gate> = stmt

@@ -4,7 +4,7 @@ use crate::scenarios::{
     complete_step, new_pt004_run, pt004_server, start_step, step_input, step_output, PT004_STEPS,
 };
 use crate::support::{run_cli, TempDir};
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
@@ -276,4 +276,118 @@ fn a_file_added_to_an_export_is_caught_and_a_missing_folder_cannot_be_checked() 
         folder.join("nope").to_str().unwrap(),
     ]);
     assert_eq!(code, 2, "expected a missing folder to be exit 2");
+}
+
+#[test]
+fn a_schema_version_one_database_exports_and_its_folder_verifies() {
+    // The committed PT-004 proof database was written with schema version 1.
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("REPORT/PROOFS/PT-004_workflow_orchestration/pt004.db");
+    let dir = TempDir::new();
+    let copy = dir.path().join("v1.db");
+    std::fs::copy(&committed, &copy).expect("copy the committed proof database");
+    let conn = rusqlite::Connection::open(&copy).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        version, 1,
+        "expected the committed proof database at schema version 1"
+    );
+    let run_ids: Vec<String> = conn
+        .prepare("SELECT run_id FROM runs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(conn);
+    for (i, run_id) in run_ids.iter().enumerate() {
+        let folder = dir.path().join(format!("run-{i}"));
+        let (code, stdout, stderr) = run_cli(&[
+            "export",
+            "--db",
+            copy.to_str().unwrap(),
+            "--run",
+            run_id,
+            "--out",
+            folder.to_str().unwrap(),
+        ]);
+        assert_eq!(
+            code, 0,
+            "expected {run_id} to export from a version-1 file: {stdout} {stderr}"
+        );
+        let (code, report) = verify_receipts(&folder);
+        assert_eq!(code, 0, "expected the exported folder to verify: {report}");
+    }
+}
+
+#[test]
+fn a_database_that_does_not_verify_is_not_exported() {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "broken");
+    assert_eq!(server.terminate(), Some(0));
+    let conn = rusqlite::Connection::open(&server.db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_log_no_update; UPDATE audit_log SET reason = 'forged' WHERE seq = 1;",
+    )
+    .unwrap();
+    drop(conn);
+    let out = TempDir::new();
+    let folder = out.path().join("run");
+    let (code, _, stderr) = run_cli(&[
+        "export",
+        "--db",
+        server.db.to_str().unwrap(),
+        "--run",
+        &run_id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2, "expected a broken database refused: {stderr}");
+    assert!(
+        stderr.contains("does not verify"),
+        "expected the reason: {stderr}"
+    );
+    assert!(!folder.exists(), "expected nothing written");
+}
+
+#[test]
+fn a_manifest_that_disagrees_with_the_run_or_leaves_the_folder_is_caught() {
+    let (_dir, folder) = exported_run();
+    let manifest = folder.join("manifest.json");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, original.replace("\"COMPLETED\"", "\"FAILED\"")).unwrap();
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(
+        code, 1,
+        "expected a manifest status that differs from run.json caught: {report}"
+    );
+
+    let mut doc: Value = serde_json::from_str(&original).unwrap();
+    doc["files"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"path": "../../etc/hostname", "sha256": "00", "bytes": 0}));
+    std::fs::write(&manifest, serde_json::to_vec(&doc).unwrap()).unwrap();
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(
+        code, 1,
+        "expected a path outside the folder refused: {report}"
+    );
+    assert!(
+        report["failure"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("outside"),
+        "{report}"
+    );
+}
+
+#[test]
+fn verify_receipts_refuses_flags_that_need_a_database() {
+    let (code, _, stderr) = run_cli(&["verify", "--receipts", ".", "--replay"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = run_cli(&["verify", "--receipts", ".", "--db", "x.db"]);
+    assert_eq!(code, 2, "{stderr}");
 }
