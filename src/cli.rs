@@ -2,6 +2,7 @@
 //! opens a database or a socket.
 
 use crate::engine::verify::Head;
+use crate::model::Role;
 use lexopt::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -21,6 +22,11 @@ Usage:
                                               recompute every hash in the database, offline
   fedcore verify --receipts DIR [--json]      check a folder written by export, without the database
   fedcore proof [--out DIR]                   run the PT-004 proof and write its report (default REPORT/PROOFS)
+  fedcore token create --name NAME --role agent|approver|admin|auditor [--db PATH]
+                                              create a bearer token and print it, once
+  fedcore token revoke --name NAME [--db PATH]
+                                              revoke every live token of NAME
+  fedcore token list [--db PATH]              list tokens (names, roles, ids; never the secrets)
   fedcore --help | --version
 
 Run `fedcore COMMAND --help` for a command's flags.
@@ -41,7 +47,36 @@ Usage: fedcore serve [--db PATH] [--listen ADDR] [timeouts]
   --shutdown-grace-ms N     on SIGINT/SIGTERM, let in-flight requests finish within N ms
                             (default 10000)
 
-Logs one line per request to stderr. Exits 0 after a clean shutdown.
+Every request but GET /health needs `Authorization: Bearer <token>` (see `fedcore token`). On a
+database that has never had a token, serve creates the admin token `admin`, writes it to
+<db>.admin-token (mode 0600, never overwriting an existing file) and prints that path. A
+--listen address that is not loopback is refused (exit 2) while the database has no live token.
+
+Logs one line per request to stderr. Exits 0 after a clean shutdown, 2 when it cannot start.
+";
+
+pub const TOKEN_USAGE: &str = "\
+fedcore token: bearer tokens, the identities requests act under
+
+Usage: fedcore token create --name NAME --role ROLE [--db PATH]
+       fedcore token revoke --name NAME [--db PATH]
+       fedcore token list [--db PATH]
+
+  --name NAME   who the token acts as: the actor of every request made with it (1-128 letters,
+                digits or ._:@-)
+  --role ROLE   agent     create runs, request and complete steps, request gates
+                approver  approve or reject gates
+                admin     policies, definitions, the registry, run status changes, tokens
+                auditor   read only
+                (every role may read)
+  --db PATH     database file (default ./fedcore.db); created with the schema if it does not exist
+
+create prints the new token on stdout, once: fedcore keeps only its SHA-256. revoke revokes every
+live token of NAME. Creating and revoking are audit entries (token.created, token.revoked on
+subject token:NAME), written in one transaction that extends the audit chain; a running server
+sees them on its next request.
+
+Exit status: 0 done, 1 revoke found no live token of NAME, 2 usage or database error.
 ";
 
 pub const EXPORT_USAGE: &str = "\
@@ -112,6 +147,20 @@ pub enum Cli {
     Export(ExportArgs),
     Verify(VerifyArgs),
     Proof { out: PathBuf },
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenArgs {
+    pub db: PathBuf,
+    pub command: TokenCommand,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenCommand {
+    Create { name: String, role: Role },
+    Revoke { name: String },
+    List,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -152,6 +201,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             Some("export") => parse_export(&mut parser),
             Some("verify") => parse_verify(&mut parser),
             Some("proof") => parse_proof(&mut parser),
+            Some("token") => parse_token(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -256,6 +306,50 @@ fn parse_proof(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     Ok(Cli::Proof { out })
 }
 
+fn parse_token(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let usage = || {
+        lexopt::Error::Custom(format!("token wants create, revoke or list\n\n{TOKEN_USAGE}").into())
+    };
+    let action = match parser.next()? {
+        Some(Short('h') | Long("help")) => return Ok(Cli::Help(TOKEN_USAGE)),
+        Some(Value(action)) => action.string()?,
+        _ => return Err(usage()),
+    };
+    let (mut db, mut name, mut role) = (PathBuf::from(DEFAULT_DB), None, None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(TOKEN_USAGE)),
+            Long("db") => db = parser.value()?.into(),
+            Long("name") if action != "list" => name = Some(parser.value()?.string()?),
+            Long("role") if action == "create" => {
+                let text = parser.value()?.string()?;
+                role = Some(Role::parse(&text).ok_or_else(|| {
+                    lexopt::Error::Custom(
+                        format!("--role must be agent, approver, admin or auditor, not {text:?}")
+                            .into(),
+                    )
+                })?);
+            }
+            other => return Err(other.unexpected()),
+        }
+    }
+    let missing = |option: &str| lexopt::Error::MissingValue {
+        option: Some(option.into()),
+    };
+    let command = match action.as_str() {
+        "create" => TokenCommand::Create {
+            name: name.ok_or_else(|| missing("--name"))?,
+            role: role.ok_or_else(|| missing("--role"))?,
+        },
+        "revoke" => TokenCommand::Revoke {
+            name: name.ok_or_else(|| missing("--name"))?,
+        },
+        "list" => TokenCommand::List,
+        _ => return Err(usage()),
+    };
+    Ok(Cli::Token(TokenArgs { db, command }))
+}
+
 /// `SEQ:HASH` as `verify` prints it.
 fn head(text: &str) -> Result<Head, lexopt::Error> {
     Head::parse(text).ok_or_else(|| {
@@ -347,5 +441,32 @@ mod tests {
         assert!(parse_strs(&["serve", "--bogus"]).is_err());
         assert!(parse_strs(&["frobnicate"]).is_err());
         assert!(parse_strs(&["serve", "--listen", "nowhere"]).is_err());
+        assert_eq!(
+            parse_strs(&["token", "--help"]).unwrap(),
+            Cli::Help(TOKEN_USAGE)
+        );
+    }
+
+    #[test]
+    fn token_commands_read_their_flags() {
+        assert_eq!(
+            parse_strs(&["token", "create", "--name", "agent-7", "--role", "agent"]).unwrap(),
+            Cli::Token(TokenArgs {
+                db: PathBuf::from(DEFAULT_DB),
+                command: TokenCommand::Create {
+                    name: "agent-7".into(),
+                    role: Role::Agent
+                }
+            })
+        );
+        assert!(parse_strs(&["token", "create", "--name", "x", "--role", "root"]).is_err());
+        assert!(parse_strs(&["token", "create", "--name", "x"]).is_err());
+        assert!(parse_strs(&["token", "revoke"]).is_err());
+        assert!(parse_strs(&["token", "list", "--name", "x"]).is_err());
+        assert!(parse_strs(&["token", "mint"]).is_err());
+        let Ok(Cli::Token(args)) = parse_strs(&["token", "list", "--db", "x.db"]) else {
+            panic!("not token list")
+        };
+        assert_eq!(args.db, PathBuf::from("x.db"));
     }
 }

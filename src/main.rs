@@ -63,6 +63,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cli::Token(args) => {
+            let done = fedcore::admin::run(&args);
+            print!("{}", done.stdout);
+            eprint!("{}", done.stderr);
+            ExitCode::from(done.exit)
+        }
         Cli::Verify(args) => match args.receipts.clone() {
             Some(dir) => run_verify_folder(&dir, args.json),
             None => run_verify(args),

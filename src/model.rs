@@ -474,9 +474,71 @@ pub struct Agent {
     pub tier: Option<String>,
 }
 
+string_enum!(
+    /// What a bearer token lets its holder do; see `Role::may`.
+    Role { Agent = "agent", Approver = "approver", Admin = "admin", Auditor = "auditor" }
+);
+
+/// A class of requests, as far as roles are concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    /// Every GET: runs, logs, receipts, audit, evidence, documents, the registry.
+    Read,
+    /// Create runs, request and complete steps, request gates.
+    Work,
+    /// Resolve (approve or reject) gates.
+    Approve,
+    /// Policies, workflow definitions, the agent registry, run status changes, tokens.
+    Administer,
+}
+
+impl Role {
+    /// The roles table: every role reads; each change belongs to exactly one role.
+    pub fn may(self, permission: Permission) -> bool {
+        match permission {
+            Permission::Read => true,
+            Permission::Work => self == Role::Agent,
+            Permission::Approve => self == Role::Approver,
+            Permission::Administer => self == Role::Admin,
+        }
+    }
+}
+
+/// A bearer token as stored, without its secret (only the secret's SHA-256 is kept, and it is
+/// never read back into this type).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Token {
+    pub token_id: String,
+    pub name: String,
+    pub role: Role,
+    pub created_at: Timestamp,
+    pub created_by: String,
+    pub revoked_at: Option<Timestamp>,
+    pub revoked_by: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_change_belongs_to_one_role_and_every_role_reads() {
+        for role in Role::ALL {
+            assert!(role.may(Permission::Read), "{role} reads");
+        }
+        for permission in [
+            Permission::Work,
+            Permission::Approve,
+            Permission::Administer,
+        ] {
+            let n = Role::ALL.iter().filter(|r| r.may(permission)).count();
+            assert_eq!(n, 1, "{permission:?} belongs to one role");
+        }
+        assert!(!Role::Auditor.may(Permission::Work) && Role::Agent.may(Permission::Work));
+        assert!(Role::Approver.may(Permission::Approve) && !Role::Agent.may(Permission::Approve));
+        assert_eq!(Role::parse("admin"), Some(Role::Admin));
+        assert_eq!(Role::parse("root"), None);
+    }
 
     #[test]
     fn timestamps_print_microseconds_in_utc_with_z() {

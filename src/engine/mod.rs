@@ -8,6 +8,7 @@ pub mod jcs;
 pub mod policy;
 pub mod receipts;
 mod runs;
+mod tokens;
 pub mod verify;
 pub mod views;
 
@@ -28,7 +29,7 @@ pub enum Error {
         message: String,
         path: Option<String>,
     },
-    /// 403: the actor may not do this (separation of duties).
+    /// 403: the actor may not do this (separation of duties, or a role that may not).
     #[error("{message}")]
     Forbidden { code: &'static str, message: String },
     /// 404: an id names nothing.
@@ -169,9 +170,31 @@ pub enum Command {
     },
     /// Expires every PENDING gate whose deadline has passed (the background sweep).
     ExpireGates,
+    /// Stores a new bearer token of `name` under the SHA-256 of its secret.
+    CreateToken {
+        name: String,
+        role: Role,
+        token_hash: String,
+        actor: String,
+    },
+    /// Revokes every live token of `name`.
+    RevokeTokens { name: String, actor: String },
+    /// A request its actor's role may not make, refused before it is looked at: on an existing
+    /// run it is recorded as `request.refused`, like any other 403 there; elsewhere nothing is
+    /// written. Answers `Forbidden { code, message }`.
+    Refused {
+        command: Box<Command>,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl Command {
+    /// Whether the command changes a run that must already exist (its refusals are recorded).
+    pub fn changes_a_run(&self) -> bool {
+        self.run_id().is_some()
+    }
+
     /// The run a command changes, when it changes one that must already exist.
     fn run_id(&self) -> Option<&str> {
         match self {
@@ -180,6 +203,7 @@ impl Command {
             | Command::RequestGate { run_id, .. }
             | Command::ResolveGate { run_id, .. }
             | Command::ChangeStatus { run_id, .. } => Some(run_id),
+            Command::Refused { command, .. } => command.run_id(),
             _ => None,
         }
     }
@@ -194,7 +218,10 @@ impl Command {
             | Command::FinishStep { actor, .. }
             | Command::RequestGate { actor, .. }
             | Command::ResolveGate { actor, .. }
-            | Command::ChangeStatus { actor, .. } => actor,
+            | Command::ChangeStatus { actor, .. }
+            | Command::CreateToken { actor, .. }
+            | Command::RevokeTokens { actor, .. } => actor,
+            Command::Refused { command, .. } => command.actor(),
             Command::ExpireGates => SYSTEM_ACTOR,
         }
     }
@@ -203,6 +230,7 @@ impl Command {
     /// or the gate for a gate decision) and the request's arguments as evidence.
     fn describe(&self) -> (&'static str, String, Value) {
         match self {
+            Command::Refused { command, .. } => command.describe(),
             Command::RequestStep {
                 run_id,
                 step_id,
@@ -292,6 +320,8 @@ pub enum Outcome {
     Expired {
         n_runs: usize,
     },
+    Token(Token),
+    TokensRevoked(Vec<Token>),
 }
 
 /// Applies `command` in the open transaction `tx` at time `now`. Returns the result and whether
@@ -323,7 +353,7 @@ fn apply_inner(
             tx.release_savepoint("command")?;
             Ok((Ok(outcome), true))
         }
-        Err(e) if e.is_refusal() && command.run_id().is_some() => {
+        Err(e) if e.is_refusal() && run_exists(tx, command.run_id())? => {
             tx.rollback_to_savepoint("command")?;
             ctx.head = head;
             record_refusal(&mut ctx, command, &e)?;
@@ -333,6 +363,14 @@ fn apply_inner(
             tx.rollback_to_savepoint("command")?;
             Ok((Err(e), ctx.wrote_before_command))
         }
+    }
+}
+
+/// Whether `run_id` names a run: only a refusal on an existing run is recorded.
+fn run_exists(tx: &Tx<'_>, run_id: Option<&str>) -> Result<bool, Error> {
+    match run_id {
+        Some(run_id) => Ok(store::get_run(tx, run_id)?.is_some()),
+        None => Ok(false),
     }
 }
 
@@ -391,6 +429,17 @@ fn execute(ctx: &mut Ctx<'_, '_>, command: &Command) -> Result<Outcome, Error> {
             actor,
         } => runs::change_status(ctx, run_id, *status, reason.as_deref(), actor),
         Command::ExpireGates => runs::expire_all_gates(ctx),
+        Command::CreateToken {
+            name,
+            role,
+            token_hash,
+            actor,
+        } => tokens::create_token(ctx, name, *role, token_hash, actor),
+        Command::RevokeTokens { name, actor } => tokens::revoke_tokens(ctx, name, actor),
+        Command::Refused { code, message, .. } => Err(Error::Forbidden {
+            code,
+            message: message.clone(),
+        }),
     }
 }
 

@@ -3,6 +3,7 @@
 //! as jobs and awaited; reads run on the blocking pool over read connections. The clock is read
 //! here (by the writer's clock function), never in the engine.
 
+mod auth;
 mod error;
 mod request;
 mod routes;
@@ -19,7 +20,7 @@ use request::Idempotency;
 use serde_json::Value;
 use server::ServerConfig;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -49,6 +50,10 @@ pub struct ServeOptions {
 pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// `serve` will not start as asked (a non-loopback address with no token, a stale admin
+    /// token file); the message says what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -79,6 +84,7 @@ fn serve_until(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let conn = store::open_for_writing(&options.db)?;
+    bootstrap(&conn, &options)?;
     let (writer, writer_thread) = Writer::start(conn, now, WRITER_QUEUE)?;
     let state = AppState {
         writer,
@@ -104,6 +110,79 @@ fn serve_until(
         server::log_line(format_args!("the writer thread panicked"));
     }
     Ok(served?)
+}
+
+/// Where the first admin token of a new database is written: `<db>.admin-token`.
+pub fn admin_token_path(db: &Path) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".admin-token");
+    PathBuf::from(path)
+}
+
+/// Before serving: refuses a non-loopback address while no live token exists (nobody could be
+/// let in, and a fresh admin token should not be the first thing a network sees), and on a
+/// database that has never had a token creates the admin token `admin`, written to
+/// `<db>.admin-token` with mode 0600 (never overwriting a file that is there) and announced on
+/// stderr. The token's creation is an audit entry by `fedcore` itself.
+fn bootstrap(conn: &store::Connection, options: &ServeOptions) -> Result<(), ServeError> {
+    let (ever, live) = store::write_once(conn, |tx| (store::count_tokens(tx), false))??;
+    if live == 0 && !options.listen.ip().is_loopback() {
+        return Err(ServeError::Refused(format!(
+            "refusing to listen on {} (not a loopback address): {} has no live token; \
+             create one first with `fedcore token create --name NAME --role admin --db {}`",
+            options.listen,
+            options.db.display(),
+            options.db.display()
+        )));
+    }
+    if ever > 0 {
+        return Ok(());
+    }
+    let path = admin_token_path(&options.db);
+    let token = crate::secret::new_token().map_err(|e| ServeError::Io(std::io::Error::other(e)))?;
+    write_secret_file(&path, &token).map_err(|e| {
+        ServeError::Refused(format!(
+            "cannot create the admin token file {}: {e}; a database without tokens writes its \
+             first admin token there and never overwrites a file (remove a stale one)",
+            path.display()
+        ))
+    })?;
+    let command = Command::CreateToken {
+        name: ADMIN_NAME.to_string(),
+        role: crate::model::Role::Admin,
+        token_hash: crate::secret::token_hash(&token),
+        actor: engine::SYSTEM_ACTOR.to_string(),
+    };
+    let created = store::write_once(conn, |tx| engine::apply(tx, now(), &command))
+        .map_err(ServeError::from)
+        .and_then(|applied| {
+            applied.map_err(|e| ServeError::Refused(format!("cannot create the admin token: {e}")))
+        });
+    if let Err(e) = created {
+        // No token was stored: take the file back, so the next start can try again.
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    eprintln!(
+        "fedcore: created the admin token `{ADMIN_NAME}`; it is in {}",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The name of the admin token `serve` creates on a new database.
+pub const ADMIN_NAME: &str = "admin";
+
+/// Writes `secret` and a newline to a new file readable by its owner only.
+fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    writeln!(file, "{secret}")?;
+    file.sync_all()
 }
 
 /// A server running on its own thread, for `fedcore proof`: a real server on a loopback port
@@ -178,7 +257,7 @@ async fn sweep_expired_gates(state: AppState) {
 const IDEMPOTENCY_SECONDS: i64 = 24 * 3600;
 
 /// Turns a command's outcome into the status and JSON body of its answer.
-type Encoder = fn(Outcome) -> Result<(StatusCode, Value), ApiError>;
+pub(crate) type Encoder = Box<dyn Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send>;
 
 /// An answer as sent: status, JSON body bytes, and whether it replays an earlier one.
 struct Answer {
@@ -305,8 +384,9 @@ async fn write(
     state: &AppState,
     command: Command,
     idempotency: Option<Idempotency>,
-    encode: Encoder,
+    encode: impl Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send + 'static,
 ) -> Result<Response, ApiError> {
+    let encode: Encoder = Box::new(encode);
     let (reply, answer) = oneshot::channel();
     let job = CommandJob {
         command,
@@ -318,7 +398,10 @@ async fn write(
     state
         .writer
         .submit(Box::new(job))
-        .map_err(|_| ApiError::busy())?;
+        .map_err(|busy| match busy {
+            store::Busy::Full => ApiError::busy(),
+            store::Busy::Stopped => ApiError::writer_stopped(),
+        })?;
     let answer = answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))??;

@@ -1,7 +1,9 @@
 //! Request decoding: the JSON body (content type, 1 MiB cap before reading it whole, syntax,
-//! I-JSON numbers, an object at the top), the actor (body `actor`, else `X-Actor`), typed fields
+//! I-JSON numbers, an object at the top), the actor (the authenticated token's name; a body
+//! `actor` or `X-Actor` that names someone else is 403 `actor_mismatch`), typed fields
 //! with exact 400s, and path and query parameters that answer in the contract's error shape.
 
+use super::auth::Principal;
 use super::error::ApiError;
 use crate::engine::jcs;
 use crate::model::is_valid_id;
@@ -14,8 +16,8 @@ use serde_json::{Map, Value};
 /// The largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// A decoded JSON object body with its actor already resolved. Fields are taken one by one; what
-/// is left at `finish` is an unknown field.
+/// A decoded JSON object body with its actor already resolved (the token's name). Fields are
+/// taken one by one; what is left at `finish` is an unknown field.
 pub struct Body {
     pub actor: String,
     fields: Map<String, Value>,
@@ -126,8 +128,12 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "the body must be a JSON object",
             ));
         };
-        let actor = match fields.remove("actor") {
-            Some(Value::String(actor)) => actor,
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .ok_or_else(|| ApiError::internal("a body behind authentication has no principal"))?;
+        let stated = match fields.remove("actor") {
+            Some(Value::String(actor)) => Some(actor),
             Some(_) => {
                 return Err(ApiError::bad_request(
                     "wrong_type",
@@ -135,26 +141,36 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                     "actor must be a string",
                 ))
             }
-            None => match parts.headers.get("x-actor") {
-                Some(v) => v.to_str().map(str::to_string).map_err(|_| {
-                    ApiError::bad_request("missing_actor", "actor", "X-Actor must be plain text")
-                })?,
-                None => {
-                    return Err(ApiError::bad_request(
-                        "missing_actor",
-                        "actor",
-                        "every change names its actor: body field \"actor\" or header X-Actor",
-                    ))
-                }
-            },
+            None => None,
         };
-        if !is_valid_id(&actor) {
-            return Err(ApiError::bad_request(
-                "missing_actor",
-                "actor",
-                "actor must be 1-128 letters, digits or ._:@-",
-            ));
+        let header = match parts.headers.get("x-actor") {
+            Some(v) => Some(v.to_str().map(str::to_string).map_err(|_| {
+                ApiError::bad_request("missing_actor", "actor", "X-Actor must be plain text")
+            })?),
+            None => None,
+        };
+        // The actor is the token's name. A request may still name it (older clients do); a name
+        // that is not the token's is refused rather than ignored.
+        for actor in stated.iter().chain(header.iter()) {
+            if !is_valid_id(actor) {
+                return Err(ApiError::bad_request(
+                    "missing_actor",
+                    "actor",
+                    "actor must be 1-128 letters, digits or ._:@-",
+                ));
+            }
+            if *actor != principal.name {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "actor_mismatch",
+                    format!(
+                        "the request names actor {actor:?} but its token is {:?}'s",
+                        principal.name
+                    ),
+                ));
+            }
         }
+        let actor = principal.name.clone();
         let idempotency = idempotency_key
             .zip(request_hash)
             .map(|(key, request_hash)| Idempotency {

@@ -2,17 +2,20 @@
 //! write on the writer thread, or a read on the blocking pool) and encodes the answer. No SQL
 //! and no business rule lives here.
 
+use super::auth::{self, write_as, Principal};
 use super::error::ApiError;
 use super::request::{Body, Params, QueryPairs};
-use super::{read, write, AppState};
+use super::{read, AppState};
 use crate::engine::views::{self, RunFilter, RunView};
 use crate::engine::{Command, Outcome, StepResult};
 use crate::model::*;
+use crate::secret;
 use crate::store;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, patch, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -44,6 +47,8 @@ pub fn router(state: AppState) -> Router {
         .route("/workflows/runs/{run_id}/receipt", get(run_receipt))
         .route("/audit", get(audit))
         .route("/evidence/{hash}", get(evidence))
+        .route("/tokens", post(create_token))
+        .route("/tokens/{name}", delete(revoke_tokens))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -52,6 +57,10 @@ pub fn router(state: AppState) -> Router {
                 "this route does not accept that method",
             )
         })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -89,12 +98,15 @@ async fn health() -> Answer {
 
 async fn put_policy(
     State(state): State<AppState>,
+    who: Principal,
     Params(policy_id): Params<String>,
     body: Body,
 ) -> Answer {
     let (doc, actor, idempotency) = body.into_document();
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Administer,
         Command::PutPolicy {
             policy_id,
             doc,
@@ -121,12 +133,15 @@ async fn get_policy(
 
 async fn put_definition(
     State(state): State<AppState>,
+    who: Principal,
     Params(workflow_id): Params<String>,
     body: Body,
 ) -> Answer {
     let (doc, actor, idempotency) = body.into_document();
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Administer,
         Command::PutDefinition {
             workflow_id,
             doc,
@@ -156,12 +171,15 @@ async fn get_definition(
 
 async fn put_agent(
     State(state): State<AppState>,
+    who: Principal,
     Params(agent_id): Params<String>,
     body: Body,
 ) -> Answer {
     let (doc, actor, idempotency) = body.into_document();
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Administer,
         Command::PutAgent {
             agent_id,
             doc,
@@ -186,13 +204,15 @@ async fn list_agents(State(state): State<AppState>) -> Answer {
     reply(StatusCode::OK, json!({"agents": json_of(&agents)?}))
 }
 
-async fn create_run(State(state): State<AppState>, mut body: Body) -> Answer {
+async fn create_run(State(state): State<AppState>, who: Principal, mut body: Body) -> Answer {
     let idempotency = body.idempotency.take();
     let workflow_id = body.required_str("workflow_id")?;
     let input = body.value("input");
     let actor = body.finish()?;
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Work,
         Command::CreateRun {
             workflow_id,
             input,
@@ -263,6 +283,7 @@ async fn get_run(State(state): State<AppState>, Params(run_id): Params<String>) 
 
 async fn change_status(
     State(state): State<AppState>,
+    who: Principal,
     Params(run_id): Params<String>,
     mut body: Body,
 ) -> Answer {
@@ -283,8 +304,10 @@ async fn change_status(
                 "status must be one of PAUSED, RUNNING, CANCELLED, FAILED",
             )
         })?;
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Administer,
         Command::ChangeStatus {
             run_id,
             status,
@@ -302,6 +325,7 @@ async fn change_status(
 
 async fn request_step(
     State(state): State<AppState>,
+    who: Principal,
     Params(run_id): Params<String>,
     mut body: Body,
 ) -> Answer {
@@ -309,8 +333,10 @@ async fn request_step(
     let step_id = body.required_str("step_id")?;
     let input = body.value("input");
     let actor = body.finish()?;
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Work,
         Command::RequestStep {
             run_id,
             step_id,
@@ -336,6 +362,7 @@ async fn request_step(
 
 async fn finish_step(
     State(state): State<AppState>,
+    who: Principal,
     Params((run_id, step_id)): Params<(String, String)>,
     mut body: Body,
 ) -> Answer {
@@ -370,8 +397,10 @@ async fn finish_step(
         }
     };
     let actor = body.finish()?;
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Work,
         Command::FinishStep {
             run_id,
             step_id,
@@ -397,6 +426,7 @@ async fn run_logs(State(state): State<AppState>, Params(run_id): Params<String>)
 
 async fn request_gate(
     State(state): State<AppState>,
+    who: Principal,
     Params(run_id): Params<String>,
     mut body: Body,
 ) -> Answer {
@@ -405,8 +435,10 @@ async fn request_gate(
     let reason = body.required_str("reason")?;
     let expires_in_s = body.optional_i64("expires_in_s")?;
     let actor = body.finish()?;
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Work,
         Command::RequestGate {
             run_id,
             step_id,
@@ -425,6 +457,7 @@ async fn request_gate(
 
 async fn resolve_gate(
     State(state): State<AppState>,
+    who: Principal,
     Params((run_id, gate_id)): Params<(String, String)>,
     mut body: Body,
 ) -> Answer {
@@ -442,8 +475,10 @@ async fn resolve_gate(
             ))
         }
     };
-    write(
+    write_as(
         &state,
+        &who,
+        Permission::Approve,
         Command::ResolveGate {
             run_id,
             gate_id,
@@ -507,4 +542,57 @@ async fn evidence(State(state): State<AppState>, Params(hash): Params<String>) -
     }
     let body = read(&state, move |db| views::evidence(db, &hash)).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+async fn create_token(State(state): State<AppState>, who: Principal, mut body: Body) -> Answer {
+    let name = body.required_str("name")?;
+    let role_text = body.required_str("role")?;
+    let actor = body.finish()?;
+    let role = Role::parse(&role_text).ok_or_else(|| {
+        ApiError::invalid(
+            "role",
+            "role must be one of agent, approver, admin, auditor",
+        )
+    })?;
+    let token = secret::new_token().map_err(ApiError::internal)?;
+    let command = Command::CreateToken {
+        name,
+        role,
+        token_hash: secret::token_hash(&token),
+        actor,
+    };
+    // No idempotency key: the answer carries the new secret, which is never stored.
+    write_as(&state, &who, Permission::Administer, command, None, move |outcome| match outcome {
+        Outcome::Token(t) => encoded(
+            StatusCode::CREATED,
+            json!({"token": token, "token_id": t.token_id, "name": t.name, "role": t.role, "created_at": t.created_at}),
+        ),
+        other => Err(unexpected(other)),
+    })
+    .await
+}
+
+async fn revoke_tokens(
+    State(state): State<AppState>,
+    who: Principal,
+    Params(name): Params<String>,
+) -> Answer {
+    let command = Command::RevokeTokens {
+        name,
+        actor: who.name.clone(),
+    };
+    write_as(
+        &state,
+        &who,
+        Permission::Administer,
+        command,
+        None,
+        |outcome| match outcome {
+            Outcome::TokensRevoked(tokens) => {
+                encoded(StatusCode::OK, json!({"revoked": json_of(&tokens)?}))
+            }
+            other => Err(unexpected(other)),
+        },
+    )
+    .await
 }

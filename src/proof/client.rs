@@ -1,7 +1,9 @@
 //! A small blocking HTTP/1.1 client on one keep-alive connection, enough for the proof to act as
-//! a real client of the server it started: JSON requests, `Content-Length` responses.
+//! a real client of the server it started: JSON requests, `Content-Length` responses, and a
+//! bearer token on every request: the token of the actor the body names, else the admin's.
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
@@ -16,10 +18,13 @@ pub struct Answer {
 pub struct Client {
     addr: SocketAddr,
     stream: BufReader<TcpStream>,
+    /// Bearer tokens by name; `admin_token` is used when a body names no actor with a token.
+    tokens: HashMap<String, String>,
+    admin_token: String,
 }
 
 impl Client {
-    pub fn connect(addr: SocketAddr) -> std::io::Result<Client> {
+    pub fn connect(addr: SocketAddr, admin_token: String) -> std::io::Result<Client> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -27,7 +32,14 @@ impl Client {
         Ok(Client {
             addr,
             stream: BufReader::new(stream),
+            tokens: HashMap::new(),
+            admin_token,
         })
+    }
+
+    /// Requests whose body names `name` as actor are sent with `token` from now on.
+    pub fn add_token(&mut self, name: &str, token: String) {
+        self.tokens.insert(name.to_string(), token);
     }
 
     /// Sends `body` as JSON with method `method`.
@@ -37,11 +49,19 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> std::io::Result<Answer> {
+        let body_value = body;
         let body = match body {
             Some(v) => serde_json::to_vec(v).map_err(std::io::Error::other)?,
             None => Vec::new(),
         };
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.addr);
+        let token = body_value
+            .and_then(|b| b.get("actor")?.as_str())
+            .and_then(|actor| self.tokens.get(actor))
+            .unwrap_or(&self.admin_token);
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {token}\r\n",
+            self.addr
+        );
         if method != "GET" {
             request.push_str(&format!(
                 "Content-Type: application/json\r\nContent-Length: {}\r\n",

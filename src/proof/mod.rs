@@ -127,7 +127,13 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
         listen: "127.0.0.1:0".parse().expect("a loopback address"),
         server: ServerConfig::default(),
     })?;
-    let client = Client::connect(server.addr).map_err(io("connect to the proof server"))?;
+    let admin_file = crate::http::admin_token_path(&db);
+    let admin_token = std::fs::read_to_string(&admin_file)
+        .map_err(io(format!("read {}", admin_file.display())))?
+        .trim()
+        .to_string();
+    let client =
+        Client::connect(server.addr, admin_token).map_err(io("connect to the proof server"))?;
     let mut driver = Driver {
         c: client,
         checks: Vec::new(),
@@ -223,7 +229,34 @@ impl Driver {
         self.call(what, "GET", path, None, 200)
     }
 
+    /// Makes the agent's and the approver's tokens through the admin API, acting as the admin
+    /// whose token `serve` wrote beside the new database. From here on each request carries the
+    /// token of the actor it names: the agent acts as `agent-7`, the approver as `approver-1`,
+    /// and the setup and the resume as `admin`.
+    fn make_tokens(&mut self) {
+        for (name, role) in [(AGENT, "agent"), (APPROVER, "approver")] {
+            let made = self.call(
+                &format!("the admin creates the {role} token {name}"),
+                "POST",
+                "/tokens",
+                Some(json!({"name": name, "role": role})),
+                201,
+            );
+            let token = made["token"].as_str().unwrap_or_default().to_string();
+            self.check(
+                format!("token {name} acts with role {role}"),
+                made["name"] == name && made["role"] == role && token.starts_with("fc_"),
+                format!(
+                    "name {}, role {}, token_id {}",
+                    made["name"], made["role"], made["token_id"]
+                ),
+            );
+            self.c.add_token(name, token);
+        }
+    }
+
     fn register(&mut self) -> (Value, Value) {
+        self.make_tokens();
         let agent = json!({"status": "active", "capabilities": ["observe", "decide", "act", "transform"], "tier": "T2", "actor": ADMIN});
         self.call(
             "register agent-7",
@@ -436,8 +469,8 @@ impl Driver {
             403,
         );
         self.check(
-            "Test B: self-approval is refused",
-            own["error"]["code"] == "self_approval",
+            "Test B: the agent may not approve its own gate (its token's role is agent)",
+            own["error"]["code"] == "forbidden_role",
             format!("{}", own["error"]["code"]),
         );
         let approved = self.call(
@@ -459,7 +492,7 @@ impl Driver {
             "resume the run",
             "PATCH",
             &format!("/workflows/runs/{run_id}/status"),
-            Some(json!({"status": "RUNNING", "reason": "gate approved", "actor": AGENT})),
+            Some(json!({"status": "RUNNING", "reason": "gate approved", "actor": ADMIN})),
             200,
         );
         let run = self.get("read the run", &format!("/workflows/runs/{run_id}"));
@@ -526,7 +559,7 @@ impl Driver {
             "retrying a denied run",
             "PATCH",
             &format!("/workflows/runs/{run_id}/status"),
-            Some(json!({"status": "RUNNING", "actor": AGENT})),
+            Some(json!({"status": "RUNNING", "actor": ADMIN})),
             409,
         );
         let logs = self.get(

@@ -8,10 +8,12 @@ mod scan;
 mod writer;
 
 pub use queries::*;
+/// The write connection `open_for_writing` returns, named here so no other layer names `rusqlite`.
+pub use rusqlite::Connection;
 pub use scan::*;
-pub use writer::{Busy, Job, Writer};
+pub use writer::{write_once, Busy, Job, Writer};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::OpenFlags;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

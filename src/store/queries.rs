@@ -57,7 +57,7 @@ macro_rules! sql_text_enum {
     )+};
 }
 
-sql_text_enum!(Effect, StepType, RunStatus, StepStatus, GateStatus);
+sql_text_enum!(Effect, StepType, RunStatus, StepStatus, GateStatus, Role);
 
 /// A JSON value stored as TEXT.
 struct Json<T>(T);
@@ -235,6 +235,95 @@ pub fn list_agents(db: &impl Db) -> Result<Vec<Agent>, StoreError> {
     )?;
     let rows = stmt.query_map([], agent_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens. The secret is never stored; `token_hash` is its SHA-256 and is only ever compared.
+
+const TOKEN_COLUMNS: &str = "token_id, name, role, created_at, created_by, revoked_at, revoked_by";
+
+fn token_from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
+    Ok(Token {
+        token_id: r.get(0)?,
+        name: r.get(1)?,
+        role: r.get(2)?,
+        created_at: r.get(3)?,
+        created_by: r.get(4)?,
+        revoked_at: r.get(5)?,
+        revoked_by: r.get(6)?,
+    })
+}
+
+pub fn insert_token(tx: &Tx<'_>, t: &Token, token_hash: &str) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "INSERT INTO tokens (token_id, name, role, token_hash, created_at, created_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![
+            t.token_id,
+            t.name,
+            t.role,
+            token_hash,
+            t.created_at,
+            t.created_by
+        ])?;
+    Ok(())
+}
+
+/// The live (not revoked) token whose secret hashes to `token_hash`: the lookup every
+/// authenticated request makes, one probe of the UNIQUE index on `token_hash`.
+pub fn live_token_by_hash(db: &impl Db, token_hash: &str) -> Result<Option<Token>, StoreError> {
+    let sql =
+        format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?1 AND revoked_at IS NULL");
+    Ok(db
+        .conn()
+        .prepare_cached(&sql)?
+        .query_row([token_hash], token_from_row)
+        .optional()?)
+}
+
+/// The live tokens of `name`, oldest first.
+pub fn live_tokens_named(db: &impl Db, name: &str) -> Result<Vec<Token>, StoreError> {
+    let sql = format!(
+        "SELECT {TOKEN_COLUMNS} FROM tokens WHERE name = ?1 AND revoked_at IS NULL
+         ORDER BY created_at, token_id"
+    );
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([name], token_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub fn revoke_token(
+    tx: &Tx<'_>,
+    token_id: &str,
+    at: Timestamp,
+    by: &str,
+) -> Result<(), StoreError> {
+    tx.conn()
+        .prepare_cached(
+            "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3
+             WHERE token_id = ?1 AND revoked_at IS NULL",
+        )?
+        .execute(params![token_id, at, by])?;
+    Ok(())
+}
+
+/// Every token ever made, revoked ones included, by name and creation.
+pub fn list_tokens(db: &impl Db) -> Result<Vec<Token>, StoreError> {
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY name, created_at, token_id");
+    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let rows = stmt.query_map([], token_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// (tokens ever made, tokens live now).
+pub fn count_tokens(db: &impl Db) -> Result<(i64, i64), StoreError> {
+    Ok(db.conn().query_row(
+        "SELECT count(*), count(*) FILTER (WHERE revoked_at IS NULL) FROM tokens",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -74,6 +74,23 @@ impl Writer {
     }
 }
 
+/// Runs `f` in one `BEGIN IMMEDIATE … COMMIT` on `conn`, on this thread: for the command line,
+/// and for `serve` before it hands the connection to its writer thread. `f` returns its result
+/// and whether to commit; an error from `f`'s own statements is its to report.
+pub fn write_once<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Tx<'_>) -> (T, Commit),
+) -> Result<T, StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let (out, commit) = f(&Tx { conn });
+    let ended = conn.execute_batch(if commit { "COMMIT" } else { "ROLLBACK" });
+    if ended.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    ended?;
+    Ok(out)
+}
+
 fn run_one(conn: &Connection, mut job: Box<dyn Job>, now: Timestamp) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         job.finish(Some(e.into()));

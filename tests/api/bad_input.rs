@@ -5,11 +5,11 @@
 //! `request.refused` audit entry.
 
 use crate::scenarios::{
-    agent_7, audit_after, audit_head, error_shape_problem, expect, flagged_run, get_run, h,
-    new_pt004_run, pt004_definition, pt004_policy, set_status, setup_pt004, start_step, step_input,
-    text, with_actor, ADMIN, AGENT, APPROVER, WORKFLOW_ID,
+    agent_7, audit_after, audit_head, error_shape_problem, expect, expect_error, flagged_run,
+    get_run, h, new_pt004_run, pt004_definition, pt004_policy, set_status, setup_pt004, start_step,
+    step_input, text, with_actor, ADMIN, AGENT, APPROVER, WORKFLOW_ID,
 };
-use crate::support::{read_response, Client, Response, Server};
+use crate::support::{read_response, role_for, Client, Response, Server};
 use serde_json::{json, Value};
 use std::io::{BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -45,7 +45,7 @@ impl Fixture {
         let (paused, gate) = flagged_run(c, AGENT);
         let cancelled = new_pt004_run(c, "cancelled");
         expect(
-            set_status(c, &cancelled, "CANCELLED", AGENT),
+            set_status(c, &cancelled, "CANCELLED", ADMIN),
             200,
             "cancel the fixture run",
         );
@@ -80,6 +80,8 @@ struct Case {
     detail_path: Option<&'static str>,
     /// `(run_id, actor)` when the refusal must be recorded as one `request.refused` entry.
     refused: Option<(String, &'static str)>,
+    /// `(name, role)` of the token to send, when it is not the one the body's actor gets.
+    token: Option<(&'static str, &'static str)>,
 }
 
 impl Case {
@@ -94,7 +96,13 @@ impl Case {
             code: "",
             detail_path: None,
             refused: None,
+            token: None,
         }
+    }
+    /// Sends the case with a token of `name` in `role`, whatever actor the body names.
+    fn with_token(mut self, name: &'static str, role: &'static str) -> Case {
+        self.token = Some((name, role));
+        self
     }
     fn json(mut self, body: Value) -> Case {
         self.body = serde_json::to_vec(&body).expect("encode");
@@ -142,7 +150,7 @@ fn step_body(step_id: &str) -> Value {
     json!({"step_id": step_id, "input": {"risk": "low"}, "actor": AGENT})
 }
 fn status_body(status: &str) -> Value {
-    json!({"status": status, "reason": "bad-input test", "actor": AGENT})
+    json!({"status": status, "reason": "bad-input test", "actor": ADMIN})
 }
 fn finish_body() -> Value {
     json!({"status": "COMPLETED", "output": {"ok": true}, "actor": AGENT})
@@ -250,8 +258,8 @@ fn snapshot(c: &mut Client, fx: &Fixture) -> Snapshot {
 }
 
 /// Sends one case; a body over 1 MiB goes on its own connection (see `send_oversized`).
-fn send(c: &mut Client, addr: SocketAddr, case: &Case) -> Response {
-    let mut headers = Vec::new();
+fn send(c: &mut Client, addr: SocketAddr, case: &Case, authorization: &str) -> Response {
+    let mut headers = vec![("Authorization", authorization)];
     if let Some(content_type) = case.content_type {
         headers.push(("Content-Type", content_type));
     }
@@ -297,8 +305,18 @@ fn send_oversized(
 
 /// Runs one case and says what went wrong, if anything.
 fn check(c: &mut Client, addr: SocketAddr, fx: &Fixture, case: &Case) -> Result<(), String> {
+    // The token is made (an audit entry of its own) before the snapshot, not by the request.
+    let authorization = match case.token {
+        Some((name, role)) => {
+            c.use_role(name, role);
+            let bearer = c.bearer_for(name);
+            c.use_role(name, role_for(name));
+            bearer
+        }
+        None => c.authorization(&[], &case.body),
+    };
     let before = snapshot(c, fx);
-    let resp = send(c, addr, case);
+    let resp = send(c, addr, case, &authorization);
     let after = snapshot(c, fx);
 
     let shown = String::from_utf8_lossy(&resp.body)
@@ -415,10 +433,18 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
                     .expect(400, "unknown_field")
                     .at("colour"),
             );
+            // With tokens, a body without `actor` acts as the token's holder; what is refused
+            // now is a body naming someone other than the token's holder.
+            let holder: &'static str = match body["actor"].as_str() {
+                Some(ADMIN) => ADMIN,
+                Some(APPROVER) => APPROVER,
+                _ => AGENT,
+            };
             cases.push(
                 Case::new(name, method, path)
-                    .json(drop_key(body, "actor"))
-                    .expect(400, "missing_actor"),
+                    .json(set(body, "actor", json!("impostor-1")))
+                    .with_token(holder, role_for(holder))
+                    .expect(403, "actor_mismatch"),
             );
         }
         let running_step = fx.run(&fx.running, "/steps/observe");
@@ -808,7 +834,7 @@ fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() 
             )
             .json(status_body("PAUSED"))
             .expect(409, "invalid_transition")
-            .refused(&fx.pending, AGENT),
+            .refused(&fx.pending, ADMIN),
             Case::new(
                 "resume with a PENDING gate",
                 "PATCH",
@@ -816,7 +842,7 @@ fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() 
             )
             .json(status_body("RUNNING"))
             .expect(409, "gates_unresolved")
-            .refused(&fx.paused, AGENT),
+            .refused(&fx.paused, ADMIN),
             Case::new(
                 "resume a CANCELLED run",
                 "PATCH",
@@ -824,7 +850,7 @@ fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() 
             )
             .json(status_body("RUNNING"))
             .expect(409, "invalid_transition")
-            .refused(&fx.cancelled, AGENT),
+            .refused(&fx.cancelled, ADMIN),
             Case::new("step out of order", "POST", fx.run(&fx.pending, "/steps"))
                 .json(step_body("decide"))
                 .expect(409, "step_out_of_order")
@@ -867,6 +893,7 @@ fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() 
                 fx.run(&fx.paused, &format!("/gates/{}", fx.gate)),
             )
             .json(resolve_body("approve", AGENT))
+            .with_token(AGENT, "approver")
             .expect(403, "self_approval")
             .refused(&fx.paused, AGENT),
         ]
@@ -876,19 +903,23 @@ fn refused_changes_on_a_run_record_one_request_refused_entry_and_nothing_else() 
 // ---------------------------------------------------------------------------------------------
 // Actors and numbers that are fine.
 
+/// With tokens the actor is the token's holder; `X-Actor` may still name it (the client picks
+/// the token of the name it states), and naming anyone else is 403 `actor_mismatch`.
 #[test]
-fn the_x_actor_header_names_the_actor_when_the_body_has_none() {
+fn the_x_actor_header_names_the_actor_and_must_be_the_token_holder() {
     let server = Server::start();
     let mut c = server.client();
     setup_pt004(&mut c);
-    let json_with_actor = [
-        ("Content-Type", "application/json"),
-        ("X-Actor", "header-admin"),
-    ];
+    let json_as = |actor| [("Content-Type", "application/json"), ("X-Actor", actor)];
 
     let policy = serde_json::to_vec(&json!({"policy_id": "by_header", "tier": "T1", "rules": []}))
         .expect("encode");
-    let resp = c.send("PUT", "/policies/by_header", &json_with_actor, &policy);
+    let resp = c.send(
+        "PUT",
+        "/policies/by_header",
+        &json_as("admin-by-header"),
+        &policy,
+    );
     expect(resp, 201, "PUT a policy naming its actor in X-Actor");
     let (seq, _) = audit_head(&mut c);
     let last = &audit_after(&mut c, seq - 1)[0];
@@ -897,30 +928,27 @@ fn the_x_actor_header_names_the_actor_when_the_body_has_none() {
         "expected the PUT's audit entry last: {last}"
     );
     assert_eq!(
-        last["actor"], "header-admin",
+        last["actor"], "admin-by-header",
         "expected the audit entry to name the X-Actor: {last}"
     );
 
     let run =
         serde_json::to_vec(&json!({"workflow_id": WORKFLOW_ID, "input": {}})).expect("encode");
-    let resp = c.send("POST", RUNS_PATH, &json_with_actor, &run);
+    let resp = c.send("POST", RUNS_PATH, &json_as(AGENT), &run);
     let run = expect(resp, 201, "POST a run naming its actor in X-Actor");
     assert_eq!(
-        run["created_by"], "header-admin",
+        run["created_by"], AGENT,
         "expected created_by from X-Actor: {run}"
     );
 
     let step = serde_json::to_vec(&step_body("observe")).expect("encode");
     let path = format!("/workflows/runs/{}/steps", text(&run, "run_id"));
-    let resp = c.send("POST", &path, &json_with_actor, &step);
-    let body = expect(
+    let resp = c.send("POST", &path, &json_as("admin-by-header"), &step);
+    expect_error(
         resp,
-        201,
-        "POST a step naming actors in both body and header",
-    );
-    assert_eq!(
-        body["step"]["actor"], AGENT,
-        "expected the body actor to win over X-Actor: {body}"
+        403,
+        "actor_mismatch",
+        "a step whose body names agent-7 and whose X-Actor names another",
     );
 }
 

@@ -82,7 +82,8 @@ fn evidence_is_served_as_json_with_its_exact_bytes() {
         json!({"status": "active", "capabilities": ["b", "a"], "tier": "T2", "actor": "admin"});
     assert_eq!(c.put("/registry/agents/agent-9", &agent).status, 200);
     let audit = c.get("/audit").json();
-    let reference = audit["entries"][0]["evidence_pack_ref"]
+    // Entry 1 is the creation of the admin token; the registry entry follows it.
+    let reference = audit["entries"][1]["evidence_pack_ref"]
         .as_str()
         .expect("agent.put carries evidence")
         .to_string();

@@ -3,7 +3,7 @@
 
 use crate::scenarios::{
     complete_step, expect, expect_error, new_pt004_run, pt004_server, resolve_gate, run_logs,
-    set_status, start_step, step_input, step_output, AGENT, APPROVER, WORKFLOW_ID,
+    set_status, start_step, step_input, step_output, ADMIN, AGENT, APPROVER, WORKFLOW_ID,
 };
 use crate::support::run_cli;
 use serde_json::{json, Value};
@@ -56,7 +56,7 @@ fn a_pending_run_cannot_be_set_running_by_hand() {
     let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "edge");
     let refused = expect_error(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         409,
         "invalid_transition",
         "PENDING -> RUNNING",
@@ -80,7 +80,7 @@ fn a_pending_run_cannot_be_set_running_by_hand() {
 fn a_cancel_keeps_the_reason_it_was_given() {
     let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "edge");
-    let body = json!({"status": "CANCELLED", "reason": "operator stop: ticket 42", "actor": AGENT});
+    let body = json!({"status": "CANCELLED", "reason": "operator stop: ticket 42", "actor": ADMIN});
     expect(
         c.patch(&format!("/workflows/runs/{run_id}/status"), &body),
         200,
@@ -138,7 +138,7 @@ fn a_resume_refused_by_a_pending_gate_names_what_the_run_may_still_do() {
     );
     assert_eq!(flagged.status, 201);
     let refused = expect_error(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         409,
         "gates_unresolved",
         "resume",

@@ -179,11 +179,16 @@ fn tamper(folder: &Path, relative: &str, edit: impl FnOnce(String) -> String) {
     let path = folder.join(relative);
     let old_hash = sha256_file(&path);
     std::fs::write(&path, edit(std::fs::read_to_string(&path).unwrap())).unwrap();
+    // Only this file's entry: another file may hold the same bytes (a receipt and its blob).
     let manifest = folder.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace(&old_hash, &sha256_file(&path));
-    std::fs::write(manifest, text).unwrap();
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    for f in doc["files"].as_array_mut().unwrap() {
+        if f["path"] == relative {
+            assert_eq!(f["sha256"], old_hash.as_str());
+            f["sha256"] = Value::String(sha256_file(&path));
+        }
+    }
+    std::fs::write(manifest, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
 }
 
 fn verify_receipts(folder: &Path) -> (i32, Value) {

@@ -2,7 +2,7 @@
 //! nothing is written twice; reusing a key for another request is refused.
 
 use crate::scenarios::{
-    audit_head, new_pt004_run, pt004_server, run_logs, step_input, AGENT, WORKFLOW_ID,
+    audit_head, new_pt004_run, pt004_server, run_logs, step_input, ADMIN, AGENT, WORKFLOW_ID,
 };
 use crate::support::{Client, Response};
 use serde_json::{json, Value};
@@ -100,7 +100,7 @@ fn a_refusal_is_replayed_without_a_second_refusal_entry() {
     let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "idem");
     let path = format!("/workflows/runs/{run_id}/status");
-    let body = json!({"status": "PAUSED", "actor": AGENT});
+    let body = json!({"status": "PAUSED", "actor": ADMIN});
     let first = send_keyed(&mut c, "PATCH", &path, "pause-1", &body);
     assert_eq!(first.status, 409, "a PENDING run cannot pause");
     let again = send_keyed(&mut c, "PATCH", &path, "pause-1", &body);

@@ -9,7 +9,7 @@ use crate::scenarios::{
     run_steps, set_status, start_step, step_input, step_output, text, with_actor, ADMIN, AGENT,
     APPROVER, POLICY_ID, WORKFLOW_ID,
 };
-use crate::support::{Client, Response, Server};
+use crate::support::{role_for, Client, Response, Server};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 
@@ -56,7 +56,7 @@ fn a_running_run_can_be_paused_and_resumed_and_refuses_step_changes_while_paused
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
 
     let run = expect(
-        set_status(&mut c, &run_id, "PAUSED", AGENT),
+        set_status(&mut c, &run_id, "PAUSED", ADMIN),
         200,
         "pause a RUNNING run",
     );
@@ -74,7 +74,7 @@ fn a_running_run_can_be_paused_and_resumed_and_refuses_step_changes_while_paused
     );
 
     let run = expect(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         200,
         "resume a PAUSED run",
     );
@@ -94,7 +94,7 @@ fn pausing_is_allowed_from_running_only() {
     let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "pause");
     let allowed = expect_invalid_transition(
-        set_status(&mut c, &run_id, "PAUSED", AGENT),
+        set_status(&mut c, &run_id, "PAUSED", ADMIN),
         "PENDING",
         "pause a PENDING run",
     );
@@ -114,12 +114,12 @@ fn pausing_is_allowed_from_running_only() {
 
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     expect(
-        set_status(&mut c, &run_id, "PAUSED", AGENT),
+        set_status(&mut c, &run_id, "PAUSED", ADMIN),
         200,
         "pause a RUNNING run",
     );
     expect_invalid_transition(
-        set_status(&mut c, &run_id, "PAUSED", AGENT),
+        set_status(&mut c, &run_id, "PAUSED", ADMIN),
         "PAUSED",
         "pause a PAUSED run",
     );
@@ -131,7 +131,7 @@ fn cancelling_a_paused_run_cancels_its_pending_gate_and_rejects_the_waiting_atte
     let (run_id, gate_id) = flagged_run(&mut c, AGENT);
 
     let run = expect(
-        set_status(&mut c, &run_id, "CANCELLED", AGENT),
+        set_status(&mut c, &run_id, "CANCELLED", ADMIN),
         200,
         "cancel a PAUSED run",
     );
@@ -185,7 +185,7 @@ fn cancelling_a_paused_run_cancels_its_pending_gate_and_rejects_the_waiting_atte
     );
 
     expect_invalid_transition(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         "CANCELLED",
         "resume a CANCELLED run",
     );
@@ -196,10 +196,10 @@ fn cancelling_a_paused_run_fails_its_started_attempt_with_run_ended() {
     let (_server, mut c) = pt004_server();
     let run_id = new_pt004_run(&mut c, "cancel");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
-    expect(set_status(&mut c, &run_id, "PAUSED", AGENT), 200, "pause");
+    expect(set_status(&mut c, &run_id, "PAUSED", ADMIN), 200, "pause");
 
     let run = expect(
-        set_status(&mut c, &run_id, "CANCELLED", AGENT),
+        set_status(&mut c, &run_id, "CANCELLED", ADMIN),
         200,
         "cancel a PAUSED run",
     );
@@ -236,7 +236,7 @@ fn a_declared_failure_can_be_retried_and_the_retry_clears_failure_and_receipt() 
     let run_id = new_pt004_run(&mut c, "declared");
     run_steps(&mut c, &run_id, &["observe"]);
 
-    let body = json!({"status": "FAILED", "reason": "operator stop", "actor": AGENT});
+    let body = json!({"status": "FAILED", "reason": "operator stop", "actor": ADMIN});
     let run = expect(
         c.patch(&format!("/workflows/runs/{run_id}/status"), &body),
         200,
@@ -258,7 +258,7 @@ fn a_declared_failure_can_be_retried_and_the_retry_clears_failure_and_receipt() 
     );
 
     let run = expect(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         200,
         "retry a declared failure",
     );
@@ -365,7 +365,7 @@ fn failing_the_last_attempt_fails_the_run_and_a_retry_grants_max_attempts_more()
     );
 
     let run = expect(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         200,
         "retry a step_failed run",
     );
@@ -496,7 +496,12 @@ fn a_second_open_attempt_is_refused() {
 
 /// Asserts that approving as `approver` is refused with 403 self_approval, recorded once, and
 /// that the gate stays PENDING and the run PAUSED.
+///
+/// Under tokens a role check comes first, so the would-be approver holds an approver token in
+/// its own name (made before the audit head is read): what is refused is who it is, not its role.
 fn assert_self_approval_refused(c: &mut Client, run_id: &str, gate_id: &str, approver: &str) {
+    c.use_role(approver, "approver");
+    c.bearer_for(approver);
     let before = get_run(c, run_id);
     let (seq, _) = audit_head(c);
     let what = format!("approval by {approver}");
@@ -516,6 +521,7 @@ fn assert_self_approval_refused(c: &mut Client, run_id: &str, gate_id: &str, app
         after, before,
         "{what}: expected nothing else of the run to change"
     );
+    c.use_role(approver, role_for(approver));
 }
 
 #[test]
@@ -550,6 +556,7 @@ fn a_resolved_gate_cannot_be_resolved_again() {
         200,
         "first approval",
     );
+    c.bearer_for("approver-2"); // its token's audit entry comes before the head is read
     for decision in ["approve", "reject"] {
         let (seq, _) = audit_head(&mut c);
         let what = format!("a second {decision} of an approved gate");
@@ -600,7 +607,7 @@ fn rejecting_a_gate_fails_the_run_closed_and_refuses_retry() {
         "expected the waiting attempt REJECTED: {decide}"
     );
     expect_invalid_transition(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         "FAILED",
         "retry after a rejection",
     );
@@ -617,12 +624,12 @@ fn resuming_while_a_gate_is_pending_is_refused() {
     let (run_id, _gate_id) = flagged_run(&mut c, AGENT);
     let (seq, _) = audit_head(&mut c);
     expect_error(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         409,
         "gates_unresolved",
         "resume with a PENDING gate",
     );
-    assert_one_refusal_since(&mut c, seq, &run_id, AGENT, "resume with a PENDING gate");
+    assert_one_refusal_since(&mut c, seq, &run_id, ADMIN, "resume with a PENDING gate");
     assert_eq!(
         status_of(&mut c, &run_id),
         "PAUSED",
@@ -668,7 +675,7 @@ fn an_explicit_gate_pauses_a_running_run_until_approved_and_resumed() {
     );
 
     expect_error(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         409,
         "gates_unresolved",
         "resume before approval",
@@ -680,7 +687,7 @@ fn an_explicit_gate_pauses_a_running_run_until_approved_and_resumed() {
         "approve the explicit gate",
     );
     expect(
-        set_status(&mut c, &run_id, "RUNNING", AGENT),
+        set_status(&mut c, &run_id, "RUNNING", ADMIN),
         200,
         "resume after approval",
     );
@@ -838,7 +845,7 @@ fn the_run_list_filters_by_status_and_workflow() {
     start_step(&mut c, &running, "observe", &step_input("observe", "low"));
     let cancelled = new_pt004_run(&mut c, "cancelled");
     expect(
-        set_status(&mut c, &cancelled, "CANCELLED", AGENT),
+        set_status(&mut c, &cancelled, "CANCELLED", ADMIN),
         200,
         "cancel a PENDING run",
     );

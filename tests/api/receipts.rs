@@ -7,7 +7,7 @@ use crate::scenarios::{
     assert_hash, complete_step, ecmascript_number, expect, flagged_run, get_run, h, jcs,
     new_pt004_run, pt004_definition, pt004_policy, pt004_server, put_definition, put_policy,
     run_logs, run_scenario_a, run_scenario_b, run_scenario_c, run_steps, set_status, sha256_hex,
-    start_step, step_input, step_output, text, AGENT, POLICY_ID, WORKFLOW_ID,
+    start_step, step_input, step_output, text, ADMIN, AGENT, POLICY_ID, WORKFLOW_ID,
 };
 use crate::support::{Client, Server};
 use serde_json::{json, Map, Value};
@@ -700,7 +700,7 @@ fn a_cancelled_run_with_a_waiting_attempt_has_verifiable_receipts() {
     let (_server, mut c) = pt004_server();
     let (run_id, _gate_id) = flagged_run(&mut c, AGENT);
     expect(
-        set_status(&mut c, &run_id, "CANCELLED", AGENT),
+        set_status(&mut c, &run_id, "CANCELLED", ADMIN),
         200,
         "cancel",
     );
@@ -715,12 +715,12 @@ fn a_retried_run_keeps_one_receipt_chain_across_both_ends() {
     let run_id = new_pt004_run(&mut c, "retry");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     let failed = expect(
-        set_status(&mut c, &run_id, "FAILED", AGENT),
+        set_status(&mut c, &run_id, "FAILED", ADMIN),
         200,
         "declare a failure with an open attempt",
     );
     let first_receipt = text(&failed, "receipt_hash");
-    expect(set_status(&mut c, &run_id, "RUNNING", AGENT), 200, "retry");
+    expect(set_status(&mut c, &run_id, "RUNNING", ADMIN), 200, "retry");
     start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
     complete_step(&mut c, &run_id, "observe", &step_output("observe"));
     run_steps(&mut c, &run_id, &["decide", "gate", "act", "transform"]);

@@ -720,7 +720,7 @@ pub(crate) fn run_scenario_b(c: &mut Client) -> String {
     );
 
     let run = expect(
-        set_status(c, &run_id, "RUNNING", AGENT),
+        set_status(c, &run_id, "RUNNING", ADMIN),
         200,
         "scenario B: resume",
     );
@@ -831,7 +831,7 @@ pub(crate) fn run_scenario_c(c: &mut Client) -> String {
     );
 
     expect_error(
-        set_status(c, &run_id, "RUNNING", AGENT),
+        set_status(c, &run_id, "RUNNING", ADMIN),
         409,
         "invalid_transition",
         "scenario C: retry after deny",

@@ -1,14 +1,23 @@
 //! Shared test support: a temp directory, the real `fedcore` binary started on a free loopback port
 //! over a fresh database, and a small blocking HTTP/1.1 client with keep-alive. Every test talks to
 //! the server as an outside client would.
+//!
+//! Every request but `GET /health` needs a bearer token, and the token decides who acts. So that
+//! tests can keep saying who acts the way they always did (a body `actor`, or `X-Actor`), the
+//! client picks the token for them: it reads the actor the request names and sends a token of
+//! that name, made on first use through the admin API with the admin token `serve` wrote beside
+//! the database. The role follows the name (`role_for`); `Client::use_role` asks for another.
+//! A request that names no actor goes with the admin token. `Client::send_unauthenticated` sends
+//! exactly what it is given.
 
 use serde_json::Value;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// A directory under the system temp dir, removed when dropped.
@@ -60,6 +69,7 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 pub struct Server {
     pub addr: SocketAddr,
     pub db: PathBuf,
+    auth: Arc<Tokens>,
     child: Option<Child>,
     log: mpsc::Receiver<String>,
     _dir: Option<TempDir>,
@@ -80,8 +90,20 @@ impl Server {
         server
     }
 
-    /// Starts a server over the database at `db` (kept when the server stops).
+    /// Starts a server over the database at `db` (kept when the server stops). A database that
+    /// exists without an admin token file beside it (a copy, say) gets an admin token from
+    /// `fedcore token create` first; a restart over the same path reuses the tokens made before.
     pub fn start_on(db: &Path, extra: &[&str]) -> Server {
+        let known = tokens_of_db(db);
+        let mut admin = known.as_ref().map(|t| t.admin.clone());
+        if admin.is_none() && db.exists() && !admin_token_file(db).exists() {
+            let db_text = db.to_str().expect("a UTF-8 temp path");
+            let (code, out, err) = run_cli(&[
+                "token", "create", "--name", "admin", "--role", "admin", "--db", db_text,
+            ]);
+            assert_eq!(code, 0, "fedcore token create for {db_text}: {err}");
+            admin = Some(out.trim().to_string());
+        }
         let mut child = Command::new(bin())
             .arg("serve")
             .arg("--db")
@@ -115,9 +137,29 @@ impl Server {
                 break rest.trim().parse().expect("address in the listening line");
             }
         };
+        let auth = known.unwrap_or_else(|| {
+            let admin = admin.unwrap_or_else(|| {
+                std::fs::read_to_string(admin_token_file(db))
+                    .expect("serve writes <db>.admin-token on a new database")
+                    .trim()
+                    .to_string()
+            });
+            let tokens = Arc::new(Tokens {
+                admin,
+                made: Mutex::new(HashMap::new()),
+            });
+            registry()
+                .lock()
+                .unwrap()
+                .1
+                .insert(db.to_path_buf(), tokens.clone());
+            tokens
+        });
+        registry().lock().unwrap().0.insert(addr, auth.clone());
         Server {
             addr,
             db: db.to_path_buf(),
+            auth,
             child: Some(child),
             log: rx,
             _dir: None,
@@ -130,6 +172,11 @@ impl Server {
 
     pub fn client(&self) -> Client {
         Client::connect(self.addr)
+    }
+
+    /// The admin token `serve` wrote beside the database (or the test support made).
+    pub fn admin_token(&self) -> &str {
+        &self.auth.admin
     }
 
     /// Sends SIGTERM and waits for the exit code (None if killed by a signal).
@@ -200,11 +247,58 @@ impl Response {
     }
 }
 
-/// A blocking HTTP/1.1 client on one keep-alive connection.
+/// `<db>.admin-token`, where `serve` writes the admin token of a new database.
+pub fn admin_token_file(db: &Path) -> PathBuf {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".admin-token");
+    PathBuf::from(path)
+}
+
+/// The role a name gets its token with, unless a test asks otherwise: `approver…` approve,
+/// `admin…` administer, `auditor…` only read, and every other name is an agent.
+pub fn role_for(name: &str) -> &'static str {
+    ["approver", "admin", "auditor"]
+        .into_iter()
+        .find(|role| name.starts_with(role))
+        .unwrap_or("agent")
+}
+
+/// The tokens known for one database: its admin token, and those made for names on demand.
+struct Tokens {
+    admin: String,
+    /// (name, role) → token.
+    made: Mutex<HashMap<(String, String), String>>,
+}
+
+/// Tokens by server address (so `Client::connect(addr)` finds them) and by database path (so a
+/// server restarted over the same file keeps them).
+#[allow(clippy::type_complexity)]
+fn registry() -> &'static Mutex<(
+    HashMap<SocketAddr, Arc<Tokens>>,
+    HashMap<PathBuf, Arc<Tokens>>,
+)> {
+    static REGISTRY: OnceLock<
+        Mutex<(
+            HashMap<SocketAddr, Arc<Tokens>>,
+            HashMap<PathBuf, Arc<Tokens>>,
+        )>,
+    > = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+fn tokens_of_db(db: &Path) -> Option<Arc<Tokens>> {
+    registry().lock().unwrap().1.get(db).cloned()
+}
+
+/// A blocking HTTP/1.1 client on one keep-alive connection, authenticating as the actor each
+/// request names (see the module doc).
 pub struct Client {
     addr: SocketAddr,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    tokens: Option<Arc<Tokens>>,
+    /// Roles asked for with `use_role`, by name.
+    roles: HashMap<String, String>,
 }
 
 impl Client {
@@ -217,7 +311,96 @@ impl Client {
             addr,
             reader: BufReader::new(stream),
             writer,
+            tokens: registry().lock().unwrap().0.get(&addr).cloned(),
+            roles: HashMap::new(),
         }
+    }
+
+    /// From now on, requests acting as `name` carry a token of `role` (made on first use).
+    pub fn use_role(&mut self, name: &str, role: &str) {
+        self.roles.insert(name.to_string(), role.to_string());
+    }
+
+    /// `Bearer <token>` for `name` in the role it would be sent with.
+    pub fn bearer_for(&mut self, name: &str) -> String {
+        let role = self.role_of(name);
+        format!(
+            "Bearer {}",
+            self.token(name, &role).expect("a token for a valid name")
+        )
+    }
+
+    /// `Bearer <admin token>`.
+    pub fn admin_bearer(&self) -> String {
+        format!(
+            "Bearer {}",
+            self.tokens
+                .as_ref()
+                .expect("a server started by the support")
+                .admin
+        )
+    }
+
+    fn role_of(&self, name: &str) -> String {
+        self.roles
+            .get(name)
+            .cloned()
+            .unwrap_or_else(|| role_for(name).to_string())
+    }
+
+    /// A token of `name` in `role`, made through `POST /tokens` on first use; `None` when the
+    /// server refuses to make one (a name that is not a valid id).
+    pub fn token(&mut self, name: &str, role: &str) -> Option<String> {
+        let tokens = self
+            .tokens
+            .clone()
+            .expect("a server started by the support");
+        if name == "admin" && role == "admin" {
+            return Some(tokens.admin.clone());
+        }
+        let mut made = tokens.made.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (name.to_string(), role.to_string());
+        if let Some(token) = made.get(&key) {
+            return Some(token.clone());
+        }
+        let body = serde_json::json!({"name": name, "role": role}).to_string();
+        let admin = format!("Bearer {}", tokens.admin);
+        let resp = Client::connect(self.addr).send_unauthenticated(
+            "POST",
+            "/tokens",
+            &[
+                ("Content-Type", "application/json"),
+                ("Authorization", &admin),
+            ],
+            body.as_bytes(),
+        );
+        if resp.status != 201 {
+            return None;
+        }
+        let token = resp.json()["token"].as_str()?.to_string();
+        made.insert(key, token.clone());
+        Some(token)
+    }
+
+    /// The `Authorization` value for a request: the token of the actor it names (body `actor`,
+    /// else `X-Actor`), or the admin token when it names none or one no token can be made for.
+    pub fn authorization(&mut self, headers: &[(&str, &str)], body: &[u8]) -> String {
+        let stated = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("actor")?.as_str().map(str::to_string))
+            .or_else(|| {
+                headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("x-actor"))
+                    .map(|(_, v)| v.to_string())
+            });
+        if let Some(name) = stated {
+            let role = self.role_of(&name);
+            if let Some(token) = self.token(&name, &role) {
+                return format!("Bearer {token}");
+            }
+        }
+        self.admin_bearer()
     }
 
     /// Sends one request with raw body bytes and extra headers; reconnects once if the server had
@@ -232,14 +415,58 @@ impl Client {
         match self.try_send(method, path, headers, body) {
             Ok(r) => r,
             Err(_) => {
+                let (tokens, roles) = (self.tokens.clone(), std::mem::take(&mut self.roles));
                 *self = Client::connect(self.addr);
+                (self.tokens, self.roles) = (tokens, roles);
                 self.try_send(method, path, headers, body)
                     .expect("request after reconnect")
             }
         }
     }
 
+    /// `send` without the reconnect, authenticating as `send` does unless `headers` already
+    /// carry an `Authorization`.
     pub fn try_send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        if self.tokens.is_none()
+            || headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+        {
+            return self.try_send_unauthenticated(method, path, headers, body);
+        }
+        let authorization = self.authorization(headers, body);
+        let mut with_auth = headers.to_vec();
+        with_auth.push(("Authorization", &authorization));
+        self.try_send_unauthenticated(method, path, &with_auth, body)
+    }
+
+    /// Sends exactly `headers` (no token added); reconnects once like `send`.
+    pub fn send_unauthenticated(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        match self.try_send_unauthenticated(method, path, headers, body) {
+            Ok(r) => r,
+            Err(_) => {
+                let (tokens, roles) = (self.tokens.clone(), std::mem::take(&mut self.roles));
+                *self = Client::connect(self.addr);
+                (self.tokens, self.roles) = (tokens, roles);
+                self.try_send_unauthenticated(method, path, headers, body)
+                    .expect("request after reconnect")
+            }
+        }
+    }
+
+    pub fn try_send_unauthenticated(
         &mut self,
         method: &str,
         path: &str,
