@@ -10,6 +10,7 @@ pub mod server;
 
 pub use error::ApiError;
 
+use crate::engine::signing::Signer;
 use crate::engine::{self, Command, Outcome};
 use crate::model::Timestamp;
 use crate::store::{self, ReadPool, StoreError, Tx, Writer};
@@ -20,6 +21,7 @@ use serde_json::Value;
 use server::ServerConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -34,6 +36,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub struct AppState {
     writer: Writer,
     readers: ReadPool,
+    /// The signing key, lent to the engine inside each write transaction.
+    signer: Arc<Signer>,
 }
 
 /// What `fedcore serve` needs to run.
@@ -42,6 +46,8 @@ pub struct ServeOptions {
     pub db: PathBuf,
     pub listen: SocketAddr,
     pub server: ServerConfig,
+    /// The signing key file; `None` for the default beside the database (`<db>.key`).
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +56,10 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyFileError),
+    #[error("{0}")]
+    KeyMismatch(String),
 }
 
 /// The wall clock, in the engine's time type.
@@ -78,10 +88,14 @@ fn serve_until(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let conn = store::open_for_writing(&options.db)?;
-    let (writer, writer_thread) = Writer::start(conn, now, WRITER_QUEUE)?;
+    let signer = Arc::new(signing_key(&conn, &options)?);
+    let last_checkpoint = Box::new(ShutdownCheckpoint(signer.clone()));
+    let (writer, writer_thread) =
+        Writer::start_with_last_job(conn, now, WRITER_QUEUE, Some(last_checkpoint))?;
     let state = AppState {
         writer,
         readers: ReadPool::new(&options.db),
+        signer,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -103,6 +117,66 @@ fn serve_until(
         eprintln!("the writer thread panicked");
     }
     Ok(served?)
+}
+
+/// Loads (or on the first start creates) the key file and records its public key in the
+/// database; refuses a key other than the one the database already records.
+fn signing_key(
+    conn: &store::WriteConnection,
+    options: &ServeOptions,
+) -> Result<Signer, ServeError> {
+    let path = (options.key.clone()).unwrap_or_else(|| crate::keyfile::default_path(&options.db));
+    let (signer, created) = crate::keyfile::load_or_create(&path)?;
+    if created {
+        eprintln!("created signing key {} (mode 0600)", path.display());
+    }
+    let public = signer.public_key();
+    let row = store::KeyRow {
+        key_id: public.key_id_hex(),
+        key_name: public.name.clone(),
+        public_key: public.public_hex(),
+        created_at: String::new(),
+        first_seq: 0,
+        signature: String::new(),
+    };
+    let sign_record = |first_seq| signer.sign_key_record(first_seq);
+    if let Some(recorded) = store::record_signing_key(conn, &row, now(), sign_record)? {
+        let names: Vec<String> = recorded
+            .iter()
+            .map(|k| format!("{} ({})", k.key_name, k.key_id))
+            .collect();
+        return Err(ServeError::KeyMismatch(format!(
+            "the key file {} holds key {} ({}), but {} records the signing key {}; \
+             refusing to start (pass --key with the key this database was signed with)",
+            path.display(),
+            public.name,
+            public.key_id_hex(),
+            options.db.display(),
+            names.join(", ")
+        )));
+    }
+    Ok(signer)
+}
+
+/// The writer's last job: a signed checkpoint of the head as the server stops.
+struct ShutdownCheckpoint(Arc<Signer>);
+
+impl store::Job for ShutdownCheckpoint {
+    fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
+        match engine::write_checkpoint(tx, now, &self.0) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("shutdown checkpoint: {e}");
+                false
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, failure: Option<StoreError>) {
+        if let Some(e) = failure {
+            eprintln!("shutdown checkpoint: {e}");
+        }
+    }
 }
 
 /// A server running on its own thread, for `fedcore proof`: a real server on a loopback port
@@ -207,6 +281,7 @@ impl IntoResponse for Answer {
 /// command's own transaction, answered over a oneshot channel after that transaction ended.
 struct CommandJob {
     command: Command,
+    signer: Arc<Signer>,
     idempotency: Option<Idempotency>,
     encode: Encoder,
     result: Option<Result<Answer, ApiError>>,
@@ -244,7 +319,7 @@ impl CommandJob {
                 Err(e) => return (Err(ApiError::internal(e)), false),
             }
         }
-        let (result, commit) = engine::apply(tx, now, &self.command);
+        let (result, commit) = engine::apply(tx, now, &self.signer, &self.command);
         let answer = result.map_err(ApiError::from).and_then(|outcome| {
             let (status, value) = (self.encode)(outcome)?;
             let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
@@ -307,6 +382,7 @@ async fn write(
     let (reply, answer) = oneshot::channel();
     let job = CommandJob {
         command,
+        signer: state.signer.clone(),
         idempotency,
         encode,
         result: None,
