@@ -15,5 +15,6 @@ mod races;
 mod receipts;
 mod scenarios;
 mod shutdown;
+mod signing;
 mod triggers;
 mod verify;
