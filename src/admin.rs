@@ -36,8 +36,12 @@ pub fn run(args: &TokenArgs) -> Done {
 
 fn try_run(args: &TokenArgs) -> Result<Done, String> {
     let conn = store::open_for_writing(&args.db).map_err(|e| e.to_string())?;
+    // Token changes extend the same chain a server writes, so they sign (checkpoints) with the
+    // same key: the one beside the database, recorded in it.
+    let signer = crate::http::open_signer(&conn, &args.db, None).map_err(|e| e.to_string())?;
     let apply = |command: Command| {
-        store::write_once(&conn, |tx| engine::apply(tx, now(), &command)).map_err(|e| e.to_string())
+        store::write_once(&conn, |tx| engine::apply(tx, now(), &signer, &command))
+            .map_err(|e| e.to_string())
     };
     match &args.command {
         TokenCommand::Create { name, role } => {

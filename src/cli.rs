@@ -15,12 +15,16 @@ pub const USAGE: &str = "\
 fedcore: an embedded, single-file workflow governance engine
 
 Usage:
-  fedcore serve [--db PATH] [--listen ADDR]   serve the HTTP API (defaults: ./fedcore.db, 127.0.0.1:9405)
+  fedcore serve [--db PATH] [--listen ADDR] [--key PATH]
+                                              serve the HTTP API (defaults: ./fedcore.db, 127.0.0.1:9405)
   fedcore export --run RUN_ID --out DIR [--db PATH]
                                               write one run's receipts, audit entries and evidence as files
-  fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
+  fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay] [--pubkey KEY]
                                               recompute every hash in the database, offline
-  fedcore verify --receipts DIR [--json]      check a folder written by export, without the database
+  fedcore verify --receipts DIR [--json] [--pubkey KEY]
+                                              check a folder written by export, without the database
+  fedcore key show [--db PATH] [--key PATH]   print the public signing key
+  fedcore checkpoint [--db PATH]              print the latest signed checkpoint of the audit log
   fedcore proof [--out DIR]                   run the PT-004 proof and write its report (default REPORT/PROOFS)
   fedcore token create --name NAME --role agent|approver|admin|auditor [--db PATH]
                                               create a bearer token and print it, once
@@ -35,11 +39,15 @@ Run `fedcore COMMAND --help` for a command's flags.
 pub const SERVE_USAGE: &str = "\
 fedcore serve: serve the HTTP API over one SQLite file
 
-Usage: fedcore serve [--db PATH] [--listen ADDR] [timeouts]
+Usage: fedcore serve [--db PATH] [--listen ADDR] [--key PATH] [timeouts]
 
   --db PATH                 database file (default ./fedcore.db); created with the schema if it
                             does not exist, migrated forward if it does, refused if it is not a
                             fedcore database
+  --key PATH                Ed25519 signing key file (default: the database path + .key);
+                            created with mode 0600 on the first start, read on later ones. Its
+                            public key is recorded in the database; a key file other than the
+                            one the database records is refused
   --listen ADDR             address to listen on (default 127.0.0.1:9405; port 0 picks a free one)
   --header-timeout-ms N     close a connection that has not sent a request head in N ms
                             (default 10000; also bounds idle keep-alive connections)
@@ -52,7 +60,9 @@ database that has never had a token, serve creates the admin token `admin`, writ
 <db>.admin-token (mode 0600, never overwriting an existing file) and prints that path. A
 --listen address that is not loopback is refused (exit 2) while the database has no live token.
 
-Logs one line per request to stderr. Exits 0 after a clean shutdown, 2 when it cannot start.
+Every workflow receipt is signed, and a signed checkpoint of the audit head is written at every
+run end, at least every 1000 entries and at shutdown. Logs one line per request to stderr.
+Exits 0 after a clean shutdown, 2 when it cannot start.
 ";
 
 pub const TOKEN_USAGE: &str = "\
@@ -97,8 +107,8 @@ SHA-256). Exits 0 on success, 2 when the run cannot be exported.
 pub const VERIFY_USAGE: &str = "\
 fedcore verify: check, offline and read-only, that nothing in a database was altered
 
-Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
-       fedcore verify --receipts DIR [--json]
+Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay] [--pubkey KEY]
+       fedcore verify --receipts DIR [--json] [--pubkey KEY]
 
   --db PATH                 database file (default ./fedcore.db); opened read-only, never
                             created or changed
@@ -108,13 +118,20 @@ Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay]
                             rewritten log
   --replay                  also re-evaluate every decision with the policy version it names, on
                             the context recorded when it was made, and compare the outcome
+  --pubkey KEY              the server's public key, as `fedcore key show` prints it, or a file
+                            holding it: every receipt signature and signed checkpoint must
+                            verify under it, and the database must record this key (else exit
+                            1, naming the mismatch). Without it, signatures are checked against
+                            the key the database records, which proves internal consistency only
   --receipts DIR            check a folder written by `fedcore export` instead of a database:
                             the manifest's file hashes, every evidence blob, the run's genesis,
                             decisions, step receipt chain, gate and workflow receipts, and each
-                            audit entry's entry_hash
+                            audit entry's entry_hash, and the workflow receipt's signature
+                            (signature.json; required with --pubkey)
 
 Recomputes every evidence hash, policy and definition hash, decision hash, step receipt chain,
-gate receipt, workflow receipt and the whole audit chain, and checks the immutability triggers.
+gate receipt, workflow receipt and the whole audit chain, every signature and signed checkpoint
+(each checkpoint's seq and entry_hash must be in the log), and checks the immutability triggers.
 Prints the counts checked and the audit head (SEQ:HASH, worth writing down). On failure names
 the first broken object: table, id or seq, field, expected and found hash.
 
@@ -138,6 +155,32 @@ of the audit log is refused, and writes DIR/PT-004_workflow_orchestration_PROOF_
 Exit status: 0 when every check passed, 1 when one failed, 2 when the proof could not run.
 ";
 
+pub const KEY_USAGE: &str = "\
+fedcore key show: print the server's public signing key
+
+Usage: fedcore key show [--db PATH] [--key PATH]
+
+  --db PATH    database file (default ./fedcore.db), opened read-only
+  --key PATH   key file (default: the database path + .key)
+
+Prints the verifier key <name>+<key id>+<base64(0x01 || public key)> on the first line (give it
+to `verify --pubkey`), then its name, key id and hex public key. Read from the key file, or from
+the database when there is no key file. Exit 1 when the key file and the database disagree.
+";
+
+pub const CHECKPOINT_USAGE: &str = "\
+fedcore checkpoint: print the latest signed checkpoint of the audit log
+
+Usage: fedcore checkpoint [--db PATH]
+
+  --db PATH   database file (default ./fedcore.db), opened read-only
+
+Prints the C2SP signed note (tlog-checkpoint) of the latest checkpoint: origin fedcore/<key name>,
+tree size (the audit seq), root hash (the entry_hash, base64), `time <at>`, a blank line and the
+Ed25519 signature line. Keep it elsewhere: `verify --expect-head SEQ:HASH` checks the log still
+holds it. Exit 2 when the database has no checkpoint.
+";
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cli {
@@ -147,6 +190,8 @@ pub enum Cli {
     Export(ExportArgs),
     Verify(VerifyArgs),
     Proof { out: PathBuf },
+    KeyShow { db: PathBuf, key: Option<PathBuf> },
+    Checkpoint { db: PathBuf },
     Token(TokenArgs),
 }
 
@@ -177,6 +222,7 @@ pub struct ServeArgs {
     pub header_timeout: Duration,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +233,8 @@ pub struct VerifyArgs {
     pub replay: bool,
     /// Check an exported folder instead of a database.
     pub receipts: Option<PathBuf>,
+    /// The public key signatures must verify under: a key or a path to a file holding one.
+    pub pubkey: Option<String>,
 }
 
 /// Parses `args` (without the program name).
@@ -202,6 +250,8 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             Some("verify") => parse_verify(&mut parser),
             Some("proof") => parse_proof(&mut parser),
             Some("token") => parse_token(&mut parser),
+            Some("key") => parse_key(&mut parser),
+            Some("checkpoint") => parse_checkpoint(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -228,12 +278,14 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         header_timeout: Duration::from_secs(10),
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
+        key: None,
     };
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(SERVE_USAGE)),
             Long("db") => args.db = parser.value()?.into(),
             Long("listen") => args.listen = parser.value()?.parse()?,
+            Long("key") => args.key = Some(parser.value()?.into()),
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
             Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
             Long("shutdown-grace-ms") => args.shutdown_grace = millis(parser)?,
@@ -270,6 +322,7 @@ fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         expect_head: None,
         replay: false,
         receipts: None,
+        pubkey: None,
     };
     let mut db_given = false;
     while let Some(arg) = parser.next()? {
@@ -282,6 +335,7 @@ fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("json") => args.json = true,
             Long("replay") => args.replay = true,
             Long("receipts") => args.receipts = Some(parser.value()?.into()),
+            Long("pubkey") => args.pubkey = Some(parser.value()?.string()?),
             Long("expect-head") => args.expect_head = Some(head(&parser.value()?.string()?)?),
             other => return Err(other.unexpected()),
         }
@@ -348,6 +402,36 @@ fn parse_token(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         _ => return Err(usage()),
     };
     Ok(Cli::Token(TokenArgs { db, command }))
+}
+
+fn parse_key(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    match parser.next()? {
+        Some(Value(sub)) if sub == "show" => {}
+        Some(Short('h') | Long("help")) | None => return Ok(Cli::Help(KEY_USAGE)),
+        Some(other) => return Err(other.unexpected()),
+    }
+    let (mut db, mut key) = (PathBuf::from(DEFAULT_DB), None);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(KEY_USAGE)),
+            Long("db") => db = parser.value()?.into(),
+            Long("key") => key = Some(parser.value()?.into()),
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Cli::KeyShow { db, key })
+}
+
+fn parse_checkpoint(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let mut db = PathBuf::from(DEFAULT_DB);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(CHECKPOINT_USAGE)),
+            Long("db") => db = parser.value()?.into(),
+            other => return Err(other.unexpected()),
+        }
+    }
+    Ok(Cli::Checkpoint { db })
 }
 
 /// `SEQ:HASH` as `verify` prints it.

@@ -4,6 +4,7 @@
 //! definition versions it ran under, its audit entries as JSON lines, every evidence blob those
 //! name, and a manifest with each file's SHA-256. Reads one snapshot of the file, read-only.
 
+use crate::engine::signing::PublicKey;
 use crate::engine::{self, jcs, receipts, verify, views};
 use crate::model::*;
 use crate::store::{self, StoreError};
@@ -47,7 +48,12 @@ struct RunFiles {
     policies: Vec<Policy>,
     entries: Vec<AuditEntry>,
     evidence: Vec<(String, Vec<u8>)>,
+    /// The workflow receipt's signature and the key that made it, when the run ended signed.
+    signature: Option<(store::SignatureRow, PublicKey)>,
 }
+
+/// Where an exported folder keeps the workflow receipt's signature.
+pub const SIGNATURE_FILE: &str = "receipts/workflow.sig.json";
 
 /// Writes run `run_id` of the database at `db` into the folder `out`.
 pub fn export_run(db: &Path, run_id: &str, out: &Path) -> Result<Exported, ExportError> {
@@ -85,6 +91,7 @@ pub fn export_run(db: &Path, run_id: &str, out: &Path) -> Result<Exported, Expor
         "status": files.view.run.status,
         "receipt_hash": files.view.run.receipt_hash,
         "audit_head": head.to_string(),
+        "public_key": files.signature.as_ref().map(|(_, key)| key.to_string()),
         "files": writer.written.iter().map(|(path, hash, bytes)| json!({"path": path, "sha256": hash, "bytes": bytes})).collect::<Vec<_>>(),
     });
     writer.write("manifest.json", &pretty(&manifest))?;
@@ -138,12 +145,24 @@ fn collect(db: &store::Reader, run_id: &str) -> Result<RunFiles, ExportError> {
         .into_iter()
         .map(|hash| views::evidence(db, &hash).map(|body| (hash, body)))
         .collect::<Result<Vec<_>, _>>()?;
+    let signature = match &run.receipt_hash {
+        Some(hash) => match store::signature_of(db, hash)? {
+            Some(sig) => store::signing_keys(db)?
+                .into_iter()
+                .find(|k| k.key_id == sig.key_id)
+                .and_then(|k| PublicKey::from_hex(&k.key_name, &k.public_key).ok())
+                .map(|key| (sig, key)),
+            None => None,
+        },
+        None => None,
+    };
     Ok(RunFiles {
         view,
         definition,
         policies,
         entries,
         evidence,
+        signature,
     })
 }
 
@@ -213,6 +232,17 @@ fn write_all(w: &mut FolderWriter, files: &RunFiles) -> Result<(), ExportError> 
         if let Some((_, body)) = files.evidence.iter().find(|(h, _)| h == hash) {
             w.write("receipts/workflow.json", body)?;
         }
+    }
+    if let Some((sig, key)) = &files.signature {
+        let file = json!({
+            "receipt_hash": sig.hash,
+            "algorithm": "Ed25519 over the 32 raw bytes of receipt_hash",
+            "key": key.to_string(),
+            "key_id": sig.key_id,
+            "signature": sig.signature,
+            "signed_at": sig.signed_at,
+        });
+        w.write(SIGNATURE_FILE, &pretty(&file))?;
     }
     let mut lines = Vec::new();
     for e in &files.entries {
@@ -289,6 +319,8 @@ pub struct FolderReport {
     pub n_decisions: usize,
     pub n_entries: usize,
     pub workflow_receipt: Option<String>,
+    /// The verifier key whose signature of the workflow receipt checked out.
+    pub signed_by: Option<String>,
     /// The first thing that did not check out.
     pub failure: Option<String>,
 }
@@ -310,7 +342,10 @@ impl FolderReport {
                 self.n_decisions,
                 self.n_entries,
                 self.workflow_receipt.as_deref().unwrap_or("none")
-            ),
+            ) + &match &self.signed_by {
+                Some(key) => format!(", signed by {key}"),
+                None => ", unsigned".to_string(),
+            },
             Some(why) => format!("BROKEN: {why}"),
         }
     }
@@ -319,10 +354,14 @@ impl FolderReport {
 /// Checks a folder written by `export_run` without the database: the manifest's file hashes,
 /// every evidence blob's hash, the run's genesis, every decision hash, the step receipt chain,
 /// the gate receipts, the workflow receipt, and every audit entry's `entry_hash` and evidence.
-/// A folder that cannot be read is reported broken like one that was altered.
-pub fn verify_folder(dir: &Path) -> FolderReport {
+/// A folder that cannot be read is reported broken like one that was altered. The workflow
+/// receipt's signature is checked when the folder carries one; with `pubkey` it must, made by
+/// that key.
+pub fn verify_folder(dir: &Path, pubkey: Option<&PublicKey>) -> FolderReport {
     let mut report = FolderReport::default();
-    if let Err(why) = check_folder(dir, &mut report) {
+    if let Err(why) =
+        check_folder(dir, &mut report).and_then(|()| check_signature(dir, pubkey, &mut report))
+    {
         report.failure = Some(why);
     }
     report
@@ -598,6 +637,70 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
             last_end.as_deref().unwrap_or("none"),
         )?;
     }
+    Ok(())
+}
+
+/// The workflow receipt's signature file, if any, under the key it names, which must be `pubkey`
+/// when one is given.
+fn check_signature(
+    dir: &Path,
+    pubkey: Option<&PublicKey>,
+    report: &mut FolderReport,
+) -> Checked<()> {
+    let present = dir.join(SIGNATURE_FILE).is_file();
+    let receipt = report.workflow_receipt.clone();
+    let receipt = match (receipt, present, pubkey) {
+        (_, false, None) => return Ok(()),
+        (None, _, Some(_)) => {
+            return Err(
+                "the run has not ended: there is no workflow receipt to check against --pubkey"
+                    .into(),
+            )
+        }
+        (Some(_), false, Some(_)) => {
+            return Err(format!(
+                "{SIGNATURE_FILE} is missing: the workflow receipt is unsigned"
+            ))
+        }
+        (None, true, None) => {
+            return Err(format!(
+                "{SIGNATURE_FILE} signs a receipt the run does not have"
+            ))
+        }
+        (Some(receipt), _, _) => receipt,
+    };
+    let file: Value = parse(dir, SIGNATURE_FILE)?;
+    let text = |field: &str| -> Checked<String> {
+        file[field]
+            .as_str()
+            .map(str::to_string)
+            .ok_or(format!("{SIGNATURE_FILE}: no {field}"))
+    };
+    same(
+        &format!("{SIGNATURE_FILE} receipt_hash"),
+        &receipt,
+        &text("receipt_hash")?,
+    )?;
+    let key = PublicKey::parse(&text("key")?).map_err(|e| format!("{SIGNATURE_FILE} key: {e}"))?;
+    if let Some(given) = pubkey {
+        if *given != key {
+            return Err(format!(
+                "key mismatch: {SIGNATURE_FILE} is signed by {key}, not by --pubkey {given}"
+            ));
+        }
+    }
+    same(
+        &format!("{SIGNATURE_FILE} key_id"),
+        &key.key_id_hex(),
+        &text("key_id")?,
+    )?;
+    if !key.verifies_hash(&receipt, &text("signature")?) {
+        return Err(format!(
+            "{SIGNATURE_FILE}: the signature does not verify under {}",
+            key.name
+        ));
+    }
+    report.signed_by = Some(key.to_string());
     Ok(())
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod engine;
 pub mod export;
 pub mod http;
+pub mod keyfile;
 pub mod model;
 pub mod proof;
 pub mod secret;

@@ -1,8 +1,10 @@
 //! `fedcore`: parse the command line, run one command, map its outcome to an exit code.
 
 use fedcore::cli::{self, Cli, VerifyArgs};
+use fedcore::engine::signing::PublicKey;
 use fedcore::engine::verify;
 use fedcore::http::{self, server::ServerConfig, ServeOptions};
+use fedcore::keyfile;
 use fedcore::store;
 use std::process::ExitCode;
 
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
                     request_timeout: args.request_timeout,
                     shutdown_grace: args.shutdown_grace,
                 },
+                key: args.key,
             };
             match http::serve(options) {
                 Ok(()) => {
@@ -69,10 +72,42 @@ fn main() -> ExitCode {
             eprint!("{}", done.stderr);
             ExitCode::from(done.exit)
         }
-        Cli::Verify(args) => match args.receipts.clone() {
-            Some(dir) => run_verify_folder(&dir, args.json),
-            None => run_verify(args),
-        },
+        Cli::Verify(args) => {
+            let pubkey = match args.pubkey.as_deref().map(keyfile::read_public_key) {
+                None => None,
+                Some(Ok(key)) => Some(key),
+                Some(Err(e)) => {
+                    eprintln!("fedcore verify --pubkey: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match args.receipts.clone() {
+                Some(dir) => run_verify_folder(&dir, args.json, pubkey.as_ref()),
+                None => run_verify(args, pubkey),
+            }
+        }
+        Cli::KeyShow { db, key } => run_key_show(&db, key),
+        Cli::Checkpoint { db } => {
+            let latest = store::open_read_only(&db)
+                .and_then(|reader| reader.snapshot(store::last_checkpoint)?);
+            match latest {
+                Ok(Some(checkpoint)) => {
+                    print!("{}", checkpoint.note);
+                    ExitCode::SUCCESS
+                }
+                Ok(None) => {
+                    eprintln!(
+                        "fedcore checkpoint: {} holds no checkpoint yet",
+                        db.display()
+                    );
+                    ExitCode::from(2)
+                }
+                Err(e) => {
+                    eprintln!("fedcore checkpoint: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cli::Proof { out } => match fedcore::proof::run(&out) {
             Ok(proof) => {
                 let verdict = if proof.passed() { "PASS" } else { "FAIL" };
@@ -94,10 +129,11 @@ fn main() -> ExitCode {
 }
 
 /// Exit 0 intact, 1 broken, 2 could not check.
-fn run_verify(args: VerifyArgs) -> ExitCode {
+fn run_verify(args: VerifyArgs, pubkey: Option<PublicKey>) -> ExitCode {
     let options = verify::Options {
         expect_head: args.expect_head,
         replay: args.replay,
+        pubkey,
     };
     let checked = store::open_read_only(&args.db)
         .and_then(|reader| reader.snapshot(|r| verify::verify(r, &options))?);
@@ -118,7 +154,7 @@ fn run_verify(args: VerifyArgs) -> ExitCode {
 }
 
 /// `verify --receipts DIR`: exit 0 intact, 1 broken or unreadable, 2 no such folder.
-fn run_verify_folder(dir: &std::path::Path, json: bool) -> ExitCode {
+fn run_verify_folder(dir: &std::path::Path, json: bool, pubkey: Option<&PublicKey>) -> ExitCode {
     if !dir.is_dir() {
         eprintln!(
             "fedcore verify --receipts: {} is not a folder",
@@ -126,7 +162,7 @@ fn run_verify_folder(dir: &std::path::Path, json: bool) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let report = fedcore::export::verify_folder(dir);
+    let report = fedcore::export::verify_folder(dir, pubkey);
     if json {
         let failure = &report.failure;
         println!(
@@ -137,4 +173,63 @@ fn run_verify_folder(dir: &std::path::Path, json: bool) -> ExitCode {
         println!("{}", report.summary());
     }
     ExitCode::from(if report.is_intact() { 0 } else { 1 })
+}
+
+/// `key show`: the key file's public key, or the database's when there is no key file. Exit 1
+/// when both exist and differ, 2 when neither can be read.
+fn run_key_show(db: &std::path::Path, key: Option<std::path::PathBuf>) -> ExitCode {
+    let key_path = key.unwrap_or_else(|| keyfile::default_path(db));
+    let from_file = match key_path.exists() {
+        true => match keyfile::load(&key_path) {
+            Ok(signer) => Some(signer.public_key().clone()),
+            Err(e) => {
+                eprintln!("fedcore key show: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        false => None,
+    };
+    let recorded = match db.exists() {
+        true => {
+            let keys = store::open_read_only(db)
+                .and_then(|reader| reader.snapshot(store::signing_keys)?);
+            match keys {
+                Ok(keys) => keys,
+                Err(e) => {
+                    eprintln!("fedcore key show: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        false => Vec::new(),
+    };
+    let recorded: Vec<PublicKey> = recorded
+        .iter()
+        .filter_map(|k| PublicKey::from_hex(&k.key_name, &k.public_key).ok())
+        .collect();
+    let Some(public) = from_file.clone().or_else(|| recorded.first().cloned()) else {
+        eprintln!(
+            "fedcore key show: no key file at {} and no key recorded in {}",
+            key_path.display(),
+            db.display()
+        );
+        return ExitCode::from(2);
+    };
+    println!("{public}");
+    println!("key name:   {}", public.name);
+    println!("key id:     {}", public.key_id_hex());
+    println!("public key: {} (Ed25519, hex)", public.public_hex());
+    match (&from_file, recorded.first()) {
+        (Some(file), Some(db_key)) if file != db_key => {
+            eprintln!(
+                "fedcore key show: the key file {} holds {} but {} records {}",
+                key_path.display(),
+                file,
+                db.display(),
+                db_key
+            );
+            ExitCode::from(1)
+        }
+        _ => ExitCode::SUCCESS,
+    }
 }

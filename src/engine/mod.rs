@@ -8,6 +8,7 @@ pub mod jcs;
 pub mod policy;
 pub mod receipts;
 mod runs;
+pub mod signing;
 mod tokens;
 pub mod verify;
 pub mod views;
@@ -15,6 +16,10 @@ pub mod views;
 use crate::model::*;
 use crate::store::{self, StoreError, Tx};
 use serde_json::{json, Map, Value};
+use signing::Signer;
+
+/// A signed checkpoint of the audit head is written at least once every this many entries.
+pub const CHECKPOINT_INTERVAL: i64 = 1000;
 
 /// The actor name fedcore itself uses for changes nobody asked for (a gate that expired).
 pub const SYSTEM_ACTOR: &str = "fedcore";
@@ -55,6 +60,9 @@ pub enum Error {
     /// 500: a value could not be canonicalized (cannot happen for checked input).
     #[error("canonical JSON: {0}")]
     Canonical(#[from] jcs::JcsError),
+    /// 500: a hash could not be signed (cannot happen for hashes fedcore made).
+    #[error("signing: {0}")]
+    Signing(#[from] signing::KeyError),
 }
 
 impl Error {
@@ -101,7 +109,7 @@ impl Error {
             | Error::NotFound { code, .. }
             | Error::Conflict { code, .. }
             | Error::Invalid { code, .. } => code,
-            Error::Store(_) | Error::Canonical(_) => "internal",
+            Error::Store(_) | Error::Canonical(_) | Error::Signing(_) => "internal",
         }
     }
 }
@@ -324,22 +332,75 @@ pub enum Outcome {
     TokensRevoked(Vec<Token>),
 }
 
-/// Applies `command` in the open transaction `tx` at time `now`. Returns the result and whether
-/// the transaction should be committed: a success commits; a refused change on an existing run
-/// commits only its `request.refused` entry; any other error commits nothing.
-pub fn apply(tx: &Tx<'_>, now: Timestamp, command: &Command) -> (Result<Outcome, Error>, bool) {
-    match apply_inner(tx, now, command) {
+/// Applies `command` in the open transaction `tx` at time `now`, signing with `signer`. Returns
+/// the result and whether the transaction should be committed: a success commits; a refused
+/// change on an existing run commits only its `request.refused` entry; any other error commits
+/// nothing. A signed checkpoint of the audit head is added when a run ended or when
+/// `CHECKPOINT_INTERVAL` entries went by without one.
+pub fn apply(
+    tx: &Tx<'_>,
+    now: Timestamp,
+    signer: &Signer,
+    command: &Command,
+) -> (Result<Outcome, Error>, bool) {
+    let applied = apply_inner(tx, now, signer, command).and_then(|(result, commit)| {
+        if commit {
+            checkpoint_if_due(tx, now, signer)?;
+        }
+        Ok((result, commit))
+    });
+    match applied {
         Ok((result, commit)) => (result, commit),
         Err(e) => (Err(e), false),
     }
 }
 
+/// Writes a signed checkpoint of the audit head at `now`, unless the latest checkpoint already
+/// covers it (or the log is empty). The writer calls it once more at shutdown.
+pub fn write_checkpoint(tx: &Tx<'_>, now: Timestamp, signer: &Signer) -> Result<(), Error> {
+    let Some((seq, entry_hash)) = store::audit_head(tx)? else {
+        return Ok(());
+    };
+    if store::last_checkpoint(tx)?.is_some_and(|c| c.seq >= seq) {
+        return Ok(());
+    }
+    let at = now.to_string();
+    let note = signer.checkpoint_note(seq, &entry_hash, &at)?;
+    store::insert_checkpoint(
+        tx,
+        &store::CheckpointRow {
+            seq,
+            entry_hash,
+            at,
+            key_id: signer.public_key().key_id_hex(),
+            note,
+        },
+    )?;
+    Ok(())
+}
+
+/// A checkpoint is due when a run ended in this transaction, or when the log grew by
+/// `CHECKPOINT_INTERVAL` entries since the last one.
+fn checkpoint_if_due(tx: &Tx<'_>, now: Timestamp, signer: &Signer) -> Result<(), Error> {
+    let Some((seq, _)) = store::audit_head(tx)? else {
+        return Ok(());
+    };
+    let last = store::last_checkpoint(tx)?.map_or(0, |c| c.seq);
+    // Every committed run end gets its checkpoint, so one after the last checkpoint is this
+    // transaction's.
+    if seq - last >= CHECKPOINT_INTERVAL || store::run_ended_after(tx, last)? {
+        write_checkpoint(tx, now, signer)?;
+    }
+    Ok(())
+}
+
 fn apply_inner(
     tx: &Tx<'_>,
     now: Timestamp,
+    signer: &Signer,
     command: &Command,
 ) -> Result<(Result<Outcome, Error>, bool), Error> {
-    let mut ctx = Ctx::new(tx, now)?;
+    let mut ctx = Ctx::new(tx, now, signer)?;
     // Deadlines are enforced whenever anyone touches a run: an expired gate fails the run before
     // the request is looked at, and that is kept even when the request itself is refused.
     if let Some(run_id) = command.run_id() {
@@ -469,6 +530,7 @@ fn record_refusal(ctx: &mut Ctx<'_, '_>, command: &Command, error: &Error) -> Re
 pub(crate) struct Ctx<'a, 'c> {
     pub tx: &'a Tx<'c>,
     pub now: Timestamp,
+    pub signer: &'a Signer,
     head: (i64, String),
     /// Whether something was written before the command's own savepoint (an expiry) that must
     /// be committed even if the command fails.
@@ -492,11 +554,12 @@ pub(crate) struct Draft<'s> {
 }
 
 impl<'a, 'c> Ctx<'a, 'c> {
-    fn new(tx: &'a Tx<'c>, now: Timestamp) -> Result<Ctx<'a, 'c>, Error> {
+    fn new(tx: &'a Tx<'c>, now: Timestamp, signer: &'a Signer) -> Result<Ctx<'a, 'c>, Error> {
         let head = store::audit_head(tx)?.unwrap_or((0, ZERO_HASH.to_string()));
         Ok(Ctx {
             tx,
             now,
+            signer,
             head,
             wrote_before_command: false,
         })
@@ -508,6 +571,14 @@ impl<'a, 'c> Ctx<'a, 'c> {
         let hash = jcs::hash_bytes(&bytes);
         store::put_evidence(self.tx, &hash, &bytes)?;
         Ok(hash)
+    }
+
+    /// Signs a receipt hash and stores the signature in this transaction.
+    pub fn sign(&self, hash: &str) -> Result<(), Error> {
+        let signature = self.signer.sign_hash(hash)?;
+        let key_id = self.signer.public_key().key_id_hex();
+        store::insert_signature(self.tx, hash, &key_id, &signature, self.now)?;
+        Ok(())
     }
 
     /// A new UUIDv7 for the current time.

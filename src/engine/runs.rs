@@ -259,7 +259,9 @@ fn end_run(
         .filter_map(|g| g.receipt_hash)
         .collect();
     let receipt = receipts::workflow_receipt_object(run, &step_receipts, &gate_receipts);
-    run.receipt_hash = Some(ctx.evidence(&receipt)?);
+    let receipt_hash = ctx.evidence(&receipt)?;
+    ctx.sign(&receipt_hash)?;
+    run.receipt_hash = Some(receipt_hash);
     store::update_run(ctx.tx, run)?;
     let action = match to {
         RunStatus::Completed => "run.completed",

@@ -7,6 +7,7 @@
 
 mod pipeline;
 
+use super::signing::{self, PublicKey};
 use super::{jcs, policy, receipts};
 use crate::model::*;
 use crate::store::{self, AuditLink, Db, StoreError};
@@ -23,6 +24,10 @@ pub struct Options {
     pub expect_head: Option<Head>,
     /// Also re-evaluate every decision on its recorded context with the policy version it names.
     pub replay: bool,
+    /// The server's public key, known from elsewhere: the database must record it, and every
+    /// signature must verify under it. Without it, signatures are checked against the key the
+    /// database records, which shows internal consistency only.
+    pub pubkey: Option<PublicKey>,
 }
 
 /// An audit log position: an entry's `seq` and `entry_hash`, written `SEQ:HASH`.
@@ -72,6 +77,8 @@ pub struct Counts {
     pub steps: u64,
     pub gates: u64,
     pub workflow_receipts: u64,
+    pub signatures: u64,
+    pub checkpoints: u64,
     pub triggers: u64,
     /// `None` unless a replay was asked for.
     pub replayed_decisions: Option<u64>,
@@ -97,6 +104,10 @@ pub struct Report {
     pub counts: Counts,
     /// The last audit entry as stored (`seq` 0 for an empty log); verified only when intact.
     pub head: Head,
+    /// The verifier key the signatures were checked under, if the database records one.
+    pub signing_key: Option<String>,
+    /// Whether that key was given (`--pubkey`) rather than read from the database.
+    pub pubkey_given: bool,
     pub failure: Option<Broken>,
 }
 
@@ -111,6 +122,8 @@ impl Report {
             "ok": self.is_intact(),
             "counts": self.counts,
             "head": self.head,
+            "signing_key": self.signing_key,
+            "pubkey_given": self.pubkey_given,
             "failure": self.failure,
         })
     }
@@ -119,7 +132,7 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
-        let rows: [(&str, Option<u64>); 11] = [
+        let rows: [(&str, Option<u64>); 13] = [
             ("evidence blobs", Some(c.evidence)),
             ("audit entries", Some(c.audit_entries)),
             ("policy versions", Some(c.policies)),
@@ -129,6 +142,8 @@ impl fmt::Display for Report {
             ("step attempts", Some(c.steps)),
             ("gates", Some(c.gates)),
             ("workflow receipts", Some(c.workflow_receipts)),
+            ("signatures", Some(c.signatures)),
+            ("checkpoints", Some(c.checkpoints)),
             ("triggers", Some(c.triggers)),
             ("replayed decisions", c.replayed_decisions),
         ];
@@ -144,6 +159,16 @@ impl fmt::Display for Report {
         match &self.failure {
             None => {
                 writeln!(f, "audit head: {}", self.head)?;
+                match (&self.signing_key, self.pubkey_given) {
+                    (Some(key), true) => writeln!(f, "signatures verified under --pubkey {key}")?,
+                    (Some(key), false) => writeln!(
+                        f,
+                        "signatures checked against the key the database records, {key}: this \
+                         proves internal consistency only; pass --pubkey KEY to prove they are \
+                         the server's"
+                    )?,
+                    (None, _) => writeln!(f, "no signing key recorded: nothing is signed")?,
+                }
                 writeln!(f, "intact")
             }
             Some(b) => {
@@ -180,6 +205,7 @@ pub fn verify(db: &impl Db, options: &Options) -> Result<Report, StoreError> {
         counts: Counts::default(),
         known: Known::default(),
         buf: Vec::with_capacity(4096),
+        signing_key: None,
     };
     let failure = match checker.check_all() {
         Ok(()) => None,
@@ -192,9 +218,12 @@ pub fn verify(db: &impl Db, options: &Options) -> Result<Report, StoreError> {
             ))
         }
     };
+    let signing_key = checker.signing_key.map(|k| k.to_string());
     Ok(Report {
         counts: checker.counts,
         head,
+        signing_key,
+        pubkey_given: options.pubkey.is_some(),
         failure,
     })
 }
@@ -213,6 +242,8 @@ impl Counts {
         self.steps += other.steps;
         self.gates += other.gates;
         self.workflow_receipts += other.workflow_receipts;
+        self.signatures += other.signatures;
+        self.checkpoints += other.checkpoints;
         self.triggers += other.triggers;
         if let Some(n) = other.replayed_decisions {
             *self.replayed_decisions.get_or_insert(0) += n;
@@ -459,6 +490,8 @@ struct Checker<'a, D: Db> {
     known: Known,
     /// The JCS bytes of what this thread hashes, reused from object to object.
     buf: Vec<u8>,
+    /// The key the signatures are checked under, once known.
+    signing_key: Option<PublicKey>,
 }
 
 impl<D: Db> Checker<'_, D> {
@@ -468,6 +501,7 @@ impl<D: Db> Checker<'_, D> {
         self.catalog()?;
         self.runs()?;
         self.orphans()?;
+        self.signatures()?;
         self.triggers()?;
         if self.options.replay {
             self.replay()?;
@@ -604,6 +638,161 @@ impl<D: Db> Checker<'_, D> {
         Err(at
             .broken(orphan.field, None, Some(&orphan.missing), why)
             .into())
+    }
+
+    /// The signing key the database records (which `--pubkey`, when given, must be), every
+    /// receipt signature and signed checkpoint under it, each checkpoint's seq and entry_hash in
+    /// the log, and a signature on every workflow receipt since the key was recorded.
+    fn signatures(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        let mut recorded = Vec::new();
+        for row in store::signing_keys(db)? {
+            let at = At {
+                table: "signing_keys",
+                row: Row::Key(&row.key_id),
+            };
+            let key = PublicKey::from_hex(&row.key_name, &row.public_key)
+                .map_err(|e| at.broken("public_key", None, Some(&row.public_key), e.to_string()))?;
+            at.same("key_id", &key.key_id_hex(), &row.key_id, || {
+                "the key id is not the one of the key's name and public key".into()
+            })?;
+            if !key.verifies_key_record(row.first_seq, &row.signature) {
+                let why = "the key's signature over its name and first_seq does not verify";
+                return Err(at
+                    .broken("signature", None, Some(&row.signature), why)
+                    .into());
+            }
+            recorded.push((row, key));
+        }
+        if recorded.len() > 1 {
+            let at = At {
+                table: "signing_keys",
+                row: Row::Key(&recorded[1].0.key_id),
+            };
+            let why = "a second signing key: fedcore records one key per database";
+            return Err(at
+                .broken("key_id", None, Some(&recorded[1].0.key_id), why)
+                .into());
+        }
+        let Some((row, recorded_key)) = recorded.pop() else {
+            return self.nothing_signed();
+        };
+        let at = At {
+            table: "signing_keys",
+            row: Row::Key(&row.key_id),
+        };
+        let key = match &self.options.pubkey {
+            Some(given) if *given != recorded_key => {
+                let why = "key mismatch: the database records another signing key than --pubkey";
+                let (expected, found) = (given.to_string(), recorded_key.to_string());
+                return Err(at
+                    .broken("public_key", Some(&expected), Some(&found), why)
+                    .into());
+            }
+            _ => recorded_key,
+        };
+        let key_id = key.key_id_hex();
+        let counts = &mut self.counts;
+        let known = &self.known;
+        store::for_each_signature(db, |sig| {
+            let at = At {
+                table: "signatures",
+                row: Row::Key(&sig.hash),
+            };
+            at.same("key_id", &key_id, &sig.key_id, || {
+                "the signature names another key".into()
+            })?;
+            if !key.verifies_hash(&sig.hash, &sig.signature) {
+                let why = format!("the signature does not verify under {}", key.name);
+                return Err(at
+                    .broken("signature", None, Some(&sig.signature), why)
+                    .into());
+            }
+            at.stored(known, "hash", &sig.hash)?;
+            counts.signatures += 1;
+            Ok::<(), Stop>(())
+        })?;
+        let origin = signing::origin(&key.name);
+        store::for_each_checkpoint(db, |c| {
+            let at = At {
+                table: "checkpoints",
+                row: Row::Seq(c.seq),
+            };
+            at.same("key_id", &key_id, &c.key_id, || {
+                "the checkpoint names another key".into()
+            })?;
+            let stated = key
+                .open_checkpoint(&c.note)
+                .map_err(|why| at.broken("note", None, None, why))?;
+            at.same("note", &origin, &stated.origin, || {
+                "the note's origin is not this key's log".into()
+            })?;
+            at.same("note", &c.seq.to_string(), &stated.seq.to_string(), || {
+                "the note states another tree size than its seq".into()
+            })?;
+            at.same("note", &c.entry_hash, &stated.entry_hash, || {
+                "the note states another root hash than its entry_hash".into()
+            })?;
+            at.same("note", &c.at, &stated.at, || {
+                "the note states another time than its row".into()
+            })?;
+            match store::audit_entry_hash(db, c.seq)? {
+                Some(logged) => at.same("entry_hash", &logged, &c.entry_hash, || {
+                    format!("the log's entry {} has another entry_hash", c.seq)
+                })?,
+                None => {
+                    let why = format!("the log holds no entry {}: it was cut", c.seq);
+                    return Err(at.broken("seq", None, Some(&c.seq.to_string()), why).into());
+                }
+            }
+            counts.checkpoints += 1;
+            Ok::<(), Stop>(())
+        })?;
+        self.signing_key = Some(key);
+        if let Some((seq, hash)) = store::first_unsigned_receipt(db, row.first_seq)? {
+            let at = At {
+                table: "audit_log",
+                row: Row::Seq(seq),
+            };
+            let why = "the workflow receipt this entry carries has no signature";
+            return Err(at.broken("payload_hash", Some(&hash), None, why).into());
+        }
+        Ok(())
+    }
+
+    /// With no signing key recorded, nothing may claim to be signed, and `--pubkey` cannot hold.
+    fn nothing_signed(&mut self) -> Result<(), Stop> {
+        let at = At {
+            table: "signing_keys",
+            row: Row::Key("-"),
+        };
+        if let Some(given) = &self.options.pubkey {
+            let why = "key mismatch: the database records no signing key, so nothing in it is \
+                       signed by --pubkey";
+            return Err(at
+                .broken("public_key", Some(&given.to_string()), None, why)
+                .into());
+        }
+        let mut orphan = None;
+        store::for_each_signature(self.db, |sig| {
+            orphan.get_or_insert(("signatures", sig.hash));
+            Ok::<(), StoreError>(())
+        })?;
+        store::for_each_checkpoint(self.db, |c| {
+            orphan.get_or_insert(("checkpoints", c.seq.to_string()));
+            Ok::<(), StoreError>(())
+        })?;
+        match orphan {
+            None => Ok(()),
+            Some((table, id)) => {
+                let at = At {
+                    table,
+                    row: Row::Key(&id),
+                };
+                let why = "signed by a key the database does not record";
+                Err(at.broken("key_id", None, None, why).into())
+            }
+        }
     }
 
     /// The immutability triggers of contract §6, each exactly as the schema declares it.
@@ -1183,6 +1372,8 @@ mod tests {
         let report = Report {
             counts: Counts::default(),
             head: Head::empty(),
+            signing_key: None,
+            pubkey_given: false,
             failure: Some(Broken {
                 table: "audit_log",
                 id: "3".into(),

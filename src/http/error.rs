@@ -91,6 +91,7 @@ impl From<engine::Error> for ApiError {
             },
             E::Store(e) => ApiError::internal(e),
             E::Canonical(e) => ApiError::internal(e),
+            E::Signing(e) => ApiError::internal(e),
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod server;
 
 pub use error::ApiError;
 
+use crate::engine::signing::Signer;
 use crate::engine::{self, Command, Outcome};
 use crate::model::Timestamp;
 use crate::store::{self, ReadPool, StoreError, Tx, Writer};
@@ -21,6 +22,7 @@ use serde_json::Value;
 use server::ServerConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -36,6 +38,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 pub struct AppState {
     writer: Writer,
     readers: ReadPool,
+    /// The signing key, lent to the engine inside each write transaction.
+    signer: Arc<Signer>,
 }
 
 /// What `fedcore serve` needs to run.
@@ -44,6 +48,8 @@ pub struct ServeOptions {
     pub db: PathBuf,
     pub listen: SocketAddr,
     pub server: ServerConfig,
+    /// The signing key file; `None` for the default beside the database (`<db>.key`).
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +62,10 @@ pub enum ServeError {
     Refused(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Key(#[from] crate::keyfile::KeyFileError),
+    #[error("{0}")]
+    KeyMismatch(String),
 }
 
 /// The wall clock, in the engine's time type.
@@ -67,7 +77,7 @@ pub fn now() -> Timestamp {
 /// thread, serves, then drains in-flight requests and the writer queue before returning.
 pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
     let db = options.db.clone();
-    serve_until(options, server::shutdown_signal(), move |addr| {
+    serve_until(options, server::shutdown_signal, move |addr| {
         eprintln!(
             "fedcore {} over {} listening on http://{addr}",
             env!("CARGO_PKG_VERSION"),
@@ -78,17 +88,23 @@ pub fn serve(options: ServeOptions) -> Result<(), ServeError> {
 
 /// Serves until `shutdown` resolves; `on_ready` is called with the bound address before the
 /// first connection is accepted.
-fn serve_until(
+/// `shutdown` makes the future that ends serving; it is called inside the runtime before the
+/// address is announced, so signal handlers are in place by the time a client can connect.
+fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
     options: ServeOptions,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl FnOnce() -> F,
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let conn = store::open_for_writing(&options.db)?;
-    bootstrap(&conn, &options)?;
-    let (writer, writer_thread) = Writer::start(conn, now, WRITER_QUEUE)?;
+    let signer = Arc::new(open_signer(&conn, &options.db, options.key.as_deref())?);
+    bootstrap(&conn, &options, &signer)?;
+    let last_checkpoint = Box::new(ShutdownCheckpoint(signer.clone()));
+    let (writer, writer_thread) =
+        Writer::start_with_last_job(conn, now, WRITER_QUEUE, Some(last_checkpoint))?;
     let state = AppState {
         writer,
         readers: ReadPool::new(&options.db),
+        signer,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -97,6 +113,7 @@ fn serve_until(
         .build()?;
     let served = runtime.block_on(async {
         let listener = server::bind(options.listen).await?;
+        let shutdown = shutdown();
         on_ready(listener.local_addr()?);
         let sweeper = tokio::spawn(sweep_expired_gates(state.clone()));
         let result = server::serve(listener, routes::router(state), options.server, shutdown).await;
@@ -124,7 +141,11 @@ pub fn admin_token_path(db: &Path) -> PathBuf {
 /// database that has never had a token creates the admin token `admin`, written to
 /// `<db>.admin-token` with mode 0600 (never overwriting a file that is there) and announced on
 /// stderr. The token's creation is an audit entry by `fedcore` itself.
-fn bootstrap(conn: &store::Connection, options: &ServeOptions) -> Result<(), ServeError> {
+fn bootstrap(
+    conn: &store::WriteConnection,
+    options: &ServeOptions,
+    signer: &Signer,
+) -> Result<(), ServeError> {
     let (ever, live) = store::write_once(conn, |tx| (store::count_tokens(tx), false))??;
     if live == 0 && !options.listen.ip().is_loopback() {
         return Err(ServeError::Refused(format!(
@@ -153,7 +174,7 @@ fn bootstrap(conn: &store::Connection, options: &ServeOptions) -> Result<(), Ser
         token_hash: crate::secret::token_hash(&token),
         actor: engine::SYSTEM_ACTOR.to_string(),
     };
-    let created = store::write_once(conn, |tx| engine::apply(tx, now(), &command))
+    let created = store::write_once(conn, |tx| engine::apply(tx, now(), signer, &command))
         .map_err(ServeError::from)
         .and_then(|applied| {
             applied.map_err(|e| ServeError::Refused(format!("cannot create the admin token: {e}")))
@@ -185,6 +206,67 @@ fn write_secret_file(path: &Path, secret: &str) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Loads (or on the first start creates) the key file and records its public key in the
+/// database; refuses a key other than the one the database already records.
+pub fn open_signer(
+    conn: &store::WriteConnection,
+    db: &Path,
+    key: Option<&Path>,
+) -> Result<Signer, ServeError> {
+    let path = key.map_or_else(|| crate::keyfile::default_path(db), Path::to_path_buf);
+    let (signer, created) = crate::keyfile::load_or_create(&path)?;
+    if created {
+        eprintln!("created signing key {} (mode 0600)", path.display());
+    }
+    let public = signer.public_key();
+    let row = store::KeyRow {
+        key_id: public.key_id_hex(),
+        key_name: public.name.clone(),
+        public_key: public.public_hex(),
+        created_at: String::new(),
+        first_seq: 0,
+        signature: String::new(),
+    };
+    let sign_record = |first_seq| signer.sign_key_record(first_seq);
+    if let Some(recorded) = store::record_signing_key(conn, &row, now(), sign_record)? {
+        let names: Vec<String> = recorded
+            .iter()
+            .map(|k| format!("{} ({})", k.key_name, k.key_id))
+            .collect();
+        return Err(ServeError::KeyMismatch(format!(
+            "the key file {} holds key {} ({}), but {} records the signing key {}; \
+             refusing to start (pass --key with the key this database was signed with)",
+            path.display(),
+            public.name,
+            public.key_id_hex(),
+            db.display(),
+            names.join(", ")
+        )));
+    }
+    Ok(signer)
+}
+
+/// The writer's last job: a signed checkpoint of the head as the server stops.
+struct ShutdownCheckpoint(Arc<Signer>);
+
+impl store::Job for ShutdownCheckpoint {
+    fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
+        match engine::write_checkpoint(tx, now, &self.0) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("shutdown checkpoint: {e}");
+                false
+            }
+        }
+    }
+
+    fn finish(self: Box<Self>, failure: Option<StoreError>) {
+        if let Some(e) = failure {
+            eprintln!("shutdown checkpoint: {e}");
+        }
+    }
+}
+
 /// A server running on its own thread, for `fedcore proof`: a real server on a loopback port
 /// that a client in the same process talks to over HTTP.
 pub struct Background {
@@ -201,7 +283,7 @@ impl Background {
         let thread = std::thread::Builder::new()
             .name("fedcore-background".into())
             .spawn(move || {
-                let shutdown = async move {
+                let shutdown = move || async move {
                     let _ = stopped.await;
                 };
                 serve_until(options, shutdown, move |addr| {
@@ -287,6 +369,7 @@ impl IntoResponse for Answer {
 /// command's own transaction, answered over a oneshot channel after that transaction ended.
 struct CommandJob {
     command: Command,
+    signer: Arc<Signer>,
     idempotency: Option<Idempotency>,
     encode: Encoder,
     result: Option<Result<Answer, ApiError>>,
@@ -324,7 +407,7 @@ impl CommandJob {
                 Err(e) => return (Err(ApiError::internal(e)), false),
             }
         }
-        let (result, commit) = engine::apply(tx, now, &self.command);
+        let (result, commit) = engine::apply(tx, now, &self.signer, &self.command);
         let answer = result.map_err(ApiError::from).and_then(|outcome| {
             let (status, value) = (self.encode)(outcome)?;
             let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
@@ -390,6 +473,7 @@ async fn write(
     let (reply, answer) = oneshot::channel();
     let job = CommandJob {
         command,
+        signer: state.signer.clone(),
         idempotency,
         encode,
         result: None,

@@ -8,6 +8,7 @@
 mod client;
 mod report;
 
+use crate::engine::signing::PublicKey;
 use crate::engine::verify::{self, Options, Report};
 use crate::http::{server::ServerConfig, Background, ServeOptions};
 use crate::{export, store};
@@ -42,6 +43,8 @@ pub enum ProofError {
         what: String,
         source: std::io::Error,
     },
+    #[error("the proof's signing key: {0}")]
+    Key(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProofError {
@@ -86,6 +89,10 @@ pub struct Proof {
     pub verify_folders: Vec<(PathBuf, Check)>,
     /// Extra scenarios: a tampered copy caught, a direct UPDATE refused.
     pub negative: Vec<Check>,
+    /// The server's verifier key, as `fedcore key show` prints it.
+    pub public_key: String,
+    /// The latest signed checkpoint was found and opens under the public key; its note.
+    pub signatures: (Check, Option<String>),
 }
 
 impl Proof {
@@ -94,6 +101,7 @@ impl Proof {
             .iter()
             .flat_map(|s| s.checks.iter())
             .chain(std::iter::once(&self.verify_db.0))
+            .chain(std::iter::once(&self.signatures.0))
             .chain(self.verify_folders.iter().map(|(_, c)| c))
             .chain(self.negative.iter())
     }
@@ -121,11 +129,16 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
     std::fs::create_dir_all(dir.join("receipts"))
         .map_err(io(format!("create {}", dir.display())))?;
     let db = dir.join("pt004.db");
+    // The proof's signing key lives outside the committed proof folder and dies with the proof:
+    // the report keeps its public key, which is all a verifier needs.
+    let key_file = std::env::temp_dir().join(format!("fedcore-proof-{}.key", std::process::id()));
+    let _ = std::fs::remove_file(&key_file);
 
     let server = Background::start(ServeOptions {
         db: db.clone(),
         listen: "127.0.0.1:0".parse().expect("a loopback address"),
         server: ServerConfig::default(),
+        key: Some(key_file.clone()),
     })?;
     let admin_file = crate::http::admin_token_path(&db);
     let admin_token = std::fs::read_to_string(&admin_file)
@@ -143,12 +156,18 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
     let mut scenarios = vec![driver.test_a(), driver.test_b(), driver.test_c()];
     scenarios[0].checks.splice(0..0, setup_checks);
     server.stop()?;
+    let public_key = crate::keyfile::load(&key_file)
+        .map(|signer| signer.public_key().clone())
+        .map_err(|e| ProofError::Key(e.to_string()));
+    let _ = std::fs::remove_file(&key_file);
+    let public_key = public_key?;
+    let signatures = signature_check(&db, &public_key);
 
     let mut verify_folders = Vec::new();
     for s in &scenarios {
         let folder = dir.join("receipts").join(format!("{}-{}", s.key, s.run_id));
         let check = match export::export_run(&db, &s.run_id, &folder) {
-            Ok(_) => verify_folder_check(&folder),
+            Ok(_) => verify_folder_check(&folder, &public_key),
             Err(e) => Check {
                 name: format!("export {}", s.key),
                 passed: false,
@@ -157,7 +176,7 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
         };
         verify_folders.push((folder, check));
     }
-    let verify_db = verify_db_check(&db);
+    let verify_db = verify_db_check(&db, &public_key);
     let negative = negative_scenarios(&db, &scenarios);
 
     let proof = Proof {
@@ -172,6 +191,8 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
         verify_db,
         verify_folders,
         negative,
+        public_key: public_key.to_string(),
+        signatures,
     };
     let text = report::render(&proof);
     std::fs::write(proof.report_path(), text)
@@ -596,11 +617,54 @@ impl Driver {
     }
 }
 
+/// The latest signed checkpoint (`fedcore checkpoint`) opens under the server's key and states
+/// the head of the log.
+fn signature_check(db: &Path, key: &PublicKey) -> (Check, Option<String>) {
+    let name =
+        "the latest signed checkpoint verifies under the public key and states the audit head"
+            .to_string();
+    let found = store::open_read_only(db).and_then(|reader| {
+        reader.snapshot(|r| {
+            Ok::<_, store::StoreError>((store::last_checkpoint(r)?, store::audit_head(r)?))
+        })?
+    });
+    let (passed, detail, note) = match found {
+        Ok((Some(c), head)) => match key.open_checkpoint(&c.note) {
+            Ok(stated) => {
+                let at_head = head.as_ref().map(|(seq, hash)| (*seq, hash.as_str()))
+                    == Some((stated.seq, stated.entry_hash.as_str()));
+                let detail = format!(
+                    "checkpoint at seq {} ({}), signed by {}",
+                    stated.seq, stated.at, key.name
+                );
+                (at_head, detail, Some(c.note))
+            }
+            Err(why) => (false, why, Some(c.note)),
+        },
+        Ok((None, _)) => (false, "the database holds no checkpoint".to_string(), None),
+        Err(e) => (false, e.to_string(), None),
+    };
+    (
+        Check {
+            name,
+            passed,
+            detail,
+        },
+        note,
+    )
+}
+
 /// Runs `fedcore verify` on the file at `db` in one read snapshot.
 fn verify_file(db: &Path) -> Result<Report, String> {
+    verify_file_with(db, None)
+}
+
+/// As `verify_file`, checking every signature under `pubkey` when one is given.
+fn verify_file_with(db: &Path, pubkey: Option<&PublicKey>) -> Result<Report, String> {
     let reader = store::open_read_only(db).map_err(|e| e.to_string())?;
     let options = Options {
         replay: true,
+        pubkey: pubkey.cloned(),
         ..Options::default()
     };
     match reader.snapshot(|r| verify::verify(r, &options)) {
@@ -620,9 +684,9 @@ fn summary(report: &Report) -> String {
     }
 }
 
-fn verify_db_check(db: &Path) -> (Check, String) {
-    let name = "fedcore verify --replay on the proof database".to_string();
-    match verify_file(db) {
+fn verify_db_check(db: &Path, key: &PublicKey) -> (Check, String) {
+    let name = "fedcore verify --replay --pubkey on the proof database".to_string();
+    match verify_file_with(db, Some(key)) {
         Ok(report) => (
             Check {
                 name,
@@ -642,14 +706,14 @@ fn verify_db_check(db: &Path) -> (Check, String) {
     }
 }
 
-fn verify_folder_check(folder: &Path) -> Check {
+fn verify_folder_check(folder: &Path, key: &PublicKey) -> Check {
     let name = format!(
-        "fedcore verify --receipts {}",
+        "fedcore verify --pubkey --receipts {}",
         folder
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
     );
-    let report = export::verify_folder(folder);
+    let report = export::verify_folder(folder, Some(key));
     Check {
         name,
         passed: report.is_intact(),

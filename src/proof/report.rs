@@ -113,6 +113,24 @@ pub fn render(proof: &Proof) -> String {
     );
     let _ = writeln!(out, "```\n{}\n```\n", text.trim_end());
 
+    let _ = writeln!(out, "## Signatures\n");
+    let _ = writeln!(
+        out,
+        "The server signed every workflow receipt and wrote signed checkpoints of the audit head \
+         (C2SP signed-note checkpoints, Ed25519 via ed25519-dalek). Its public key, as \
+         `fedcore key show` prints it:\n"
+    );
+    let _ = writeln!(out, "```\n{}\n```\n", proof.public_key);
+    let (check, note) = &proof.signatures;
+    let _ = writeln!(out, "{} {} — {}\n", mark(check), check.name, check.detail);
+    if let Some(note) = note {
+        let _ = writeln!(
+            out,
+            "The latest signed checkpoint (`fedcore checkpoint`):\n"
+        );
+        let _ = writeln!(out, "```\n{}\n```\n", note.trim_end());
+    }
+
     let _ = writeln!(out, "## Tamper evidence\n");
     for check in &proof.negative {
         let _ = writeln!(out, "- {} {} — {}", mark(check), check.name, check.detail);

@@ -5,12 +5,14 @@
 pub mod attack;
 mod queries;
 mod scan;
+mod signatures;
 mod writer;
 
 pub use queries::*;
 /// The write connection `open_for_writing` returns, named here so no other layer names `rusqlite`.
 pub use rusqlite::Connection;
 pub use scan::*;
+pub use signatures::*;
 pub use writer::{write_once, Busy, Job, Writer};
 
 use rusqlite::OpenFlags;
@@ -28,7 +30,11 @@ const APPLICATION_ID: i64 = 0x4645_4443;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("../../migrations/002_trust.sql"),
+    include_str!("../../migrations/003_signing.sql"),
 ];
+
+/// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.
+pub type WriteConnection = Connection;
 
 /// How many idle read connections the pool keeps.
 const MAX_IDLE_READERS: usize = 16;

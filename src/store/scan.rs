@@ -401,11 +401,16 @@ mod tests {
             16,
             "migration 1: contract section 6"
         );
+        assert_eq!(
+            declared_triggers(2).len(),
+            20,
+            "migration 2 adds tokens and gate approvals"
+        );
         let triggers = declared_triggers(MIGRATIONS.len());
         assert_eq!(
             triggers.len(),
-            20,
-            "migration 2 adds tokens and gate approvals"
+            26,
+            "migration 3 adds signing keys, signatures and checkpoints"
         );
         assert_eq!(triggers[0].name, "audit_log_no_update");
         for trigger in &triggers {

@@ -44,8 +44,19 @@ impl Writer {
     /// jobs at most.
     pub fn start(
         conn: Connection,
+        clock: impl FnMut() -> Timestamp + Send + 'static,
+        capacity: usize,
+    ) -> std::io::Result<(Writer, JoinHandle<()>)> {
+        Writer::start_with_last_job(conn, clock, capacity, None)
+    }
+
+    /// As `start`, and when the queue closes runs `last` (a final signed checkpoint) in its own
+    /// transaction before folding the WAL back in.
+    pub fn start_with_last_job(
+        conn: Connection,
         mut clock: impl FnMut() -> Timestamp + Send + 'static,
         capacity: usize,
+        last_job: Option<Box<dyn Job>>,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (sender, receiver) = sync_channel::<Box<dyn Job>>(capacity);
         let handle = std::thread::Builder::new()
@@ -57,6 +68,9 @@ impl Writer {
                     let now = clock().max(last);
                     last = now;
                     run_one(&conn, job, now);
+                }
+                if let Some(job) = last_job {
+                    run_one(&conn, job, clock().max(last));
                 }
                 // Fold the WAL back into the main file so a copied .db is complete on its own.
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");

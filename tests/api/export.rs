@@ -243,12 +243,17 @@ fn an_edited_step_receipt_or_evidence_blob_is_caught() {
     assert_eq!(code, 1, "expected an edited step receipt to fail: {report}");
 
     let (_dir, folder) = exported_run();
+    // A blob whose bytes no other file repeats (a receipt is also under receipts/), so that
+    // `tamper` re-hashes only its own manifest line.
+    let manifest = std::fs::read_to_string(folder.join("manifest.json")).unwrap();
     let blob = std::fs::read_dir(folder.join("evidence"))
         .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+        .map(|entry| entry.unwrap().path())
+        .find(|path| {
+            let line = format!("\"sha256\": \"{}\"", sha256_file(path));
+            manifest.matches(&line).count() == 1
+        })
+        .expect("a blob listed once");
     let relative = blob
         .strip_prefix(&folder)
         .unwrap()

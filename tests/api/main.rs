@@ -17,5 +17,6 @@ mod races;
 mod receipts;
 mod scenarios;
 mod shutdown;
+mod signing;
 mod triggers;
 mod verify;

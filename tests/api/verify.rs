@@ -214,8 +214,8 @@ fn an_untouched_database_is_intact_and_verify_prints_its_head() {
     assert_eq!(counts["policies"], 1, "{counts}");
     assert_eq!(counts["definitions"], 1, "{counts}");
     assert_eq!(
-        counts["triggers"], 20,
-        "16 of contract section 6 and 4 of migration 2: {counts}"
+        counts["triggers"], 26,
+        "16 of contract section 6, 4 of migration 2 and 6 of migration 3: {counts}"
     );
     // completed 3 + flagged 3 + denied 2 + retried 4 + cancelled 2
     assert_eq!(counts["steps"], 14, "{counts}");
@@ -426,6 +426,9 @@ fn a_truncated_log_is_caught_only_against_the_head_written_down() {
     let kept = head_seq(&built.head_before_tail);
     conn.execute("DELETE FROM audit_log WHERE seq > ?1", [kept])
         .expect("truncate");
+    // Without the key, the signed checkpoints of the cut tail can only be deleted too.
+    conn.execute("DELETE FROM checkpoints WHERE seq > ?1", [kept])
+        .expect("delete checkpoints");
     restore_triggers(&conn, &built.db);
     drop(conn);
     // The shorter log is a consistent log: nothing in the file alone betrays the cut.
@@ -513,6 +516,13 @@ fn a_decision_forged_with_every_hash_rewritten_passes_verify_but_not_replay() {
     let copy = built.copy("forged");
     let conn = attacker_opens(&copy);
     forge_allow(&conn, &built.deny_decision, &built.denied_run);
+    // The forger cannot sign the rewritten receipts and checkpoints without the key, so strips
+    // every signature and the key itself: only `--pubkey` (the key known from elsewhere) and
+    // the replay see through that.
+    conn.execute_batch(
+        "DELETE FROM checkpoints; DELETE FROM signatures; DELETE FROM signing_keys;",
+    )
+    .expect("strip the signatures");
     restore_triggers(&conn, &built.db);
     drop(conn);
 
@@ -744,7 +754,7 @@ fn attacker_opens(path: &Path) -> Connection {
         let rows = stmt.query_map([], |r| r.get(0)).expect("query");
         rows.map(|r| r.expect("name")).collect()
     };
-    assert_eq!(names.len(), 20, "the schema's triggers: {names:?}");
+    assert_eq!(names.len(), 26, "the schema's triggers: {names:?}");
     for name in names {
         // Trigger names come from the database itself, not from input.
         conn.execute_batch(&format!("DROP TRIGGER \"{name}\""))
