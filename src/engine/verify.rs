@@ -5,6 +5,7 @@
 //! of a row and of what is known of the others (`Known`). A broken database is a `Report` with a
 //! failure, never an error: `Err` means the file could not be read at all.
 
+mod lifecycle;
 mod pipeline;
 
 use super::{jcs, policy, receipts};
@@ -383,6 +384,8 @@ struct Known {
     policy_hashes: HashMap<(String, i64), String>,
     /// `(workflow_id, version) → definition_hash`.
     definition_hashes: HashMap<(String, i64), String>,
+    /// `(workflow_id, version) →` its step ids in definition order.
+    definition_steps: HashMap<(String, i64), Vec<String>>,
 }
 
 /// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
@@ -567,6 +570,8 @@ impl<D: Db> Checker<'_, D> {
             at.stored(&self.known, "definition_hash", &d.definition_hash)?;
             self.counts.definitions += 1;
             let key = (d.workflow_id, d.version);
+            let step_ids = d.steps.into_iter().map(|s| s.step_id).collect();
+            self.known.definition_steps.insert(key.clone(), step_ids);
             self.known.definition_hashes.insert(key, d.definition_hash);
             Ok::<(), Stop>(())
         })
@@ -580,7 +585,8 @@ impl<D: Db> Checker<'_, D> {
         };
         let known = &self.known;
         let check = |buf: &mut Vec<u8>, record: &RunRecord, counts: &mut Counts| {
-            check_run(known, buf, record, counts)
+            check_run(known, buf, record, counts)?;
+            lifecycle::check_run_lifecycle(known, record)
         };
         pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)
     }

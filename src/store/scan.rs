@@ -15,14 +15,17 @@ use crate::model::*;
 use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Params, Row};
 
-/// An audit entry reduced to what ties it to a run's receipts: what it did, to what, with what
-/// evidence.
+/// An audit entry reduced to what ties it to a run's receipts and lifecycle: what it did, to
+/// what, from and to which status, why, with what evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditLink {
     pub seq: i64,
     pub action: String,
     pub subject: String,
     pub payload_hash: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// A row that names a run, or a decision, that is not there.
@@ -192,7 +195,8 @@ pub fn audit_links_of_run(
 ) -> Result<(), StoreError> {
     out.clear();
     let mut stmt = db.conn().prepare_cached(
-        "SELECT seq, action, subject, payload_hash FROM audit_log WHERE run_id = ?1 ORDER BY seq",
+        "SELECT seq, action, subject, payload_hash, from_status, to_status, reason
+         FROM audit_log WHERE run_id = ?1 ORDER BY seq",
     )?;
     let mut rows = stmt.query([run_id])?;
     while let Some(row) = rows.next()? {
@@ -202,6 +206,9 @@ pub fn audit_links_of_run(
                 action: row.get(1)?,
                 subject: row.get(2)?,
                 payload_hash: row.get(3)?,
+                from_status: row.get(4)?,
+                to_status: row.get(5)?,
+                reason: row.get(6)?,
             })
         })()
         .map_err(|e| bad_row("audit_log", row, key_first, e))?;

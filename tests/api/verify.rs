@@ -728,6 +728,240 @@ fn jcs(value: &Value) -> String {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Lifecycle: what no hash covers. Entries appended after a head written down keep that head, so
+// each object must have exactly the entries its state needs, and the run's mutable columns must
+// be the ones its attempts, gates and entries give.
+
+#[test]
+fn an_appended_entry_rewriting_a_run_outcome_is_named_even_against_the_old_head() {
+    let built = build_database();
+    let copy = built.copy("append-flip");
+    let conn = attacker_opens(&copy);
+    let run = &built.denied_run;
+    conn.execute(
+        "UPDATE runs SET status = 'COMPLETED', failure = NULL, next_step_id = NULL
+         WHERE run_id = ?1",
+        [run],
+    )
+    .expect("flip the run");
+    let receipt = forge_workflow_receipt(&conn, run);
+    let seq = append_entry(
+        &conn,
+        run,
+        "run.completed",
+        &format!("run:{run}"),
+        Some(("RUNNING", "COMPLETED")),
+        Some(&receipt),
+    );
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+
+    for extra in [&[][..], &["--replay"], &["--expect-head", &built.head]] {
+        let failure = expect_broken(&copy, extra);
+        assert_named(&failure, "audit_log", &seq.to_string(), "action");
+    }
+}
+
+#[test]
+fn a_second_step_request_appended_for_an_attempt_is_named() {
+    let built = build_database();
+    let copy = built.copy("append-request");
+    let conn = attacker_opens(&copy);
+    let context = store_blob(&conn, &json!({"input": {"risk": "low"}}));
+    let seq = append_entry(
+        &conn,
+        &built.denied_run,
+        "step.requested",
+        "step:decide#1",
+        None,
+        Some(&context),
+    );
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(&failure, "audit_log", &seq.to_string(), "action");
+}
+
+#[test]
+fn a_flagged_attempt_whose_gate_was_deleted_is_named() {
+    let built = build_database();
+    let copy = built.copy("flag-bypass");
+    let conn = attacker_opens(&copy);
+    // The gate goes, and with every hash that names it rewritten, only its entries remain.
+    let run = &built.flagged_run;
+    conn.execute("DELETE FROM gates WHERE run_id = ?1", [run])
+        .expect("delete the gate");
+    let old: String = conn
+        .query_row(
+            "SELECT receipt_hash FROM runs WHERE run_id = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .expect("run");
+    let new = forge_workflow_receipt(&conn, run);
+    conn.execute(
+        "UPDATE audit_log SET payload_hash = ?2, evidence_pack_ref = 'sha256:' || ?2
+         WHERE payload_hash = ?1",
+        params![old, new],
+    )
+    .expect("rewrite the run's end");
+    rechain(&conn);
+    let seq: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit_log WHERE run_id = ?1 AND action = 'gate.requested'",
+            [&built.flagged_run],
+            |r| r.get(0),
+        )
+        .expect("the gate was requested");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &seq.to_string(), "subject");
+}
+
+#[test]
+fn edited_run_columns_that_no_hash_covers_are_named() {
+    let built = build_database();
+    let edits: [(&str, &str, &str, &str); 4] = [
+        (
+            "next-step",
+            "UPDATE runs SET next_step_id = 'act' WHERE run_id = ?1",
+            &built.denied_run,
+            "next_step_id",
+        ),
+        (
+            "failure-code",
+            "UPDATE runs SET failure = json_set(failure, '$.code', 'step_failed')
+             WHERE run_id = ?1",
+            &built.denied_run,
+            "failure",
+        ),
+        (
+            "failure-reason",
+            "UPDATE runs SET failure = json_set(failure, '$.reason', 'fine') WHERE run_id = ?1",
+            &built.denied_run,
+            "failure",
+        ),
+        (
+            "attempt-base",
+            "UPDATE runs SET attempt_base = 7 WHERE run_id = ?1",
+            &built.retried_run,
+            "attempt_base",
+        ),
+    ];
+    for (name, sql, run, field) in edits {
+        let copy = built.copy(name);
+        let conn = attacker_opens(&copy);
+        conn.execute(sql, [run]).expect("edit the run");
+        restore_triggers(&conn, &built.db);
+        drop(conn);
+        let failure = expect_broken(&copy, &[]);
+        assert_named(&failure, "runs", run, field);
+    }
+}
+
+/// Appends one entry to the chain, as the writer would, and returns its `seq`.
+fn append_entry(
+    conn: &Connection,
+    run_id: &str,
+    action: &str,
+    subject: &str,
+    statuses: Option<(&str, &str)>,
+    evidence: Option<&str>,
+) -> i64 {
+    let (seq, at, prev): (i64, String, String) = conn
+        .query_row(
+            "SELECT seq, at, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("the head");
+    let null_hash = sha256_hex(b"null");
+    let mut entry = json!({
+        "seq": seq + 1, "run_id": run_id, "at": at, "actor": AGENT, "action": action,
+        "subject": subject, "from_status": statuses.map(|s| s.0),
+        "to_status": statuses.map(|s| s.1), "decision": null, "reason": null,
+        "message": format!("{action} {subject}"),
+        "evidence_pack_ref": evidence.map(|h| format!("sha256:{h}")),
+        "payload_hash": evidence.map_or(null_hash, str::to_string), "prev_hash": prev,
+    });
+    let entry_hash = sha256_hex(jcs(&entry).as_bytes());
+    entry["entry_hash"] = json!(entry_hash);
+    let columns = [
+        "seq",
+        "run_id",
+        "at",
+        "actor",
+        "action",
+        "subject",
+        "from_status",
+        "to_status",
+        "decision",
+        "reason",
+        "message",
+        "evidence_pack_ref",
+        "payload_hash",
+        "prev_hash",
+        "entry_hash",
+    ];
+    let values: Vec<rusqlite::types::Value> = columns
+        .iter()
+        .map(|c| match &entry[*c] {
+            Value::Null => rusqlite::types::Value::Null,
+            Value::Number(n) => rusqlite::types::Value::Integer(n.as_i64().expect("seq")),
+            v => rusqlite::types::Value::Text(text(v).to_string()),
+        })
+        .collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO audit_log ({}) VALUES ({})",
+            columns.join(", "),
+            vec!["?"; columns.len()].join(", ")
+        ),
+        rusqlite::params_from_iter(values),
+    )
+    .expect("append an entry");
+    seq + 1
+}
+
+/// Recomputes the run's workflow receipt from its rows as they are now, stores it on the run and
+/// as a blob, and returns it.
+fn forge_workflow_receipt(conn: &Connection, run_id: &str) -> String {
+    let receipts = |sql: &str| -> Vec<String> {
+        query_all(conn, sql, run_id)
+            .into_iter()
+            .filter_map(|(_, _, receipt)| receipt)
+            .collect()
+    };
+    let step_receipts = receipts(
+        "SELECT creation_order, 'null', receipt_hash FROM steps WHERE run_id = ?1
+         AND receipt_hash IS NOT NULL ORDER BY creation_order",
+    );
+    let gate_receipts = receipts(
+        "SELECT creation_order, 'null', receipt_hash FROM gates WHERE run_id = ?1
+         AND receipt_hash IS NOT NULL ORDER BY creation_order",
+    );
+    let mut workflow: Value = conn
+        .query_row(
+            "SELECT json_object('kind', 'workflow', 'run_id', run_id, 'workflow_id', workflow_id,
+               'workflow_version', workflow_version, 'status', status, 'ended_at', ended_at,
+               'genesis_hash', genesis_hash) FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?).expect("json")),
+        )
+        .expect("run");
+    workflow["step_receipts"] = json!(step_receipts);
+    workflow["gate_receipts"] = json!(gate_receipts);
+    let receipt = store_blob(conn, &workflow);
+    conn.execute(
+        "UPDATE runs SET receipt_hash = ?2 WHERE run_id = ?1",
+        params![run_id, receipt],
+    )
+    .expect("store the workflow receipt");
+    receipt
+}
+
+// ---------------------------------------------------------------------------------------------
 // The attacker's tools.
 
 /// Opens a copy for writing and drops every trigger, and foreign keys, as someone altering the
