@@ -860,6 +860,36 @@ fn edited_run_columns_that_no_hash_covers_are_named() {
     }
 }
 
+#[test]
+fn a_step_skipped_by_editing_the_next_step_is_named_after_the_run_completes() {
+    let built = build_database();
+    let copy = built.copy("skip");
+    let mut server = Server::start_on(&copy, &[]);
+    let mut client = server.client();
+    let run = create_run(&mut client);
+    request_step(&mut client, &run, "observe", "low");
+    complete_step(&mut client, &run, "observe");
+    assert_eq!(server.terminate(), Some(0));
+
+    let conn = attacker_opens(&copy);
+    conn.execute(
+        "UPDATE runs SET next_step_id = 'act' WHERE run_id = ?1",
+        [&run],
+    )
+    .expect("skip decide");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    assert_named(&expect_broken(&copy, &[]), "runs", &run, "next_step_id");
+
+    let mut server = Server::start_on(&copy, &[]);
+    let mut client = server.client();
+    request_step(&mut client, &run, "act", "low");
+    complete_step(&mut client, &run, "act");
+    assert_eq!(server.terminate(), Some(0));
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(&failure, "steps", &format!("{run}/act#1"), "step_id");
+}
+
 /// Appends one entry to the chain, as the writer would, and returns its `seq`.
 fn append_entry(
     conn: &Connection,

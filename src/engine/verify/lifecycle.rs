@@ -271,8 +271,9 @@ fn check_run_story(record: &RunRecord) -> Checked {
     Ok(())
 }
 
-/// `next_step_id` is the step after the last completed attempt's (definition order), the first
-/// step when none completed, and null once the last step completed.
+/// Steps run in definition order: each attempt is of the step after the last completed one (the
+/// first step before any completed), and `next_step_id` is where that leaves the run: null once
+/// the last step completed.
 fn check_next_step(known: &Known, record: &RunRecord) -> Checked {
     let run = &record.run;
     let key = (run.workflow_id.clone(), run.workflow_version);
@@ -280,18 +281,33 @@ fn check_next_step(known: &Known, record: &RunRecord) -> Checked {
     let Some(step_ids) = known.definition_steps.get(&key) else {
         return Ok(());
     };
-    let last_completed = record
-        .steps
-        .iter()
-        .rev()
-        .find(|s| s.status == StepStatus::Completed);
-    let expected = match last_completed {
-        None => step_ids.first(),
-        Some(done) => step_ids
+    let after = |step_id: &str| {
+        step_ids
             .iter()
-            .position(|id| *id == done.step_id)
-            .and_then(|i| step_ids.get(i + 1)),
+            .position(|id| id == step_id)
+            .and_then(|i| step_ids.get(i + 1))
     };
+    let mut expected = step_ids.first();
+    let mut last_completed: Option<&StepAttempt> = None;
+    for step in &record.steps {
+        if expected != Some(&step.step_id) {
+            let at = At {
+                table: "steps",
+                row: Row::Attempt(step),
+            };
+            let why = "the attempt is not of the run's next step: steps run in definition order";
+            return Err(at.broken(
+                "step_id",
+                Some(expected.map_or("null", String::as_str)),
+                Some(&step.step_id),
+                why,
+            ));
+        }
+        if step.status == StepStatus::Completed {
+            expected = after(&step.step_id);
+            last_completed = Some(step);
+        }
+    }
     if expected == run.next_step_id.as_ref() {
         return Ok(());
     }
