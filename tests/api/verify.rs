@@ -425,6 +425,9 @@ fn a_truncated_log_is_caught_only_against_the_head_written_down() {
     let kept = head_seq(&built.head_before_tail);
     conn.execute("DELETE FROM audit_log WHERE seq > ?1", [kept])
         .expect("truncate");
+    // The cut entries registered the approver: a careful attacker removes that row too.
+    conn.execute("DELETE FROM agents WHERE agent_id = ?1", [APPROVER])
+        .expect("remove what the cut entries wrote");
     restore_triggers(&conn, &built.db);
     drop(conn);
     // The shorter log is a consistent log: nothing in the file alone betrays the cut.
@@ -747,7 +750,7 @@ fn an_appended_entry_rewriting_a_run_outcome_is_named_even_against_the_old_head(
     let receipt = forge_workflow_receipt(&conn, run);
     let seq = append_entry(
         &conn,
-        run,
+        Some(run),
         "run.completed",
         &format!("run:{run}"),
         Some(("RUNNING", "COMPLETED")),
@@ -770,7 +773,7 @@ fn a_second_step_request_appended_for_an_attempt_is_named() {
     let context = store_blob(&conn, &json!({"input": {"risk": "low"}}));
     let seq = append_entry(
         &conn,
-        &built.denied_run,
+        Some(&built.denied_run),
         "step.requested",
         "step:decide#1",
         None,
@@ -890,10 +893,40 @@ fn a_step_skipped_by_editing_the_next_step_is_named_after_the_run_completes() {
     assert_named(&failure, "steps", &format!("{run}/act#1"), "step_id");
 }
 
+#[test]
+fn the_catalog_is_tied_to_its_entries() {
+    let built = build_database();
+    let copy = built.copy("catalog-append");
+    let conn = attacker_opens(&copy);
+    let hash: String = conn
+        .query_row(
+            "SELECT policy_hash FROM policies WHERE policy_id = 'gov'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("policy");
+    append_entry(&conn, None, "policy.put", "policy:gov@1", None, Some(&hash));
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(&failure, "policies", "gov@1", "audit");
+
+    let copy = built.copy("agent-edit");
+    let conn = attacker_opens(&copy);
+    conn.execute(
+        "UPDATE agents SET capabilities = '[\"observe\",\"deploy\"]' WHERE agent_id = ?1",
+        [AGENT],
+    )
+    .expect("edit the agent");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    assert_named(&expect_broken(&copy, &[]), "agents", AGENT, "row");
+}
+
 /// Appends one entry to the chain, as the writer would, and returns its `seq`.
 fn append_entry(
     conn: &Connection,
-    run_id: &str,
+    run_id: Option<&str>,
     action: &str,
     subject: &str,
     statuses: Option<(&str, &str)>,
