@@ -293,15 +293,60 @@ pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
     Ok(None)
 }
 
-/// The triggers the migrations a database has applied declare (its `user_version` of them), in
-/// the order they declare them: a database of an older schema is checked against that schema.
+/// The triggers the migrations a database has applied declare, in the order they declare them:
+/// a database of an older schema is checked against that schema. The migrations applied are its
+/// `user_version` of them, or more when its tables and columns show more were (a `user_version`
+/// lowered to hide dropped triggers does not lower what is checked).
 pub fn schema_triggers(db: &impl Db) -> Result<Vec<TriggerSql>, StoreError> {
-    let version: i64 = db
-        .conn()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = schema_version(db)?.max(version_of_objects(db)?);
     Ok(declared_triggers(
         version.clamp(0, MIGRATIONS.len() as i64) as usize
     ))
+}
+
+/// The number of the last migration whose tables or added columns the database holds (0 when
+/// none): what its objects show of its schema version, whatever its `user_version` says.
+fn version_of_objects(db: &impl Db) -> Result<i64, StoreError> {
+    for (i, migration) in MIGRATIONS.iter().enumerate().rev() {
+        for (table, column) in created_objects(migration) {
+            let present: Option<i64> = match column {
+                None => db
+                    .conn()
+                    .prepare_cached(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    )?
+                    .query_row([table], |r| r.get(0))
+                    .optional()?,
+                Some(column) => db
+                    .conn()
+                    .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+                    .query_row([table, column], |r| r.get(0))
+                    .optional()?,
+            };
+            if present.is_some() {
+                return Ok(i as i64 + 1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The tables a migration creates, `(table, None)`, and the columns it adds, `(table,
+/// Some(column))`.
+fn created_objects(migration: &str) -> Vec<(&str, Option<&str>)> {
+    let mut objects = Vec::new();
+    for line in migration.lines().map(str::trim) {
+        let mut words = line.split(|c: char| c.is_whitespace() || c == '(' || c == ';');
+        let words: Vec<&str> = words.by_ref().filter(|w| !w.is_empty()).take(6).collect();
+        match words.as_slice() {
+            ["CREATE", "TABLE", table, ..] => objects.push((*table, None)),
+            ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
+                objects.push((*table, Some(*column)))
+            }
+            _ => {}
+        }
+    }
+    objects
 }
 
 /// The triggers the first `n_migrations` migrations declare.
@@ -424,6 +469,19 @@ mod tests {
             assert!(trigger.sql.ends_with("END"), "{}", trigger.sql);
             assert_eq!(trigger.sql.matches("CREATE TRIGGER").count(), 1);
         }
+    }
+
+    #[test]
+    fn each_migration_names_the_tables_and_columns_it_creates() {
+        let first = created_objects(MIGRATIONS[0]);
+        assert!(first.contains(&("audit_log", None)), "{first:?}");
+        let second = created_objects(MIGRATIONS[1]);
+        assert!(second.contains(&("tokens", None)), "{second:?}");
+        assert!(second.contains(&("gate_approvals", None)), "{second:?}");
+        assert!(
+            second.contains(&("gates", Some("approvals_required"))),
+            "{second:?}"
+        );
     }
 
     #[test]

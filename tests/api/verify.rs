@@ -923,6 +923,23 @@ fn the_catalog_is_tied_to_its_entries() {
     assert_named(&expect_broken(&copy, &[]), "agents", AGENT, "row");
 }
 
+#[test]
+fn a_schema_version_lowered_to_hide_a_dropped_trigger_is_named() {
+    let built = build_database();
+    let copy = built.copy("downgraded");
+    let conn = Connection::open(&copy).expect("open the copy");
+    conn.execute_batch("DROP TRIGGER gate_approvals_no_delete; PRAGMA user_version = 1;")
+        .expect("drop a trigger of migration 2 and claim schema 1");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(
+        &failure,
+        "sqlite_master",
+        "gate_approvals_no_delete",
+        "trigger",
+    );
+}
+
 /// Appends one entry to the chain, as the writer would, and returns its `seq`.
 fn append_entry(
     conn: &Connection,
