@@ -5,6 +5,7 @@
 //! of a row and of what is known of the others (`Known`). A broken database is a `Report` with a
 //! failure, never an error: `Err` means the file could not be read at all.
 
+mod lifecycle;
 mod pipeline;
 
 use super::signing::{self, PublicKey};
@@ -228,6 +229,9 @@ pub fn verify(db: &impl Db, options: &Options) -> Result<Report, StoreError> {
     })
 }
 
+/// The audit actions that record a catalog change.
+const CATALOG_ACTIONS: [&str; 3] = ["policy.put", "definition.put", "agent.put"];
+
 /// At most this many threads check while one reads; reading on its own thread bounds the gain.
 const MAX_WORKERS: usize = 8;
 
@@ -414,6 +418,11 @@ struct Known {
     policy_hashes: HashMap<(String, i64), String>,
     /// `(workflow_id, version) → definition_hash`.
     definition_hashes: HashMap<(String, i64), String>,
+    /// `(workflow_id, version) →` its step ids in definition order.
+    definition_steps: HashMap<(String, i64), Vec<String>>,
+    /// The `policy.put`, `definition.put` and `agent.put` entries: `subject → [(seq,
+    /// payload_hash)]` in `seq` order, gathered while the chain is read.
+    catalog_entries: HashMap<String, Vec<(i64, String)>>,
 }
 
 /// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
@@ -499,6 +508,7 @@ impl<D: Db> Checker<'_, D> {
         self.evidence()?;
         self.audit_chain()?;
         self.catalog()?;
+        self.catalog_entries()?;
         self.runs()?;
         self.orphans()?;
         self.signatures()?;
@@ -534,9 +544,17 @@ impl<D: Db> Checker<'_, D> {
         let mut head_seen = false;
         let mut expected_seq = 1;
         let mut prev_hash = ZERO_HASH.to_string();
+        let mut catalog_entries: HashMap<String, Vec<(i64, String)>> = HashMap::new();
         let mut read = |sink: &mut dyn FnMut(Linked) -> Result<(), Stop>| {
             store::for_each_audit_entry(db, |entry| {
                 head_seen |= expect_head.is_some_and(|head| head.seq == entry.seq);
+                if CATALOG_ACTIONS.contains(&entry.action.as_str()) {
+                    let at = (entry.seq, entry.payload_hash.clone());
+                    catalog_entries
+                        .entry(format!("{}\n{}", entry.action, entry.subject))
+                        .or_default()
+                        .push(at);
+                }
                 let this_hash = entry.entry_hash.clone();
                 let linked = Linked {
                     entry,
@@ -552,6 +570,7 @@ impl<D: Db> Checker<'_, D> {
             check_entry(known, expect_head, buf, linked, counts)
         };
         pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)?;
+        self.known.catalog_entries = catalog_entries;
         match expect_head {
             Some(head) if !head_seen && head.seq > 0 => {
                 let at = At {
@@ -601,9 +620,95 @@ impl<D: Db> Checker<'_, D> {
             at.stored(&self.known, "definition_hash", &d.definition_hash)?;
             self.counts.definitions += 1;
             let key = (d.workflow_id, d.version);
+            let step_ids = d.steps.into_iter().map(|s| s.step_id).collect();
+            self.known.definition_steps.insert(key.clone(), step_ids);
             self.known.definition_hashes.insert(key, d.definition_hash);
             Ok::<(), Stop>(())
         })
+    }
+
+    /// The catalog is tied to the log as runs are: each policy and definition version has exactly
+    /// one `policy.put` / `definition.put` entry carrying its hash, each agent row is what its
+    /// latest `agent.put` entry carries, and no such entry names a version or agent that is not
+    /// there.
+    fn catalog_entries(&mut self) -> Result<(), Stop> {
+        let db = self.db;
+        let mut named: HashSet<String> = HashSet::new();
+        let versions = self
+            .known
+            .policy_hashes
+            .iter()
+            .map(|(key, hash)| ("policies", "policy.put", "policy", key, hash))
+            .chain(
+                self.known
+                    .definition_hashes
+                    .iter()
+                    .map(|(key, hash)| ("workflows", "definition.put", "workflow", key, hash)),
+            );
+        let mut versions: Vec<_> = versions.collect();
+        versions.sort();
+        for (table, action, prefix, (id, version), hash) in versions {
+            let at = At {
+                table,
+                row: Row::Version(id, *version),
+            };
+            let key = format!("{action}\n{prefix}:{id}@{version}");
+            let entries = self
+                .known
+                .catalog_entries
+                .get(&key)
+                .map_or(&[][..], Vec::as_slice);
+            match entries {
+                [(_, carried)] => at.same("audit", hash, carried, || {
+                    format!("its {action} entry carries another hash")
+                })?,
+                _ => {
+                    let why = format!(
+                        "{} {action} entries for {prefix}:{id}@{version}: each version has one",
+                        entries.len()
+                    );
+                    let found = entries.len().to_string();
+                    return Err(at.broken("audit", Some("1"), Some(&found), why).into());
+                }
+            }
+            named.insert(key);
+        }
+        for agent in store::list_agents(db)? {
+            let at = At {
+                table: "agents",
+                row: Row::Key(&agent.agent_id),
+            };
+            let key = format!("agent.put\nagent:{}", agent.agent_id);
+            let value = serde_json::to_value(&agent).unwrap_or(Value::Null);
+            let actual = at.hash(&mut self.buf, "row", &value)?;
+            let Some((_, carried)) = self.known.catalog_entries.get(&key).and_then(|e| e.last())
+            else {
+                let why = "no agent.put entry registered this agent";
+                return Err(at.broken("audit", Some(&actual), None, why).into());
+            };
+            at.same("row", carried, &actual, || {
+                "the agent row is not what its latest agent.put entry carries".into()
+            })?;
+            named.insert(key);
+        }
+        let mut stray: Vec<(i64, &str)> = self
+            .known
+            .catalog_entries
+            .iter()
+            .filter(|(key, _)| !named.contains(*key))
+            .filter_map(|(key, entries)| Some((entries.first()?.0, key.as_str())))
+            .collect();
+        stray.sort();
+        if let Some((seq, key)) = stray.first() {
+            let at = At {
+                table: "audit_log",
+                row: Row::Seq(*seq),
+            };
+            let subject = key.split_once('\n').map_or(*key, |(_, s)| s);
+            let why = format!("the entry names {subject}, which the catalog does not hold");
+            return Err(at.broken("subject", None, Some(subject), why).into());
+        }
+        Ok(())
     }
 
     /// Each run with everything of it, read here and checked by the workers.
@@ -614,7 +719,8 @@ impl<D: Db> Checker<'_, D> {
         };
         let known = &self.known;
         let check = |buf: &mut Vec<u8>, record: &RunRecord, counts: &mut Counts| {
-            check_run(known, buf, record, counts)
+            check_run(known, buf, record, counts)?;
+            lifecycle::check_run_lifecycle(known, record)
         };
         pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)
     }

@@ -15,14 +15,17 @@ use crate::model::*;
 use rusqlite::types::ValueRef;
 use rusqlite::{OptionalExtension, Params, Row};
 
-/// An audit entry reduced to what ties it to a run's receipts: what it did, to what, with what
-/// evidence.
+/// An audit entry reduced to what ties it to a run's receipts and lifecycle: what it did, to
+/// what, from and to which status, why, with what evidence.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditLink {
     pub seq: i64,
     pub action: String,
     pub subject: String,
     pub payload_hash: String,
+    pub from_status: Option<String>,
+    pub to_status: Option<String>,
+    pub reason: Option<String>,
 }
 
 /// A row that names a run, or a decision, that is not there.
@@ -192,7 +195,8 @@ pub fn audit_links_of_run(
 ) -> Result<(), StoreError> {
     out.clear();
     let mut stmt = db.conn().prepare_cached(
-        "SELECT seq, action, subject, payload_hash FROM audit_log WHERE run_id = ?1 ORDER BY seq",
+        "SELECT seq, action, subject, payload_hash, from_status, to_status, reason
+         FROM audit_log WHERE run_id = ?1 ORDER BY seq",
     )?;
     let mut rows = stmt.query([run_id])?;
     while let Some(row) = rows.next()? {
@@ -202,6 +206,9 @@ pub fn audit_links_of_run(
                 action: row.get(1)?,
                 subject: row.get(2)?,
                 payload_hash: row.get(3)?,
+                from_status: row.get(4)?,
+                to_status: row.get(5)?,
+                reason: row.get(6)?,
             })
         })()
         .map_err(|e| bad_row("audit_log", row, key_first, e))?;
@@ -286,15 +293,60 @@ pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
     Ok(None)
 }
 
-/// The triggers the migrations a database has applied declare (its `user_version` of them), in
-/// the order they declare them: a database of an older schema is checked against that schema.
+/// The triggers the migrations a database has applied declare, in the order they declare them:
+/// a database of an older schema is checked against that schema. The migrations applied are its
+/// `user_version` of them, or more when its tables and columns show more were (a `user_version`
+/// lowered to hide dropped triggers does not lower what is checked).
 pub fn schema_triggers(db: &impl Db) -> Result<Vec<TriggerSql>, StoreError> {
-    let version: i64 = db
-        .conn()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = schema_version(db)?.max(version_of_objects(db)?);
     Ok(declared_triggers(
         version.clamp(0, MIGRATIONS.len() as i64) as usize
     ))
+}
+
+/// The number of the last migration whose tables or added columns the database holds (0 when
+/// none): what its objects show of its schema version, whatever its `user_version` says.
+fn version_of_objects(db: &impl Db) -> Result<i64, StoreError> {
+    for (i, migration) in MIGRATIONS.iter().enumerate().rev() {
+        for (table, column) in created_objects(migration) {
+            let present: Option<i64> = match column {
+                None => db
+                    .conn()
+                    .prepare_cached(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                    )?
+                    .query_row([table], |r| r.get(0))
+                    .optional()?,
+                Some(column) => db
+                    .conn()
+                    .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
+                    .query_row([table, column], |r| r.get(0))
+                    .optional()?,
+            };
+            if present.is_some() {
+                return Ok(i as i64 + 1);
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The tables a migration creates, `(table, None)`, and the columns it adds, `(table,
+/// Some(column))`.
+fn created_objects(migration: &str) -> Vec<(&str, Option<&str>)> {
+    let mut objects = Vec::new();
+    for line in migration.lines().map(str::trim) {
+        let mut words = line.split(|c: char| c.is_whitespace() || c == '(' || c == ';');
+        let words: Vec<&str> = words.by_ref().filter(|w| !w.is_empty()).take(6).collect();
+        match words.as_slice() {
+            ["CREATE", "TABLE", table, ..] => objects.push((*table, None)),
+            ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
+                objects.push((*table, Some(*column)))
+            }
+            _ => {}
+        }
+    }
+    objects
 }
 
 /// The triggers the first `n_migrations` migrations declare.
@@ -422,6 +474,19 @@ mod tests {
             assert!(trigger.sql.ends_with("END"), "{}", trigger.sql);
             assert_eq!(trigger.sql.matches("CREATE TRIGGER").count(), 1);
         }
+    }
+
+    #[test]
+    fn each_migration_names_the_tables_and_columns_it_creates() {
+        let first = created_objects(MIGRATIONS[0]);
+        assert!(first.contains(&("audit_log", None)), "{first:?}");
+        let second = created_objects(MIGRATIONS[1]);
+        assert!(second.contains(&("tokens", None)), "{second:?}");
+        assert!(second.contains(&("gate_approvals", None)), "{second:?}");
+        assert!(
+            second.contains(&("gates", Some("approvals_required"))),
+            "{second:?}"
+        );
     }
 
     #[test]

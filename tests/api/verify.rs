@@ -36,9 +36,19 @@ struct Built {
 
 impl Built {
     /// A copy of the database to tamper with.
+    /// A copy of the database beside the original, with its signing key, so that a server can
+    /// be started on the copy as on the original.
     fn copy(&self, name: &str) -> PathBuf {
         let copy = self.dir.path().join(format!("{name}.db"));
         std::fs::copy(&self.db, &copy).expect("copy the database");
+        let key = |db: &std::path::Path| {
+            let mut path = db.as_os_str().to_owned();
+            path.push(".key");
+            PathBuf::from(path)
+        };
+        if key(&self.db).exists() {
+            std::fs::copy(key(&self.db), key(&copy)).expect("copy the signing key");
+        }
         copy
     }
 }
@@ -429,6 +439,9 @@ fn a_truncated_log_is_caught_only_against_the_head_written_down() {
     // Without the key, the signed checkpoints of the cut tail can only be deleted too.
     conn.execute("DELETE FROM checkpoints WHERE seq > ?1", [kept])
         .expect("delete checkpoints");
+    // The cut entries registered the approver: a careful attacker removes that row too.
+    conn.execute("DELETE FROM agents WHERE agent_id = ?1", [APPROVER])
+        .expect("remove what the cut entries wrote");
     restore_triggers(&conn, &built.db);
     drop(conn);
     // The shorter log is a consistent log: nothing in the file alone betrays the cut.
@@ -736,6 +749,317 @@ fn jcs(value: &Value) -> String {
         Value::Number(n) => n.as_i64().expect("only integers are forged").to_string(),
         other => other.to_string(),
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle: what no hash covers. Entries appended after a head written down keep that head, so
+// each object must have exactly the entries its state needs, and the run's mutable columns must
+// be the ones its attempts, gates and entries give.
+
+#[test]
+fn an_appended_entry_rewriting_a_run_outcome_is_named_even_against_the_old_head() {
+    let built = build_database();
+    let copy = built.copy("append-flip");
+    let conn = attacker_opens(&copy);
+    let run = &built.denied_run;
+    conn.execute(
+        "UPDATE runs SET status = 'COMPLETED', failure = NULL, next_step_id = NULL
+         WHERE run_id = ?1",
+        [run],
+    )
+    .expect("flip the run");
+    let receipt = forge_workflow_receipt(&conn, run);
+    let seq = append_entry(
+        &conn,
+        Some(run),
+        "run.completed",
+        &format!("run:{run}"),
+        Some(("RUNNING", "COMPLETED")),
+        Some(&receipt),
+    );
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+
+    for extra in [&[][..], &["--replay"], &["--expect-head", &built.head]] {
+        let failure = expect_broken(&copy, extra);
+        assert_named(&failure, "audit_log", &seq.to_string(), "action");
+    }
+}
+
+#[test]
+fn a_second_step_request_appended_for_an_attempt_is_named() {
+    let built = build_database();
+    let copy = built.copy("append-request");
+    let conn = attacker_opens(&copy);
+    let context = store_blob(&conn, &json!({"input": {"risk": "low"}}));
+    let seq = append_entry(
+        &conn,
+        Some(&built.denied_run),
+        "step.requested",
+        "step:decide#1",
+        None,
+        Some(&context),
+    );
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(&failure, "audit_log", &seq.to_string(), "action");
+}
+
+#[test]
+fn a_flagged_attempt_whose_gate_was_deleted_is_named() {
+    let built = build_database();
+    let copy = built.copy("flag-bypass");
+    let conn = attacker_opens(&copy);
+    // The gate goes, and with every hash that names it rewritten, only its entries remain.
+    let run = &built.flagged_run;
+    conn.execute("DELETE FROM gates WHERE run_id = ?1", [run])
+        .expect("delete the gate");
+    let old: String = conn
+        .query_row(
+            "SELECT receipt_hash FROM runs WHERE run_id = ?1",
+            [run],
+            |r| r.get(0),
+        )
+        .expect("run");
+    let new = forge_workflow_receipt(&conn, run);
+    conn.execute(
+        "UPDATE audit_log SET payload_hash = ?2, evidence_pack_ref = 'sha256:' || ?2
+         WHERE payload_hash = ?1",
+        params![old, new],
+    )
+    .expect("rewrite the run's end");
+    rechain(&conn);
+    let seq: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit_log WHERE run_id = ?1 AND action = 'gate.requested'",
+            [&built.flagged_run],
+            |r| r.get(0),
+        )
+        .expect("the gate was requested");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &seq.to_string(), "subject");
+}
+
+#[test]
+fn edited_run_columns_that_no_hash_covers_are_named() {
+    let built = build_database();
+    let edits: [(&str, &str, &str, &str); 4] = [
+        (
+            "next-step",
+            "UPDATE runs SET next_step_id = 'act' WHERE run_id = ?1",
+            &built.denied_run,
+            "next_step_id",
+        ),
+        (
+            "failure-code",
+            "UPDATE runs SET failure = json_set(failure, '$.code', 'step_failed')
+             WHERE run_id = ?1",
+            &built.denied_run,
+            "failure",
+        ),
+        (
+            "failure-reason",
+            "UPDATE runs SET failure = json_set(failure, '$.reason', 'fine') WHERE run_id = ?1",
+            &built.denied_run,
+            "failure",
+        ),
+        (
+            "attempt-base",
+            "UPDATE runs SET attempt_base = 7 WHERE run_id = ?1",
+            &built.retried_run,
+            "attempt_base",
+        ),
+    ];
+    for (name, sql, run, field) in edits {
+        let copy = built.copy(name);
+        let conn = attacker_opens(&copy);
+        conn.execute(sql, [run]).expect("edit the run");
+        restore_triggers(&conn, &built.db);
+        drop(conn);
+        let failure = expect_broken(&copy, &[]);
+        assert_named(&failure, "runs", run, field);
+    }
+}
+
+#[test]
+fn a_step_skipped_by_editing_the_next_step_is_named_after_the_run_completes() {
+    let built = build_database();
+    let copy = built.copy("skip");
+    let mut server = Server::start_on(&copy, &[]);
+    let mut client = server.client();
+    let run = create_run(&mut client);
+    request_step(&mut client, &run, "observe", "low");
+    complete_step(&mut client, &run, "observe");
+    assert_eq!(server.terminate(), Some(0));
+
+    let conn = attacker_opens(&copy);
+    conn.execute(
+        "UPDATE runs SET next_step_id = 'act' WHERE run_id = ?1",
+        [&run],
+    )
+    .expect("skip decide");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    assert_named(&expect_broken(&copy, &[]), "runs", &run, "next_step_id");
+
+    let mut server = Server::start_on(&copy, &[]);
+    let mut client = server.client();
+    request_step(&mut client, &run, "act", "low");
+    complete_step(&mut client, &run, "act");
+    assert_eq!(server.terminate(), Some(0));
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(&failure, "steps", &format!("{run}/act#1"), "step_id");
+}
+
+#[test]
+fn the_catalog_is_tied_to_its_entries() {
+    let built = build_database();
+    let copy = built.copy("catalog-append");
+    let conn = attacker_opens(&copy);
+    let hash: String = conn
+        .query_row(
+            "SELECT policy_hash FROM policies WHERE policy_id = 'gov'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("policy");
+    append_entry(&conn, None, "policy.put", "policy:gov@1", None, Some(&hash));
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &["--expect-head", &built.head]);
+    assert_named(&failure, "policies", "gov@1", "audit");
+
+    let copy = built.copy("agent-edit");
+    let conn = attacker_opens(&copy);
+    conn.execute(
+        "UPDATE agents SET capabilities = '[\"observe\",\"deploy\"]' WHERE agent_id = ?1",
+        [AGENT],
+    )
+    .expect("edit the agent");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    assert_named(&expect_broken(&copy, &[]), "agents", AGENT, "row");
+}
+
+#[test]
+fn a_schema_version_lowered_to_hide_a_dropped_trigger_is_named() {
+    let built = build_database();
+    let copy = built.copy("downgraded");
+    let conn = Connection::open(&copy).expect("open the copy");
+    conn.execute_batch("DROP TRIGGER gate_approvals_no_delete; PRAGMA user_version = 1;")
+        .expect("drop a trigger of migration 2 and claim schema 1");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(
+        &failure,
+        "sqlite_master",
+        "gate_approvals_no_delete",
+        "trigger",
+    );
+}
+
+/// Appends one entry to the chain, as the writer would, and returns its `seq`.
+fn append_entry(
+    conn: &Connection,
+    run_id: Option<&str>,
+    action: &str,
+    subject: &str,
+    statuses: Option<(&str, &str)>,
+    evidence: Option<&str>,
+) -> i64 {
+    let (seq, at, prev): (i64, String, String) = conn
+        .query_row(
+            "SELECT seq, at, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("the head");
+    let null_hash = sha256_hex(b"null");
+    let mut entry = json!({
+        "seq": seq + 1, "run_id": run_id, "at": at, "actor": AGENT, "action": action,
+        "subject": subject, "from_status": statuses.map(|s| s.0),
+        "to_status": statuses.map(|s| s.1), "decision": null, "reason": null,
+        "message": format!("{action} {subject}"),
+        "evidence_pack_ref": evidence.map(|h| format!("sha256:{h}")),
+        "payload_hash": evidence.map_or(null_hash, str::to_string), "prev_hash": prev,
+    });
+    let entry_hash = sha256_hex(jcs(&entry).as_bytes());
+    entry["entry_hash"] = json!(entry_hash);
+    let columns = [
+        "seq",
+        "run_id",
+        "at",
+        "actor",
+        "action",
+        "subject",
+        "from_status",
+        "to_status",
+        "decision",
+        "reason",
+        "message",
+        "evidence_pack_ref",
+        "payload_hash",
+        "prev_hash",
+        "entry_hash",
+    ];
+    let values: Vec<rusqlite::types::Value> = columns
+        .iter()
+        .map(|c| match &entry[*c] {
+            Value::Null => rusqlite::types::Value::Null,
+            Value::Number(n) => rusqlite::types::Value::Integer(n.as_i64().expect("seq")),
+            v => rusqlite::types::Value::Text(text(v).to_string()),
+        })
+        .collect();
+    conn.execute(
+        &format!(
+            "INSERT INTO audit_log ({}) VALUES ({})",
+            columns.join(", "),
+            vec!["?"; columns.len()].join(", ")
+        ),
+        rusqlite::params_from_iter(values),
+    )
+    .expect("append an entry");
+    seq + 1
+}
+
+/// Recomputes the run's workflow receipt from its rows as they are now, stores it on the run and
+/// as a blob, and returns it.
+fn forge_workflow_receipt(conn: &Connection, run_id: &str) -> String {
+    let receipts = |sql: &str| -> Vec<String> {
+        query_all(conn, sql, run_id)
+            .into_iter()
+            .filter_map(|(_, _, receipt)| receipt)
+            .collect()
+    };
+    let step_receipts = receipts(
+        "SELECT creation_order, 'null', receipt_hash FROM steps WHERE run_id = ?1
+         AND receipt_hash IS NOT NULL ORDER BY creation_order",
+    );
+    let gate_receipts = receipts(
+        "SELECT creation_order, 'null', receipt_hash FROM gates WHERE run_id = ?1
+         AND receipt_hash IS NOT NULL ORDER BY creation_order",
+    );
+    let mut workflow: Value = conn
+        .query_row(
+            "SELECT json_object('kind', 'workflow', 'run_id', run_id, 'workflow_id', workflow_id,
+               'workflow_version', workflow_version, 'status', status, 'ended_at', ended_at,
+               'genesis_hash', genesis_hash) FROM runs WHERE run_id = ?1",
+            [run_id],
+            |r| Ok(serde_json::from_str(&r.get::<_, String>(0)?).expect("json")),
+        )
+        .expect("run");
+    workflow["step_receipts"] = json!(step_receipts);
+    workflow["gate_receipts"] = json!(gate_receipts);
+    let receipt = store_blob(conn, &workflow);
+    conn.execute(
+        "UPDATE runs SET receipt_hash = ?2 WHERE run_id = ?1",
+        params![run_id, receipt],
+    )
+    .expect("store the workflow receipt");
+    receipt
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,0 +1,528 @@
+//! What no hash covers: a run's lifecycle as its audit entries tell it. Receipts tie each object
+//! to *an* entry; these checks bind each to exactly *one*, so that entries appended to the log
+//! (which keeps any head written down before them) cannot tell another story, and derive the
+//! run's mutable columns (`status`, `next_step_id`, `failure`, `attempt_base`, `ended_at`) from
+//! its attempts, gates and entries. A flagged attempt must have passed its gate. Pure functions
+//! of one run's record.
+
+use super::{At, Checked, Known, Row, RunRecord};
+use crate::model::*;
+use crate::store::AuditLink;
+use std::collections::HashMap;
+
+/// Every rule of this module for one run, in the order: entries per object, the run's
+/// status story, its mutable columns, then flagged attempts and their gates.
+pub(super) fn check_run_lifecycle(known: &Known, record: &RunRecord) -> Checked {
+    let entries = EntryIndex::of(record)?;
+    check_entry_counts(record, &entries)?;
+    check_run_story(record)?;
+    check_next_step(known, record)?;
+    check_failure(record)?;
+    check_attempt_base(record, &entries)?;
+    check_flagged_attempts(record, &entries)
+}
+
+/// How many entries of each kind name each object of the run, and where the first is.
+#[derive(Default)]
+struct EntryIndex<'r> {
+    /// `(subject, kind) → (count, seq of the first)`.
+    seen: HashMap<(&'r str, Kind), (u32, i64)>,
+}
+
+/// The entries an object may have, grouped as the rules count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    RunCreated,
+    StepRequested,
+    PolicyEvaluated,
+    StepStarted,
+    /// `step.completed|failed|denied|rejected`.
+    StepFinished,
+    GateRequested,
+    GateApproval,
+    /// `gate.resolved|expired|cancelled`.
+    GateClosed,
+}
+
+impl Kind {
+    fn of(action: &str) -> Option<Kind> {
+        Some(match action {
+            "run.created" => Kind::RunCreated,
+            "step.requested" => Kind::StepRequested,
+            "policy.evaluated" => Kind::PolicyEvaluated,
+            "step.started" => Kind::StepStarted,
+            "step.completed" | "step.failed" | "step.denied" | "step.rejected" => {
+                Kind::StepFinished
+            }
+            "gate.requested" => Kind::GateRequested,
+            "gate.approval" => Kind::GateApproval,
+            "gate.resolved" | "gate.expired" | "gate.cancelled" => Kind::GateClosed,
+            _ => return None,
+        })
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::RunCreated => "run.created",
+            Kind::StepRequested => "step.requested",
+            Kind::PolicyEvaluated => "policy.evaluated",
+            Kind::StepStarted => "step.started",
+            Kind::StepFinished => "step.completed|failed|denied|rejected",
+            Kind::GateRequested => "gate.requested",
+            Kind::GateApproval => "gate.approval",
+            Kind::GateClosed => "gate.resolved|expired|cancelled",
+        }
+    }
+
+    /// At most this many entries of the kind name one object (quorum approvals are counted
+    /// against the gate's approvals instead).
+    fn at_most(self) -> u32 {
+        match self {
+            Kind::GateApproval => u32::MAX,
+            _ => 1,
+        }
+    }
+}
+
+fn entry_at(seq: i64) -> At<'static> {
+    At {
+        table: "audit_log",
+        row: Row::Seq(seq),
+    }
+}
+
+impl<'r> EntryIndex<'r> {
+    /// Counts the run's entries by subject and kind. An entry of the run about another run, an
+    /// attempt or a gate the run does not have, or a second entry where one is allowed, is the
+    /// broken object, named by its `seq`.
+    fn of(record: &'r RunRecord) -> Checked<EntryIndex<'r>> {
+        let run_subject = format!("run:{}", record.run.run_id);
+        let mut index = EntryIndex::default();
+        for link in &record.links {
+            let subject = link.subject.as_str();
+            let at = entry_at(link.seq);
+            let named = if let Some(step) = subject.strip_prefix("step:") {
+                record
+                    .steps
+                    .iter()
+                    .any(|s| step == format!("{}#{}", s.step_id, s.attempt))
+            } else if let Some(gate_id) = subject.strip_prefix("gate:") {
+                record.gates.iter().any(|g| g.gate_id == gate_id)
+            } else {
+                subject == run_subject
+            };
+            if !named {
+                let why = format!(
+                    "a {} entry of run {} names {subject}, which the run does not have",
+                    link.action, record.run.run_id
+                );
+                return Err(at.broken("subject", None, Some(subject), why));
+            }
+            let Some(kind) = Kind::of(&link.action) else {
+                continue;
+            };
+            let slot = index.seen.entry((subject, kind)).or_insert((0, link.seq));
+            slot.0 += 1;
+            if slot.0 > kind.at_most() {
+                let why = format!(
+                    "a second {} entry for {subject} (the first is seq {}): each is written once",
+                    kind.describe(),
+                    slot.1
+                );
+                return Err(at.broken("action", None, Some(&link.action), why));
+            }
+        }
+        Ok(index)
+    }
+
+    fn count(&self, subject: &str, kind: Kind) -> u32 {
+        self.seen.get(&(subject, kind)).map_or(0, |(n, _)| *n)
+    }
+
+    fn first_seq(&self, subject: &str, kind: Kind) -> Option<i64> {
+        self.seen.get(&(subject, kind)).map(|(_, seq)| *seq)
+    }
+}
+
+/// The entry counts each object must have: one `run.created`; per attempt one `step.requested`
+/// and one `policy.evaluated`, a `step.started` exactly when it started, a finishing entry
+/// exactly when it finished; per gate one `gate.requested`, one closing entry exactly when it
+/// left PENDING, and one `gate.approval` per quorum approval.
+fn check_entry_counts(record: &RunRecord, entries: &EntryIndex<'_>) -> Checked {
+    let run = &record.run;
+    let want = |at: At<'_>, subject: &str, kind: Kind, wanted: u32| -> Checked {
+        let found = entries.count(subject, kind);
+        if found == wanted {
+            return Ok(());
+        }
+        let why = format!(
+            "{subject} has {found} {} entries where its state needs {wanted}",
+            kind.describe()
+        );
+        Err(at.broken(
+            "audit",
+            Some(&wanted.to_string()),
+            Some(&found.to_string()),
+            why,
+        ))
+    };
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    want(at, &format!("run:{}", run.run_id), Kind::RunCreated, 1)?;
+    for step in &record.steps {
+        let at = At {
+            table: "steps",
+            row: Row::Attempt(step),
+        };
+        let subject = format!("step:{}#{}", step.step_id, step.attempt);
+        let started = matches!(
+            step.status,
+            StepStatus::Started | StepStatus::Completed | StepStatus::Failed
+        );
+        want(at, &subject, Kind::StepRequested, 1)?;
+        want(at, &subject, Kind::PolicyEvaluated, 1)?;
+        want(at, &subject, Kind::StepStarted, u32::from(started))?;
+        want(
+            at,
+            &subject,
+            Kind::StepFinished,
+            u32::from(!step.status.is_open()),
+        )?;
+    }
+    for gate in &record.gates {
+        let at = At {
+            table: "gates",
+            row: Row::Key(&gate.gate_id),
+        };
+        let subject = format!("gate:{}", gate.gate_id);
+        let closed = gate.status != GateStatus::Pending;
+        want(at, &subject, Kind::GateRequested, 1)?;
+        want(at, &subject, Kind::GateClosed, u32::from(closed))?;
+        let approvals = u32::try_from(gate.approvals.len()).unwrap_or(u32::MAX);
+        want(at, &subject, Kind::GateApproval, approvals)?;
+    }
+    Ok(())
+}
+
+/// The run's own entries tell its status story: ends (`run.completed|failed|cancelled`) and
+/// retries (`FAILED → RUNNING`) alternate, starting with an end; the run has ended exactly when
+/// the story ends with an end; its `status` is the `to_status` of the last status-changing entry,
+/// and `ended_at` is set exactly when it has ended.
+fn check_run_story(record: &RunRecord) -> Checked {
+    let run = &record.run;
+    let run_subject = format!("run:{}", run.run_id);
+    let mut ended = false;
+    let mut last_status: Option<(&str, i64)> = None;
+    for link in record.links.iter().filter(|l| l.subject == run_subject) {
+        let to = link.to_status.as_deref();
+        let ends = matches!(
+            link.action.as_str(),
+            "run.completed" | "run.failed" | "run.cancelled"
+        );
+        let changes = ends || matches!(link.action.as_str(), "run.created" | "run.status_changed");
+        if !changes {
+            continue;
+        }
+        let retry = link.action == "run.status_changed"
+            && link.from_status.as_deref() == Some(RunStatus::Failed.as_str())
+            && to == Some(RunStatus::Running.as_str());
+        if (ends && ended) || (retry && !ended) {
+            let why = if ends {
+                format!(
+                    "a second end of run {} without a retry between: an end is written once",
+                    run.run_id
+                )
+            } else {
+                format!("a retry of run {} that had not ended", run.run_id)
+            };
+            return Err(entry_at(link.seq).broken("action", None, Some(&link.action), why));
+        }
+        if ends {
+            ended = true;
+        } else if retry {
+            ended = false;
+        }
+        last_status = Some((to.unwrap_or("null"), link.seq));
+    }
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    if ended != run.status.has_ended() {
+        let why = if ended {
+            "the run's entries end it, but its status says it has not ended"
+        } else {
+            "the run's status says it has ended, but no entry ends it"
+        };
+        return Err(at.broken("status", None, Some(run.status.as_str()), why));
+    }
+    if let Some((status, seq)) = last_status {
+        at.same("status", status, run.status.as_str(), || {
+            format!("the run's last status change (seq {seq}) leaves it {status}")
+        })?;
+    }
+    if run.ended_at.is_some() != run.status.has_ended() {
+        let found = run.ended_at.map(|t| t.to_string());
+        let why = "ended_at is set exactly when the run has ended";
+        return Err(at.broken("ended_at", None, found.as_deref(), why));
+    }
+    Ok(())
+}
+
+/// Steps run in definition order: each attempt is of the step after the last completed one (the
+/// first step before any completed), and `next_step_id` is where that leaves the run: null once
+/// the last step completed.
+fn check_next_step(known: &Known, record: &RunRecord) -> Checked {
+    let run = &record.run;
+    let key = (run.workflow_id.clone(), run.workflow_version);
+    // A missing definition is named by `check_run` already.
+    let Some(step_ids) = known.definition_steps.get(&key) else {
+        return Ok(());
+    };
+    let after = |step_id: &str| {
+        step_ids
+            .iter()
+            .position(|id| id == step_id)
+            .and_then(|i| step_ids.get(i + 1))
+    };
+    let mut expected = step_ids.first();
+    let mut last_completed: Option<&StepAttempt> = None;
+    for step in &record.steps {
+        if expected != Some(&step.step_id) {
+            let at = At {
+                table: "steps",
+                row: Row::Attempt(step),
+            };
+            let why = "the attempt is not of the run's next step: steps run in definition order";
+            return Err(at.broken(
+                "step_id",
+                Some(expected.map_or("null", String::as_str)),
+                Some(&step.step_id),
+                why,
+            ));
+        }
+        if step.status == StepStatus::Completed {
+            expected = after(&step.step_id);
+            last_completed = Some(step);
+        }
+    }
+    if expected == run.next_step_id.as_ref() {
+        return Ok(());
+    }
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    let why = match last_completed {
+        None => "no attempt completed, so the next step is the definition's first".to_string(),
+        Some(done) => format!(
+            "the last completed attempt is {}#{}, so the next step is the one after it",
+            done.step_id, done.attempt
+        ),
+    };
+    Err(at.broken(
+        "next_step_id",
+        Some(expected.map_or("null", String::as_str)),
+        Some(run.next_step_id.as_deref().unwrap_or("null")),
+        why,
+    ))
+}
+
+/// `failure` is set exactly when the run is FAILED; a denied attempt, a rejected or an expired
+/// gate fail the run for good with that code; `step_failed` needs a failed last attempt; the
+/// reason is the one its last `run.failed` entry gave.
+fn check_failure(record: &RunRecord) -> Checked {
+    let run = &record.run;
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    let forced = if record
+        .gates
+        .iter()
+        .any(|g| g.status == GateStatus::Rejected)
+    {
+        Some(FailureCode::GateRejected)
+    } else if record.gates.iter().any(|g| g.status == GateStatus::Expired) {
+        Some(FailureCode::GateExpired)
+    } else if record.steps.iter().any(|s| s.status == StepStatus::Denied) {
+        Some(FailureCode::PolicyDenied)
+    } else {
+        None
+    };
+    let failure = match (&run.failure, run.status == RunStatus::Failed) {
+        (None, false) => match forced {
+            None => return Ok(()),
+            Some(code) => {
+                let why = format!(
+                    "the run's {} is final: the run must be FAILED with it",
+                    code.as_str()
+                );
+                return Err(at.broken(
+                    "status",
+                    Some(RunStatus::Failed.as_str()),
+                    Some(run.status.as_str()),
+                    why,
+                ));
+            }
+        },
+        (Some(f), false) => {
+            let why = "a run that is not FAILED has a failure";
+            return Err(at.broken("failure", None, Some(f.code.as_str()), why));
+        }
+        (None, true) => {
+            return Err(at.broken("failure", None, None, "a FAILED run has no failure"));
+        }
+        (Some(f), true) => f,
+    };
+    let last = record.steps.last();
+    let last_failed = last.is_some_and(|s| {
+        s.status == StepStatus::Failed
+            && s.error.as_ref().and_then(|e| e.get("code")?.as_str()) != Some("run_ended")
+    });
+    let fits = match (forced, failure.code) {
+        (Some(code), found) => code == found,
+        (None, FailureCode::StepFailed) => last_failed,
+        (None, FailureCode::Declared) => true,
+        (None, _) => false,
+    };
+    if !fits {
+        let expected = forced.map_or("step_failed|declared", FailureCode::as_str);
+        let why = match forced {
+            Some(_) => "the run's attempts and gates give another failure code".to_string(),
+            None if failure.code == FailureCode::StepFailed => {
+                "step_failed needs a last attempt that FAILED on its own".to_string()
+            }
+            None => "no denied attempt, rejected or expired gate gives this code".to_string(),
+        };
+        return Err(at.broken("failure", Some(expected), Some(failure.code.as_str()), why));
+    }
+    let ending = record
+        .links
+        .iter()
+        .rev()
+        .find(|l| l.action == "run.failed" && l.subject == format!("run:{}", run.run_id));
+    let logged = ending.and_then(|l| l.reason.as_deref()).unwrap_or("null");
+    at.same("failure", logged, &failure.reason, || {
+        let seq = ending.map_or(0, |l| l.seq);
+        format!("the failure reason is not the one its run.failed entry (seq {seq}) gives")
+    })
+}
+
+/// `attempt_base` is what the last retry granted: the attempts the next step had used before it,
+/// and 0 when no retry came after the last completed step (or none at all).
+fn check_attempt_base(record: &RunRecord, entries: &EntryIndex<'_>) -> Checked {
+    let run = &record.run;
+    let retry = record.links.iter().rev().find(|l| is_retry(l));
+    let completed_after = |seq: i64| {
+        record
+            .links
+            .iter()
+            .any(|l| l.seq > seq && l.action == "step.completed")
+    };
+    let expected = match (retry, &run.next_step_id) {
+        (Some(retry), Some(next)) if !completed_after(retry.seq) => record
+            .steps
+            .iter()
+            .filter(|s| s.step_id == *next)
+            .filter(|s| {
+                let subject = format!("step:{}#{}", s.step_id, s.attempt);
+                entries
+                    .first_seq(&subject, Kind::StepRequested)
+                    .is_some_and(|seq| seq < retry.seq)
+            })
+            .map(|s| s.attempt)
+            .max()
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    at.same(
+        "attempt_base",
+        &expected.to_string(),
+        &run.attempt_base.to_string(),
+        || "attempt_base is the attempts the next step had used at the last retry".into(),
+    )
+}
+
+fn is_retry(link: &AuditLink) -> bool {
+    link.action == "run.status_changed"
+        && link.from_status.as_deref() == Some(RunStatus::Failed.as_str())
+        && link.to_status.as_deref() == Some(RunStatus::Running.as_str())
+}
+
+/// Each attempt carries its decision's actor and time; a flagged attempt has the gate opened on
+/// its decision, and one that started passed it: APPROVED, resolved before the start.
+fn check_flagged_attempts(record: &RunRecord, entries: &EntryIndex<'_>) -> Checked {
+    for step in &record.steps {
+        let at = At {
+            table: "steps",
+            row: Row::Attempt(step),
+        };
+        // `check_run` has tied each attempt to its decision already.
+        let Some(decision) = record
+            .decisions
+            .iter()
+            .find(|d| d.decision_id == step.decision_id)
+        else {
+            continue;
+        };
+        at.same("actor", &decision.actor, &step.actor, || {
+            "the attempt's actor is not the one its decision was made for".into()
+        })?;
+        at.same(
+            "started_at",
+            &decision.decided_at.to_string(),
+            &step.started_at.to_string(),
+            || "an attempt starts when its decision is made".into(),
+        )?;
+        if decision.effect != Effect::Flag {
+            continue;
+        }
+        let gate = record.gates.iter().find(|g| {
+            g.decision_id.as_deref() == Some(decision.decision_id.as_str())
+                && (&g.step_id, g.attempt) == (&step.step_id, step.attempt)
+        });
+        let Some(gate) = gate else {
+            let why = "the decision flagged the attempt, but no gate was opened on it";
+            return Err(at.broken("gate", None, Some(&decision.decision_id), why));
+        };
+        let started = matches!(
+            step.status,
+            StepStatus::Started | StepStatus::Completed | StepStatus::Failed
+        );
+        if !started {
+            continue;
+        }
+        if gate.status != GateStatus::Approved {
+            let why = format!(
+                "a flagged attempt started though its gate {} is {}",
+                gate.gate_id, gate.status
+            );
+            return Err(at.broken(
+                "gate",
+                Some(GateStatus::Approved.as_str()),
+                Some(gate.status.as_str()),
+                why,
+            ));
+        }
+        let gate_subject = format!("gate:{}", gate.gate_id);
+        let step_subject = format!("step:{}#{}", step.step_id, step.attempt);
+        let resolved = entries.first_seq(&gate_subject, Kind::GateClosed);
+        let start = entries.first_seq(&step_subject, Kind::StepStarted);
+        if let (Some(resolved), Some(start)) = (resolved, start) {
+            if resolved > start {
+                let why = format!(
+                    "the attempt started (seq {start}) before its gate was approved (seq {resolved})"
+                );
+                return Err(at.broken("gate", None, None, why));
+            }
+        }
+    }
+    Ok(())
+}
