@@ -156,6 +156,9 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
     let mut scenarios = vec![driver.test_a(), driver.test_b(), driver.test_c()];
     scenarios[0].checks.splice(0..0, setup_checks);
     server.stop()?;
+    // The admin token is a credential for this database: it is not evidence, and the proof
+    // folder is committed, so it goes with the server.
+    let _ = std::fs::remove_file(&admin_file);
     let public_key = crate::keyfile::load(&key_file)
         .map(|signer| signer.public_key().clone())
         .map_err(|e| ProofError::Key(e.to_string()));
