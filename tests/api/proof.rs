@@ -41,6 +41,24 @@ fn the_proof_passes_writes_its_report_and_every_exported_folder_verifies() {
     );
 
     let proof_dir = out.path().join("PT-004_workflow_orchestration");
+    // The output folder is meant to be committed: no secret may be left in it.
+    let mut secrets = Vec::new();
+    let mut pending = vec![out.path().to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.to_string_lossy().into_owned();
+            if path.is_dir() {
+                pending.push(path);
+            } else if name.ends_with(".key") || name.ends_with(".admin-token") {
+                secrets.push(name);
+            }
+        }
+    }
+    assert!(
+        secrets.is_empty(),
+        "expected no key or token file under --out: {secrets:?}"
+    );
     let db = proof_dir.join("pt004.db");
     let (code, stdout, _) = run_cli(&["verify", "--db", db.to_str().unwrap()]);
     assert_eq!(code, 0, "expected the proof database to verify: {stdout}");
