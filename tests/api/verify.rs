@@ -846,7 +846,19 @@ fn a_flagged_attempt_whose_gate_was_deleted_is_named() {
 #[test]
 fn edited_run_columns_that_no_hash_covers_are_named() {
     let built = build_database();
-    let edits: [(&str, &str, &str, &str); 4] = [
+    let edits: [(&str, &str, &str, &str); 6] = [
+        (
+            "step-index",
+            "UPDATE steps SET step_index = 2 WHERE run_id = ?1 AND step_id = 'decide'",
+            &built.denied_run,
+            "step_index",
+        ),
+        (
+            "denied-error",
+            "UPDATE steps SET error = '{\"code\":\"x\"}' WHERE run_id = ?1 AND step_id = 'decide'",
+            &built.denied_run,
+            "error",
+        ),
         (
             "next-step",
             "UPDATE runs SET next_step_id = 'act' WHERE run_id = ?1",
@@ -880,7 +892,11 @@ fn edited_run_columns_that_no_hash_covers_are_named() {
         restore_triggers(&conn, &built.db);
         drop(conn);
         let failure = expect_broken(&copy, &[]);
-        assert_named(&failure, "runs", run, field);
+        let (table, id) = match field {
+            "step_index" | "error" => ("steps", format!("{run}/decide#1")),
+            _ => ("runs", run.to_string()),
+        };
+        assert_named(&failure, table, &id, field);
     }
 }
 

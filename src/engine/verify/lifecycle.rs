@@ -17,6 +17,7 @@ pub(super) fn check_run_lifecycle(known: &Known, record: &RunRecord) -> Checked 
     check_entry_counts(record, &entries)?;
     check_run_story(record)?;
     check_next_step(known, record)?;
+    check_attempt_columns(known, record)?;
     check_failure(record)?;
     check_attempt_base(record, &entries)?;
     check_flagged_attempts(record, &entries)
@@ -328,6 +329,34 @@ fn check_next_step(known: &Known, record: &RunRecord) -> Checked {
         Some(run.next_step_id.as_deref().unwrap_or("null")),
         why,
     ))
+}
+
+/// An attempt's `step_index` is its step's place in the definition, and only a FAILED attempt
+/// has an `error` (its output hash covers it; no hash covers another's).
+fn check_attempt_columns(known: &Known, record: &RunRecord) -> Checked {
+    let run = &record.run;
+    let key = (run.workflow_id.clone(), run.workflow_version);
+    let step_ids = known.definition_steps.get(&key);
+    for step in &record.steps {
+        let at = At {
+            table: "steps",
+            row: Row::Attempt(step),
+        };
+        let index = step_ids.and_then(|ids| ids.iter().position(|id| *id == step.step_id));
+        if let Some(index) = index {
+            at.same(
+                "step_index",
+                &index.to_string(),
+                &step.step_index.to_string(),
+                || "step_index is the step's place in the definition".into(),
+            )?;
+        }
+        if let (Some(error), false) = (&step.error, step.status == StepStatus::Failed) {
+            let why = format!("a {} attempt has an error", step.status);
+            return Err(at.broken("error", None, Some(&error.to_string()), why));
+        }
+    }
+    Ok(())
 }
 
 /// `failure` is set exactly when the run is FAILED; a denied attempt, a rejected or an expired
