@@ -290,20 +290,16 @@ fn a_file_added_to_an_export_is_caught_and_a_missing_folder_cannot_be_checked() 
 
 #[test]
 fn a_schema_version_one_database_exports_and_its_folder_verifies() {
-    // The committed PT-004 proof database was written with schema version 1.
-    let committed = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("REPORT/PROOFS/PT-004_workflow_orchestration/pt004.db");
+    // A PT-004 proof database written by fedcore at schema version 1, kept as a fixture.
+    let committed = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-v1-pt004.db");
     let dir = TempDir::new();
     let copy = dir.path().join("v1.db");
-    std::fs::copy(&committed, &copy).expect("copy the committed proof database");
+    std::fs::copy(&committed, &copy).expect("copy the schema-version-1 fixture");
     let conn = rusqlite::Connection::open(&copy).unwrap();
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(
-        version, 1,
-        "expected the committed proof database at schema version 1"
-    );
+    assert_eq!(version, 1, "expected the fixture at schema version 1");
     let run_ids: Vec<String> = conn
         .prepare("SELECT run_id FROM runs")
         .unwrap()
