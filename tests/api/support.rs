@@ -412,16 +412,7 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        match self.try_send(method, path, headers, body) {
-            Ok(r) => r,
-            Err(_) => {
-                let (tokens, roles) = (self.tokens.clone(), std::mem::take(&mut self.roles));
-                *self = Client::connect(self.addr);
-                (self.tokens, self.roles) = (tokens, roles);
-                self.try_send(method, path, headers, body)
-                    .expect("request after reconnect")
-            }
-        }
+        self.with_one_reconnect(|c| c.try_send(method, path, headers, body))
     }
 
     /// `send` without the reconnect, authenticating as `send` does unless `headers` already
@@ -454,14 +445,22 @@ impl Client {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Response {
-        match self.try_send_unauthenticated(method, path, headers, body) {
+        self.with_one_reconnect(|c| c.try_send_unauthenticated(method, path, headers, body))
+    }
+
+    /// Runs `attempt`; if the server had closed the idle connection, reconnects (keeping the
+    /// tokens and roles this client knows) and runs it once more.
+    fn with_one_reconnect(
+        &mut self,
+        attempt: impl Fn(&mut Client) -> std::io::Result<Response>,
+    ) -> Response {
+        match attempt(self) {
             Ok(r) => r,
             Err(_) => {
                 let (tokens, roles) = (self.tokens.clone(), std::mem::take(&mut self.roles));
                 *self = Client::connect(self.addr);
                 (self.tokens, self.roles) = (tokens, roles);
-                self.try_send_unauthenticated(method, path, headers, body)
-                    .expect("request after reconnect")
+                attempt(self).expect("request after reconnect")
             }
         }
     }
