@@ -106,6 +106,10 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         })?;
         jcs::check_i_json(&value)
             .map_err(|e| ApiError::bad_request("number_out_of_range", &e.path, e.to_string()))?;
+        // I-JSON (RFC 7493 §2.3): member names are unique. A parser that kept the first of two
+        // would read another request than the one hashed and stored, so both are refused.
+        serde_json::from_slice::<UniqueKeys>(&bytes)
+            .map_err(|e| ApiError::bad_request("duplicate_key", "", format!("{e}")))?;
         if depth(&value) > MAX_BODY_DEPTH {
             return Err(ApiError::bad_request(
                 "too_deep",
@@ -183,6 +187,65 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             fields,
             idempotency,
         })
+    }
+}
+
+/// Deserializes a JSON document only to refuse an object that names a member twice.
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(UniqueKeysVisitor)
+    }
+}
+
+struct UniqueKeysVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
+    type Value = UniqueKeys;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
+        Ok(UniqueKeys)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<UniqueKeys, A::Error> {
+        while items.next_element::<UniqueKeys>()?.is_some() {}
+        Ok(UniqueKeys)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut members: A,
+    ) -> Result<UniqueKeys, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(name) = members.next_key::<String>()? {
+            if !seen.insert(name.clone()) {
+                return Err(serde::de::Error::custom(format!(
+                    "the member {name:?} appears twice"
+                )));
+            }
+            members.next_value::<UniqueKeys>()?;
+        }
+        Ok(UniqueKeys)
     }
 }
 
@@ -385,6 +448,20 @@ fn percent_decode(text: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_named_twice_is_found_at_any_depth() {
+        let unique = |text: &str| serde_json::from_str::<UniqueKeys>(text).is_ok();
+        assert!(unique(
+            r#"{"a": 1, "b": [1.5, 12345678901234567890, {"a": 2}], "c": null}"#
+        ));
+        assert!(!unique(r#"{"a": 1, "a": 2}"#));
+        assert!(!unique(r#"{"x": [{"k": true, "k": false}]}"#));
+        assert!(
+            !unique(r#"{"a": 1, "\u0061": 2}"#),
+            "escapes name the same member"
+        );
+    }
 
     #[test]
     fn depth_counts_every_level_of_nesting() {

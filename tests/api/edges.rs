@@ -149,3 +149,31 @@ fn a_resume_refused_by_a_pending_gate_names_what_the_run_may_still_do() {
         "{refused}"
     );
 }
+
+#[test]
+fn a_body_that_names_a_member_twice_is_refused_and_writes_nothing() {
+    let (_server, mut c) = pt004_server();
+    // The test client makes agent-7's token on first use (an audit entry): do that first.
+    let warm_up = c.post(
+        "/workflows/runs",
+        &json!({"workflow_id": "none", "actor": AGENT}),
+    );
+    assert_eq!(warm_up.status, 404);
+    let before = c.get("/audit?limit=1").json()["head"].clone();
+    let body = format!(
+        r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"risk": "low", "risk": "critical"}}, "actor": "{AGENT}"}}"#
+    );
+    let refused = c.send(
+        "POST",
+        "/workflows/runs",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(refused.status, 400, "I-JSON forbids a member named twice");
+    assert_eq!(refused.error_code(), "duplicate_key");
+    assert_eq!(
+        c.get("/audit?limit=1").json()["head"],
+        before,
+        "expected nothing written"
+    );
+}
