@@ -65,6 +65,8 @@ pub enum StoreError {
     },
     #[error("the operation panicked and was rolled back")]
     Panicked,
+    #[error("the write transaction failed: {0}")]
+    Transaction(String),
 }
 
 /// A connection the store functions can read through: a write transaction or a read connection.

@@ -1,7 +1,10 @@
-//! The writer thread: it owns the one write connection and runs each submitted job inside its own
-//! `BEGIN IMMEDIATE … COMMIT`, reading the clock once per transaction. A job hands its answer back
-//! only after the commit, so a response never acknowledges an uncommitted write. The queue is
-//! bounded; a full queue is refused at once (`Busy`) instead of blocking the caller.
+//! The writer thread: it owns the one write connection. It takes every job waiting in the queue
+//! (up to `MAX_BATCH`) into one `BEGIN IMMEDIATE … COMMIT` (group commit: one fsync for many
+//! requests), runs each job inside its own savepoint so that a job that is refused, fails or
+//! panics rolls back alone, reads the clock once per job, and hands each job its answer only after
+//! the commit, so a response never acknowledges an uncommitted write. A lone request commits at
+//! once; batches form only when requests arrive while a commit is under way. The queue is bounded;
+//! a full queue is refused at once (`Busy`) instead of blocking the caller.
 
 use super::{StoreError, Tx};
 use crate::model::Timestamp;
@@ -13,6 +16,9 @@ use std::thread::JoinHandle;
 
 /// Whether the transaction a job ran in should be committed.
 pub type Commit = bool;
+
+/// The most jobs one transaction holds.
+const MAX_BATCH: usize = 64;
 
 /// One unit of work for the writer thread.
 pub trait Job: Send {
@@ -63,14 +69,23 @@ impl Writer {
             .name("fedcore-writer".into())
             .spawn(move || {
                 let mut last = Timestamp::from_micros(i64::MIN);
-                for job in receiver {
-                    // The audit log's `at` never goes backwards, even if the wall clock does.
-                    let now = clock().max(last);
-                    last = now;
-                    run_one(&conn, job, now);
+                // The audit log's `at` never goes backwards, even if the wall clock does.
+                let mut tick = move || {
+                    last = clock().max(last);
+                    last
+                };
+                while let Ok(first) = receiver.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match receiver.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    run_batch(&conn, batch, &mut tick);
                 }
                 if let Some(job) = last_job {
-                    run_one(&conn, job, clock().max(last));
+                    run_batch(&conn, vec![job], &mut tick);
                 }
                 // Fold the WAL back into the main file so a copied .db is complete on its own.
                 let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -105,31 +120,75 @@ pub fn write_once<T>(
     Ok(out)
 }
 
-fn run_one(conn: &Connection, mut job: Box<dyn Job>, now: Timestamp) {
+/// Runs `jobs` in one transaction, each in its own savepoint, commits once, then answers each.
+fn run_batch(conn: &Connection, jobs: Vec<Box<dyn Job>>, tick: &mut impl FnMut() -> Timestamp) {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        job.finish(Some(e.into()));
+        for job in jobs {
+            job.finish(Some(StoreError::Transaction(format!(
+                "could not begin: {e}"
+            ))));
+        }
         return;
     }
     let tx = Tx { conn };
-    let ran = catch_unwind(AssertUnwindSafe(|| job.run(&tx, now)));
-    let failure = match ran {
-        Ok(true) => conn.execute_batch("COMMIT").err().map(StoreError::from),
-        Ok(false) => conn.execute_batch("ROLLBACK").err().map(StoreError::from),
+    let mut ran: Vec<(Box<dyn Job>, Option<StoreError>)> = Vec::with_capacity(jobs.len());
+    for mut job in jobs {
+        let now = tick();
+        let failure = run_in_savepoint(conn, &tx, job.as_mut(), now);
+        ran.push((job, failure));
+    }
+    if let Err(e) = conn.execute_batch("COMMIT") {
+        if !conn.is_autocommit() {
+            // A failed COMMIT can leave the transaction open; never let it leak into the next batch.
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for (job, _) in ran {
+            job.finish(Some(StoreError::Transaction(format!(
+                "could not commit: {e}"
+            ))));
+        }
+        return;
+    }
+    for (job, failure) in ran {
+        job.finish(failure);
+    }
+}
+
+/// Runs one job inside `SAVEPOINT job`: kept when it asks to commit, undone when it does not,
+/// undone (and reported) when it panics or its savepoint cannot be closed.
+fn run_in_savepoint(
+    conn: &Connection,
+    tx: &Tx<'_>,
+    job: &mut dyn Job,
+    now: Timestamp,
+) -> Option<StoreError> {
+    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        return Some(e.into());
+    }
+    let undo = || {
+        conn.execute_batch("ROLLBACK TO job; RELEASE job")
+            .err()
+            .map(StoreError::from)
+    };
+    match catch_unwind(AssertUnwindSafe(|| job.run(tx, now))) {
+        Ok(true) => match conn.execute_batch("RELEASE job") {
+            Ok(()) => None,
+            Err(e) => {
+                let _ = undo();
+                Some(e.into())
+            }
+        },
+        Ok(false) => undo(),
         Err(_) => {
             // Never eprintln! here: a failed write to stderr would panic the writer itself.
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "writer: an operation panicked; its transaction was rolled back"
+                "writer: an operation panicked; its changes were rolled back"
             );
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = undo();
             Some(StoreError::Panicked)
         }
-    };
-    if failure.is_some() && !conn.is_autocommit() {
-        // A failed COMMIT can leave the transaction open; never let it leak into the next job.
-        let _ = conn.execute_batch("ROLLBACK");
     }
-    job.finish(failure);
 }
 
 #[cfg(test)]
@@ -158,7 +217,8 @@ mod tests {
             if self.panic {
                 panic!("a job failed halfway");
             }
-            true
+            // A negative value stands for a refused request: its insert must not survive.
+            self.value >= 0
         }
         fn finish(self: Box<Self>, failure: Option<StoreError>) {
             let _ = self.done.send((self.value, failure.map(|e| e.to_string())));
@@ -252,6 +312,48 @@ mod tests {
             values,
             vec![2],
             "expected the panicking job's insert rolled back"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn in_one_batch_a_refused_job_leaves_no_row_while_its_neighbours_commit() {
+        let path = temp_db("batch");
+        let (writer, thread) = writer_over(&path, 8);
+        let (done, results) = channel();
+        let (release, wait) = channel();
+        let (started_tx, started) = channel();
+        let job = |value, wait| {
+            Box::new(TestJob {
+                value,
+                wait,
+                panic: false,
+                done: done.clone(),
+            })
+        };
+        writer.submit(job(1, Some((started_tx, wait)))).unwrap();
+        started.recv_timeout(Duration::from_secs(30)).unwrap();
+        // These wait in the queue while job 1 holds the writer, so they run as one transaction.
+        for value in [2, -3, 4] {
+            writer.submit(job(value, None)).unwrap();
+        }
+        release.send(()).unwrap();
+        drop(writer);
+        thread.join().unwrap();
+        let finished: Vec<_> = results.try_iter().collect();
+        assert_eq!(finished, vec![(1, None), (2, None), (-3, None), (4, None)]);
+        let conn = Connection::open(&path).unwrap();
+        let values: Vec<i64> = conn
+            .prepare("SELECT v FROM t ORDER BY rowid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            values,
+            vec![1, 2, 4],
+            "expected the refused job's insert rolled back alone"
         );
         let _ = std::fs::remove_file(&path);
     }

@@ -587,4 +587,15 @@ fn sixty_four_runs_created_from_eight_threads_are_all_kept_and_listed() {
         distinct,
         "expected one run.created audit entry per created run"
     );
+
+    // Requests that arrived together were committed together (group commit); the chain and
+    // every receipt must still verify exactly.
+    let mut server = server;
+    assert_eq!(server.terminate(), Some(0), "expected a clean shutdown");
+    let (code, stdout, stderr) =
+        crate::support::run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(
+        code, 0,
+        "expected the database to verify after the burst: {stdout} {stderr}"
+    );
 }
