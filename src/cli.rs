@@ -3,6 +3,7 @@
 
 use crate::engine::verify::Head;
 use crate::model::Role;
+use crate::store::Durability;
 use lexopt::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -54,6 +55,10 @@ Usage: fedcore serve [--db PATH] [--listen ADDR] [--key PATH] [timeouts]
   --request-timeout-ms N    answer 503 to a request not handled within N ms (default 30000)
   --shutdown-grace-ms N     on SIGINT/SIGTERM, let in-flight requests finish within N ms
                             (default 10000)
+  --durability full|normal  full (default): every commit is synced, so an acknowledged write
+                            survives a power cut as far as the disk honours fsync; normal: synced
+                            at WAL checkpoints only, faster, survives a killed process but may lose
+                            the last commits to a power cut
 
 Every request but GET /health needs `Authorization: Bearer <token>` (see `fedcore token`). On a
 database that has never had a token, serve creates the admin token `admin`, writes it to
@@ -223,6 +228,7 @@ pub struct ServeArgs {
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
     pub key: Option<PathBuf>,
+    pub durability: Durability,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +285,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         request_timeout: Duration::from_secs(30),
         shutdown_grace: Duration::from_secs(10),
         key: None,
+        durability: Durability::Full,
     };
     while let Some(arg) = parser.next()? {
         match arg {
@@ -286,6 +293,14 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("db") => args.db = parser.value()?.into(),
             Long("listen") => args.listen = parser.value()?.parse()?,
             Long("key") => args.key = Some(parser.value()?.into()),
+            Long("durability") => {
+                let text = parser.value()?.string()?;
+                args.durability = Durability::parse(&text).ok_or_else(|| {
+                    lexopt::Error::Custom(
+                        format!("--durability is full or normal, not {text:?}").into(),
+                    )
+                })?;
+            }
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
             Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
             Long("shutdown-grace-ms") => args.shutdown_grace = millis(parser)?,
@@ -457,6 +472,19 @@ mod tests {
         };
         assert_eq!(args.db, PathBuf::from("fedcore.db"));
         assert_eq!(args.listen, "127.0.0.1:9405".parse().unwrap());
+    }
+
+    #[test]
+    fn durability_is_full_unless_normal_is_asked_for() {
+        let Cli::Serve(args) = parse_strs(&["serve"]).unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(args.durability, Durability::Full);
+        let Cli::Serve(args) = parse_strs(&["serve", "--durability", "normal"]).unwrap() else {
+            panic!("not serve")
+        };
+        assert_eq!(args.durability, Durability::Normal);
+        assert!(parse_strs(&["serve", "--durability", "fast"]).is_err());
     }
 
     #[test]

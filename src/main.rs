@@ -54,6 +54,7 @@ fn main() -> ExitCode {
                     shutdown_grace: args.shutdown_grace,
                 },
                 key: args.key,
+                durability: args.durability,
             };
             match http::serve(options) {
                 Ok(()) => {

@@ -50,6 +50,7 @@ pub struct ServeOptions {
     pub server: ServerConfig,
     /// The signing key file; `None` for the default beside the database (`<db>.key`).
     pub key: Option<PathBuf>,
+    pub durability: store::Durability,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +97,7 @@ fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
     on_ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServeError> {
     let conn = store::open_for_writing(&options.db)?;
+    store::set_durability(&conn, options.durability)?;
     let signer = Arc::new(open_signer(&conn, &options.db, options.key.as_deref())?);
     bootstrap(&conn, &options, &signer)?;
     let last_checkpoint = Box::new(ShutdownCheckpoint(signer.clone()));

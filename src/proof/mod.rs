@@ -139,6 +139,7 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
         listen: "127.0.0.1:0".parse().expect("a loopback address"),
         server: ServerConfig::default(),
         key: Some(key_file.clone()),
+        durability: store::Durability::Full,
     })?;
     let admin_file = crate::http::admin_token_path(&db);
     let admin_token = std::fs::read_to_string(&admin_file)

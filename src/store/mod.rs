@@ -123,6 +123,37 @@ fn savepoint_name(name: &str) -> &str {
 /// Opens (creating if needed) the database at `path` for writing: checks that it is a fedcore
 /// database (or a new, empty file) *before* changing anything, sets the pragmas, and applies
 /// pending migrations in one exclusive transaction.
+/// How a commit reaches the disk. `Full` (the default) syncs the WAL on every commit: an
+/// acknowledged write survives a power cut as far as the disk honours fsync. `Normal` syncs only
+/// at WAL checkpoints: faster, and an acknowledged write still survives the process being killed,
+/// but the last commits before a power cut may be lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    #[default]
+    Full,
+    Normal,
+}
+
+impl Durability {
+    pub fn parse(text: &str) -> Option<Durability> {
+        match text {
+            "full" => Some(Durability::Full),
+            "normal" => Some(Durability::Normal),
+            _ => None,
+        }
+    }
+}
+
+/// Sets how commits on `conn` reach the disk (`open_for_writing` starts at `Full`).
+pub fn set_durability(conn: &Connection, durability: Durability) -> Result<(), StoreError> {
+    let level = match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
+    Ok(())
+}
+
 pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,

@@ -19,6 +19,16 @@ fn every_command_answers_help_with_exit_zero() {
 }
 
 #[test]
+fn serve_runs_with_durability_normal_and_refuses_an_unknown_level() {
+    let server = Server::start_with(&["--durability", "normal"]);
+    let mut c = server.client();
+    assert_eq!(c.get("/health").status, 200);
+    let (code, _, stderr) = run_cli(&["serve", "--durability", "fast"]);
+    assert_eq!(code, 2, "expected an unknown durability refused: {stderr}");
+    assert!(stderr.contains("durability"), "{stderr}");
+}
+
+#[test]
 fn bad_usage_exits_two_and_says_why() {
     let (code, _, stderr) = run_cli(&["serve", "--no-such-flag"]);
     assert_eq!(code, 2, "expected exit 2 for an unknown flag");
