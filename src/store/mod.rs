@@ -73,6 +73,9 @@ pub enum StoreError {
 pub trait Db {
     #[doc(hidden)]
     fn conn(&self) -> &Connection;
+    /// The schema version of the file (`PRAGMA user_version`), known when the connection was
+    /// opened, so that reads of later columns and tables cost no query each time.
+    fn schema_version(&self) -> i64;
 }
 
 /// The open write transaction of one engine operation. Store functions take it and never commit;
@@ -84,6 +87,10 @@ pub struct Tx<'c> {
 impl Db for Tx<'_> {
     fn conn(&self) -> &Connection {
         self.conn
+    }
+    /// A write transaction only ever runs on a connection `open_for_writing` migrated.
+    fn schema_version(&self) -> i64 {
+        SCHEMA_VERSION
     }
 }
 
@@ -183,14 +190,14 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
         None => Connection::open_with_flags(path, flags)?,
     };
     check_identity(&conn, path)?;
-    let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if user_version == 0 {
+    let reader = Reader::new(conn)?;
+    if reader.schema_version == 0 {
         return Err(StoreError::NotFedcore {
             path: path.to_path_buf(),
             why: "it holds no fedcore schema".to_string(),
         });
     }
-    Ok(Reader { conn })
+    Ok(reader)
 }
 
 /// A read-only connection to a WAL database creates the `-wal` and `-shm` files beside it when
@@ -285,15 +292,28 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 /// A read connection (`query_only`), for views and verification.
 pub struct Reader {
     conn: Connection,
+    schema_version: i64,
 }
 
 impl Db for Reader {
     fn conn(&self) -> &Connection {
         &self.conn
     }
+    fn schema_version(&self) -> i64 {
+        self.schema_version
+    }
 }
 
 impl Reader {
+    /// Wraps `conn`, reading its schema version once.
+    fn new(conn: Connection) -> Result<Reader, StoreError> {
+        let schema_version = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        Ok(Reader {
+            conn,
+            schema_version,
+        })
+    }
+
     /// Runs `f` inside one read transaction, so everything it reads is one consistent snapshot.
     pub fn snapshot<T>(&self, f: impl FnOnce(&Reader) -> T) -> Result<T, StoreError> {
         self.conn.execute_batch("BEGIN")?;
@@ -342,7 +362,7 @@ impl ReadPool {
         )?;
         set_common_pragmas(&conn)?;
         conn.pragma_update(None, "query_only", "ON")?;
-        Ok(Reader { conn })
+        Reader::new(conn)
     }
 }
 

@@ -182,9 +182,7 @@ pub fn for_each_gate_of_run<E: From<StoreError>>(
 
 /// The schema version a database was written with (`PRAGMA user_version`).
 pub fn schema_version(db: &impl Db) -> Result<i64, StoreError> {
-    Ok(db
-        .conn()
-        .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    Ok(db.schema_version())
 }
 
 /// Replaces `out` with the audit links of one run, in `seq` order.
@@ -493,7 +491,7 @@ mod tests {
     fn sqlite_keeps_each_trigger_exactly_as_the_schema_declares_it() {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
         super::super::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
-        let reader = super::super::Reader { conn };
+        let reader = super::super::Reader::new(conn).unwrap();
         for trigger in schema_triggers(&reader).unwrap() {
             let stored = trigger_sql(&reader, &trigger.name).unwrap();
             assert_eq!(stored.as_deref(), Some(trigger.sql.as_str()));
