@@ -239,78 +239,98 @@ mod tests {
         path
     }
 
-    #[test]
-    fn a_full_queue_is_refused_at_once_instead_of_blocking() {
-        let path = temp_db("busy");
-        let (writer, thread) = writer_over(&path, 1);
+    /// A job that inserts `value` (refused when negative).
+    fn job(value: i64, done: &Sender<(i64, Option<String>)>) -> Box<TestJob> {
+        Box::new(TestJob {
+            value,
+            wait: None,
+            panic: false,
+            done: done.clone(),
+        })
+    }
+
+    /// A writer whose first job (inserting 1) has left the queue and holds the writer until
+    /// `release` is sent: jobs submitted meanwhile wait in the queue.
+    struct Held {
+        writer: Writer,
+        thread: JoinHandle<()>,
+        release: Sender<()>,
+        done: Sender<(i64, Option<String>)>,
+        results: Receiver<(i64, Option<String>)>,
+    }
+
+    fn held_writer(path: &std::path::Path, capacity: usize) -> Held {
+        let (writer, thread) = writer_over(path, capacity);
         let (done, results) = channel();
         let (release, wait) = channel();
         let (started_tx, started) = channel();
-        let job = |value, wait| {
-            Box::new(TestJob {
-                value,
-                wait,
-                panic: false,
-                done: done.clone(),
-            })
-        };
-        writer.submit(job(1, Some((started_tx, wait)))).unwrap();
-        // Job 1 is off the queue and running, blocked until released.
+        let mut first = job(1, &done);
+        first.wait = Some((started_tx, wait));
+        writer.submit(first).unwrap();
         started.recv_timeout(Duration::from_secs(30)).unwrap();
-        writer.submit(job(2, None)).unwrap(); // fills the one queue slot
-        assert!(
-            writer.submit(job(3, None)).is_err(),
+        Held {
+            writer,
+            thread,
+            release,
+            done,
+            results,
+        }
+    }
+
+    impl Held {
+        /// Releases the first job, stops the writer and returns every job's answer in order.
+        fn finish(self) -> Vec<(i64, Option<String>)> {
+            self.release.send(()).unwrap();
+            drop(self.writer);
+            self.thread.join().unwrap();
+            drop(self.done);
+            self.results.iter().collect()
+        }
+    }
+
+    fn rows(path: &std::path::Path) -> Vec<i64> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT v FROM t ORDER BY rowid").unwrap();
+        let values = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        values
+    }
+
+    #[test]
+    fn a_full_queue_is_refused_at_once_instead_of_blocking() {
+        let path = temp_db("busy");
+        let held = held_writer(&path, 1);
+        held.writer.submit(job(2, &held.done)).unwrap(); // fills the one queue slot
+        assert_eq!(
+            held.writer.submit(job(3, &held.done)).err(),
+            Some(Busy::Full),
             "expected a full queue to refuse the third job"
         );
-        release.send(()).unwrap();
-        drop(writer);
-        thread.join().unwrap();
-        let finished: Vec<_> = results.try_iter().collect();
-        assert_eq!(finished, vec![(1, None), (2, None)]);
+        assert_eq!(held.finish(), vec![(1, None), (2, None)]);
         let _ = std::fs::remove_file(&path);
     }
 
     #[test]
     fn a_panicking_job_is_rolled_back_and_the_writer_goes_on() {
         let path = temp_db("panic");
-        let (writer, thread) = writer_over(&path, 8);
-        let (done, results) = channel();
-        writer
-            .submit(Box::new(TestJob {
-                value: 1,
-                wait: None,
-                panic: true,
-                done: done.clone(),
-            }))
-            .unwrap();
-        writer
-            .submit(Box::new(TestJob {
-                value: 2,
-                wait: None,
-                panic: false,
-                done,
-            }))
-            .unwrap();
-        drop(writer);
-        thread.join().unwrap();
-        let finished: Vec<_> = results.try_iter().collect();
-        assert_eq!(finished[0].0, 1);
+        let held = held_writer(&path, 8);
+        let mut panicking = job(2, &held.done);
+        panicking.panic = true;
+        held.writer.submit(panicking).unwrap();
+        held.writer.submit(job(3, &held.done)).unwrap();
+        let finished = held.finish();
+        assert_eq!(finished[1].0, 2);
         assert!(
-            finished[0].1.is_some(),
+            finished[1].1.is_some(),
             "expected the panicking job to be answered with an error"
         );
-        assert_eq!(finished[1], (2, None));
-        let conn = Connection::open(&path).unwrap();
-        let values: Vec<i64> = conn
-            .prepare("SELECT v FROM t")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
+        assert_eq!(finished[2], (3, None));
         assert_eq!(
-            values,
-            vec![2],
+            rows(&path),
+            vec![1, 3],
             "expected the panicking job's insert rolled back"
         );
         let _ = std::fs::remove_file(&path);
@@ -319,39 +339,17 @@ mod tests {
     #[test]
     fn in_one_batch_a_refused_job_leaves_no_row_while_its_neighbours_commit() {
         let path = temp_db("batch");
-        let (writer, thread) = writer_over(&path, 8);
-        let (done, results) = channel();
-        let (release, wait) = channel();
-        let (started_tx, started) = channel();
-        let job = |value, wait| {
-            Box::new(TestJob {
-                value,
-                wait,
-                panic: false,
-                done: done.clone(),
-            })
-        };
-        writer.submit(job(1, Some((started_tx, wait)))).unwrap();
-        started.recv_timeout(Duration::from_secs(30)).unwrap();
+        let held = held_writer(&path, 8);
         // These wait in the queue while job 1 holds the writer, so they run as one transaction.
         for value in [2, -3, 4] {
-            writer.submit(job(value, None)).unwrap();
+            held.writer.submit(job(value, &held.done)).unwrap();
         }
-        release.send(()).unwrap();
-        drop(writer);
-        thread.join().unwrap();
-        let finished: Vec<_> = results.try_iter().collect();
-        assert_eq!(finished, vec![(1, None), (2, None), (-3, None), (4, None)]);
-        let conn = Connection::open(&path).unwrap();
-        let values: Vec<i64> = conn
-            .prepare("SELECT v FROM t ORDER BY rowid")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
         assert_eq!(
-            values,
+            held.finish(),
+            vec![(1, None), (2, None), (-3, None), (4, None)]
+        );
+        assert_eq!(
+            rows(&path),
             vec![1, 2, 4],
             "expected the refused job's insert rolled back alone"
         );

@@ -8,6 +8,11 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+/// Runs `fedcore export --db DB --run RUN --out OUT`: (exit code, stdout, stderr).
+fn export_cli(db: &str, run_id: &str, out: &str) -> (i32, String, String) {
+    run_cli(&["export", "--db", db, "--run", run_id, "--out", out])
+}
+
 fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(
         std::fs::read(path).expect("read exported file"),
@@ -28,15 +33,7 @@ fn an_exported_run_carries_its_receipts_as_the_exact_hashed_bytes_and_a_manifest
     let out = TempDir::new();
     let folder = out.path().join("run");
     let db = server.db.to_str().expect("utf-8 path");
-    let (code, stdout, stderr) = run_cli(&[
-        "export",
-        "--db",
-        db,
-        "--run",
-        &run_id,
-        "--out",
-        folder.to_str().unwrap(),
-    ]);
+    let (code, stdout, stderr) = export_cli(db, &run_id, folder.to_str().unwrap());
     assert_eq!(code, 0, "expected export to succeed: {stdout} {stderr}");
 
     // Each receipt file is the JCS of the receipt object, so its SHA-256 is the receipt hash.
@@ -108,26 +105,10 @@ fn an_exported_run_carries_its_receipts_as_the_exact_hashed_bytes_and_a_manifest
     assert_eq!(entries.last().unwrap()["payload_hash"], run["receipt_hash"]);
 
     // A second export into the same folder is refused; an unknown run is refused.
-    let (code, _, stderr) = run_cli(&[
-        "export",
-        "--db",
-        db,
-        "--run",
-        &run_id,
-        "--out",
-        folder.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = export_cli(db, &run_id, folder.to_str().unwrap());
     assert_eq!(code, 2, "expected a non-empty folder refused: {stderr}");
     let other = out.path().join("other");
-    let (code, _, stderr) = run_cli(&[
-        "export",
-        "--db",
-        db,
-        "--run",
-        "no-such-run",
-        "--out",
-        other.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = export_cli(db, "no-such-run", other.to_str().unwrap());
     assert_eq!(code, 2, "expected an unknown run refused");
     assert!(
         stderr.contains("no-such-run"),
@@ -161,15 +142,7 @@ fn exported_run() -> (TempDir, std::path::PathBuf) {
     let out = TempDir::new();
     let folder = out.path().join("run");
     let db = server.db.to_str().unwrap().to_string();
-    let (code, _, stderr) = run_cli(&[
-        "export",
-        "--db",
-        &db,
-        "--run",
-        &run_id,
-        "--out",
-        folder.to_str().unwrap(),
-    ]);
+    let (code, _, stderr) = export_cli(&db, &run_id, folder.to_str().unwrap());
     assert_eq!(code, 0, "export: {stderr}");
     (out, folder)
 }
@@ -310,15 +283,8 @@ fn a_schema_version_one_database_exports_and_its_folder_verifies() {
     drop(conn);
     for (i, run_id) in run_ids.iter().enumerate() {
         let folder = dir.path().join(format!("run-{i}"));
-        let (code, stdout, stderr) = run_cli(&[
-            "export",
-            "--db",
-            copy.to_str().unwrap(),
-            "--run",
-            run_id,
-            "--out",
-            folder.to_str().unwrap(),
-        ]);
+        let (code, stdout, stderr) =
+            export_cli(copy.to_str().unwrap(), run_id, folder.to_str().unwrap());
         assert_eq!(
             code, 0,
             "expected {run_id} to export from a version-1 file: {stdout} {stderr}"
@@ -341,15 +307,11 @@ fn a_database_that_does_not_verify_is_not_exported() {
     drop(conn);
     let out = TempDir::new();
     let folder = out.path().join("run");
-    let (code, _, stderr) = run_cli(&[
-        "export",
-        "--db",
+    let (code, _, stderr) = export_cli(
         server.db.to_str().unwrap(),
-        "--run",
         &run_id,
-        "--out",
         folder.to_str().unwrap(),
-    ]);
+    );
     assert_eq!(code, 2, "expected a broken database refused: {stderr}");
     assert!(
         stderr.contains("does not verify"),
