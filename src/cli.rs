@@ -32,6 +32,10 @@ Usage:
   fedcore token revoke --name NAME [--db PATH]
                                               revoke every live token of NAME
   fedcore token list [--db PATH]              list tokens (names, roles, ids; never the secrets)
+  fedcore bench seed --db PATH --workflows N [--durability full|normal]
+                                              add N PT-004 workflows to a database, through the engine
+  fedcore bench verify [--entries N] [--db PATH] [--rounds R]
+                                              time verify over a database of N audit entries
   fedcore --help | --version
 
 Run `fedcore COMMAND --help` for a command's flags.
@@ -186,6 +190,35 @@ Ed25519 signature line. Keep it elsewhere: `verify --expect-head SEQ:HASH` check
 holds it. Exit 2 when the database has no checkpoint.
 ";
 
+pub const BENCH_USAGE: &str = "\
+fedcore bench: build benchmark databases and time fedcore over them
+
+Usage: fedcore bench seed --db PATH --workflows N [--durability full|normal]
+       fedcore bench verify [--entries N] [--db PATH] [--rounds R]
+
+seed adds N workflows of the PT-004 definition to the database at PATH (created with its key
+file beside it if missing, appended to otherwise), applying through the engine, without HTTP,
+the very commands a server applies for the same requests: a run, each of its five steps
+requested then completed; every 10th workflow flagged at `decide`, approved by a second person
+and resumed by an admin; every 20th denied at `decide`, failing closed. About 1000 commands go
+in one transaction, on a clock that advances 250 us per command. Prints runs, audit entries and
+the time taken.
+
+  --workflows N             how many workflows to add
+  --durability full|normal  how commits reach the disk (default normal: a benchmark fixture)
+
+verify times `fedcore verify` end to end (open read-only, every check) R times over a database
+of at least N audit entries and prints entries, seconds and entries/s for each round and their
+median. Without --db it seeds a new database in a temporary folder and removes it afterwards;
+with --db it uses PATH, seeding (appending) only when PATH holds fewer than N entries, and keeps it.
+
+  --entries N   audit entries to verify (default 1000000)
+  --db PATH     database to reuse
+  --rounds R    how many times to verify (default 3)
+
+Exit status: 0 done, 2 when the database cannot be seeded or verified, or is not intact.
+";
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cli {
@@ -198,6 +231,23 @@ pub enum Cli {
     KeyShow { db: PathBuf, key: Option<PathBuf> },
     Checkpoint { db: PathBuf },
     Token(TokenArgs),
+    Bench(BenchCommand),
+}
+
+/// `fedcore bench …`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchCommand {
+    Seed {
+        db: PathBuf,
+        workflows: u64,
+        durability: Durability,
+    },
+    Verify {
+        entries: u64,
+        /// A database to reuse (and keep); `None` for a temporary one.
+        db: Option<PathBuf>,
+        rounds: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +308,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             Some("token") => parse_token(&mut parser),
             Some("key") => parse_key(&mut parser),
             Some("checkpoint") => parse_checkpoint(&mut parser),
+            Some("bench") => parse_bench(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -277,6 +328,13 @@ fn millis(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
     Ok(Duration::from_millis(n))
 }
 
+fn durability(parser: &mut lexopt::Parser) -> Result<Durability, lexopt::Error> {
+    let text = parser.value()?.string()?;
+    Durability::parse(&text).ok_or_else(|| {
+        lexopt::Error::Custom(format!("--durability is full or normal, not {text:?}").into())
+    })
+}
+
 fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     let mut args = ServeArgs {
         db: PathBuf::from(DEFAULT_DB),
@@ -293,14 +351,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("db") => args.db = parser.value()?.into(),
             Long("listen") => args.listen = parser.value()?.parse()?,
             Long("key") => args.key = Some(parser.value()?.into()),
-            Long("durability") => {
-                let text = parser.value()?.string()?;
-                args.durability = Durability::parse(&text).ok_or_else(|| {
-                    lexopt::Error::Custom(
-                        format!("--durability is full or normal, not {text:?}").into(),
-                    )
-                })?;
-            }
+            Long("durability") => args.durability = durability(parser)?,
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
             Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
             Long("shutdown-grace-ms") => args.shutdown_grace = millis(parser)?,
@@ -449,6 +500,51 @@ fn parse_checkpoint(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     Ok(Cli::Checkpoint { db })
 }
 
+fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let action = match parser.next()? {
+        Some(Short('h') | Long("help")) | None => return Ok(Cli::Help(BENCH_USAGE)),
+        Some(Value(action)) => action.string()?,
+        Some(other) => return Err(other.unexpected()),
+    };
+    let (mut db, mut workflows, mut durability_given) = (None, None, None);
+    let (mut entries, mut rounds) = (1_000_000u64, 3usize);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
+            Long("db") => db = Some(PathBuf::from(parser.value()?)),
+            Long("workflows") if action == "seed" => workflows = Some(parser.value()?.parse()?),
+            Long("durability") if action == "seed" => durability_given = Some(durability(parser)?),
+            Long("entries") if action == "verify" => entries = parser.value()?.parse()?,
+            Long("rounds") if action == "verify" => rounds = parser.value()?.parse()?,
+            other => return Err(other.unexpected()),
+        }
+    }
+    let missing = |option: &str| lexopt::Error::MissingValue {
+        option: Some(option.into()),
+    };
+    let command = match action.as_str() {
+        "seed" => BenchCommand::Seed {
+            db: db.ok_or_else(|| missing("--db"))?,
+            workflows: workflows.ok_or_else(|| missing("--workflows"))?,
+            durability: durability_given.unwrap_or(Durability::Normal),
+        },
+        "verify" if rounds == 0 => {
+            return Err(lexopt::Error::Custom("--rounds must be at least 1".into()))
+        }
+        "verify" => BenchCommand::Verify {
+            entries,
+            db,
+            rounds,
+        },
+        _ => {
+            return Err(lexopt::Error::Custom(
+                format!("bench wants seed or verify\n\n{BENCH_USAGE}").into(),
+            ))
+        }
+    };
+    Ok(Cli::Bench(command))
+}
+
 /// `SEQ:HASH` as `verify` prints it.
 fn head(text: &str) -> Result<Head, lexopt::Error> {
     Head::parse(text).ok_or_else(|| {
@@ -556,6 +652,54 @@ mod tests {
         assert_eq!(
             parse_strs(&["token", "--help"]).unwrap(),
             Cli::Help(TOKEN_USAGE)
+        );
+    }
+
+    #[test]
+    fn bench_commands_read_their_flags_and_default_to_a_million_entries() {
+        assert_eq!(
+            parse_strs(&["bench", "seed", "--db", "b.db", "--workflows", "10"]).unwrap(),
+            Cli::Bench(BenchCommand::Seed {
+                db: PathBuf::from("b.db"),
+                workflows: 10,
+                durability: Durability::Normal
+            })
+        );
+        assert!(parse_strs(&["bench", "seed", "--db", "b.db"]).is_err());
+        assert!(parse_strs(&["bench", "seed", "--workflows", "10"]).is_err());
+        assert_eq!(
+            parse_strs(&["bench", "verify"]).unwrap(),
+            Cli::Bench(BenchCommand::Verify {
+                entries: 1_000_000,
+                db: None,
+                rounds: 3
+            })
+        );
+        assert_eq!(
+            parse_strs(&[
+                "bench",
+                "verify",
+                "--entries",
+                "5000",
+                "--db",
+                "v.db",
+                "--rounds",
+                "1"
+            ])
+            .unwrap(),
+            Cli::Bench(BenchCommand::Verify {
+                entries: 5000,
+                db: Some(PathBuf::from("v.db")),
+                rounds: 1
+            })
+        );
+        assert!(parse_strs(&["bench", "verify", "--rounds", "0"]).is_err());
+        assert!(parse_strs(&["bench", "verify", "--workflows", "3"]).is_err());
+        assert!(parse_strs(&["bench", "load"]).is_err());
+        assert_eq!(parse_strs(&["bench"]).unwrap(), Cli::Help(BENCH_USAGE));
+        assert_eq!(
+            parse_strs(&["bench", "verify", "--help"]).unwrap(),
+            Cli::Help(BENCH_USAGE)
         );
     }
 

@@ -187,6 +187,12 @@ impl fmt::Display for Report {
     }
 }
 
+/// `fedcore verify` end to end: opens the file at `path` read-only (`Missing` when there is none,
+/// and nothing is created) and checks it in one read snapshot.
+pub fn verify_file(path: &std::path::Path, options: &Options) -> Result<Report, StoreError> {
+    store::open_read_only(path).and_then(|reader| reader.snapshot(|r| verify(r, options))?)
+}
+
 /// Checks the database `db` reads (run it inside one read snapshot) and reports the first broken
 /// object. `Err` only when reading failed: the database could not be checked.
 ///
