@@ -1045,10 +1045,19 @@ fn check_blob(buf: &mut Vec<u8>, blob: &Blob, counts: &mut Counts) -> Checked {
         table: "evidence",
         row: Row::Key(&blob.hash),
     };
-    let actual = jcs::hash_bytes(&blob.body);
-    at.same("body", &blob.hash, &actual, || {
-        "the body no longer hashes to the key it is stored under".into()
-    })?;
+    let digest = jcs::digest(&blob.body);
+    if !jcs::is_hex_of(&blob.hash, &digest) {
+        let actual = hex::encode(digest);
+        at.same("body", &blob.hash, &actual, || {
+            "the body no longer hashes to the key it is stored under".into()
+        })?;
+    }
+    // Shown canonical in one pass over the bytes; otherwise parsed and written out again, which
+    // names what is wrong (or finds it canonical after all).
+    if jcs::is_canonical(&blob.body) {
+        counts.evidence += 1;
+        return Ok(());
+    }
     let value: Value = serde_json::from_slice(&blob.body)
         .map_err(|e| at.broken("body", None, None, format!("the body is not JSON: {e}")))?;
     buf.clear();
