@@ -29,10 +29,62 @@ impl Timestamp {
         let parsed = chrono::DateTime::parse_from_rfc3339(text).ok()?;
         Some(Timestamp(parsed.timestamp_micros()))
     }
+
+    /// The text `Display` writes, `2026-11-24T10:00:00.123456Z`, for the years 0 to 9999 (every
+    /// time fedcore writes); `None` for the others, which `Display` leaves to chrono. Cheaper
+    /// than chrono's formatter, which `verify` would run for every timestamp it hashes.
+    fn text_in_common_era(self) -> Option<[u8; 27]> {
+        let seconds = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
+        let mut text = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut n: i64| {
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, second_of_day / 3600);
+        put(14, 2, second_of_day / 60 % 60);
+        put(17, 2, second_of_day % 60);
+        put(20, 6, micros);
+        Some(text)
+    }
+}
+
+/// The proleptic Gregorian `(year, month, day)` of a day counted from 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.text_in_common_era() {
+            // Only ASCII digits and separators were written.
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
         match chrono::DateTime::from_timestamp_micros(self.0) {
             Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
             None => write!(f, "invalid-time({})", self.0),
@@ -545,6 +597,49 @@ mod tests {
         let t = Timestamp::from_micros(1_795_428_000_123_456);
         assert_eq!(t.to_string(), "2026-11-23T10:00:00.123456Z");
         assert_eq!(Timestamp::parse(&t.to_string()), Some(t));
+    }
+
+    #[test]
+    fn timestamps_print_as_chrono_prints_them_over_the_common_era_and_beyond() {
+        let chrono_text = |t: Timestamp| match chrono::DateTime::from_timestamp_micros(t.0) {
+            Some(c) => c.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            None => format!("invalid-time({})", t.0),
+        };
+        const DAY: i64 = 86_400_000_000;
+        // Year 0 starts 719,528 days before 1970; year 10000 starts 2,932,897 days after.
+        let (first_day, last_day) = (-719_530, 2_932_899);
+        let mut checked = 0;
+        let mut day = first_day;
+        while day <= last_day {
+            // Every day of the first and last years of each century, every 101st day otherwise,
+            // at a time of day that moves through every hour, minute and second.
+            let micros = day * DAY + (day.rem_euclid(86_400) * 1_000_003) % DAY;
+            for t in [micros, day * DAY, day * DAY + DAY - 1] {
+                let t = Timestamp::from_micros(t);
+                let text = t.to_string();
+                assert_eq!(text, chrono_text(t), "micros {}", t.0);
+                if text.len() == 27 {
+                    assert_eq!(Timestamp::parse(&text), Some(t), "{text}");
+                }
+                checked += 1;
+            }
+            let year = civil_from_days(day).0;
+            day += if year % 100 <= 1 || year % 100 == 99 {
+                1
+            } else {
+                101
+            };
+        }
+        assert!(checked > 50_000, "{checked}");
+        for micros in [
+            i64::MIN,
+            i64::MAX,
+            -62_167_219_200_000_001,
+            253_402_300_800_000_000,
+        ] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(t.to_string(), chrono_text(t), "micros {micros}");
+        }
     }
 
     #[test]

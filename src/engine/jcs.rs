@@ -70,6 +70,163 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError>
     Ok(())
 }
 
+/// The canonical bytes of a JSON object written member by member, without building it: for the
+/// objects fedcore hashes millions of times (`receipts`). Names must come in canonical order,
+/// which for these ASCII names is byte order; a debug build checks it.
+pub struct Members<'o> {
+    out: &'o mut Vec<u8>,
+    previous: Option<&'static str>,
+}
+
+impl<'o> Members<'o> {
+    pub fn new(out: &'o mut Vec<u8>) -> Members<'o> {
+        out.push(b'{');
+        Members {
+            out,
+            previous: None,
+        }
+    }
+
+    fn name(&mut self, name: &'static str) -> &mut Vec<u8> {
+        debug_assert!(
+            name.is_ascii() && self.previous.is_none_or(|p| p < name),
+            "member {name} out of canonical order"
+        );
+        if self.previous.is_some() {
+            self.out.push(b',');
+        }
+        self.previous = Some(name);
+        write_string(name, self.out);
+        self.out.push(b':');
+        self.out
+    }
+
+    pub fn str(&mut self, name: &'static str, value: &str) -> &mut Self {
+        let out = self.name(name);
+        write_string(value, out);
+        self
+    }
+
+    /// A string, or `null` for `None`.
+    pub fn opt_str(&mut self, name: &'static str, value: Option<&str>) -> &mut Self {
+        let out = self.name(name);
+        match value {
+            Some(value) => write_string(value, out),
+            None => out.extend_from_slice(b"null"),
+        }
+        self
+    }
+
+    pub fn int(&mut self, name: &'static str, value: i64) -> &mut Self {
+        let out = self.name(name);
+        write_i64(value, out);
+        self
+    }
+
+    /// A value written as its `Display` text, as serde writes what it collects as a string.
+    pub fn text(&mut self, name: &'static str, value: impl std::fmt::Display) -> &mut Self {
+        let out = self.name(name);
+        let mut text = ShortText::default();
+        let _ = write!(text, "{value}");
+        write_string(text.as_str(), out);
+        self
+    }
+
+    /// `Display` text, or `null` for `None`.
+    pub fn opt_text(
+        &mut self,
+        name: &'static str,
+        value: Option<impl std::fmt::Display>,
+    ) -> &mut Self {
+        match value {
+            Some(value) => self.text(name, value),
+            None => {
+                self.name(name).extend_from_slice(b"null");
+                self
+            }
+        }
+    }
+
+    /// An array of strings.
+    pub fn strs<S: AsRef<str>>(&mut self, name: &'static str, values: &[S]) -> &mut Self {
+        let out = self.name(name);
+        out.push(b'[');
+        for (index, value) in values.iter().enumerate() {
+            if index > 0 {
+                out.push(b',');
+            }
+            write_string(value.as_ref(), out);
+        }
+        out.push(b']');
+        self
+    }
+
+    pub fn finish(&mut self) {
+        self.out.push(b'}');
+    }
+}
+
+/// Text formatted on the stack while it is short (timestamps, ids), on the heap beyond.
+#[derive(Default)]
+struct ShortText {
+    bytes: [u8; 32],
+    len: usize,
+    long: Option<String>,
+}
+
+impl ShortText {
+    fn as_str(&self) -> &str {
+        match &self.long {
+            Some(long) => long,
+            // Only whole `str`s are ever copied in, so the bytes are UTF-8.
+            None => std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default(),
+        }
+    }
+}
+
+impl std::fmt::Write for ShortText {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        if let Some(long) = &mut self.long {
+            long.push_str(piece);
+        } else if self.len + piece.len() <= self.bytes.len() {
+            self.bytes[self.len..self.len + piece.len()].copy_from_slice(piece.as_bytes());
+            self.len += piece.len();
+        } else {
+            let mut long = self.as_str().to_string();
+            long.push_str(piece);
+            self.long = Some(long);
+        }
+        Ok(())
+    }
+}
+
+/// An integer as `write_canonical` writes `json!(value)`: its digits while the double it becomes
+/// holds it exactly, the ECMAScript form of that double beyond.
+pub fn write_i64(value: i64, out: &mut Vec<u8>) {
+    const EXACT: u64 = 1 << 53;
+    if value.unsigned_abs() > EXACT {
+        if let Ok(text) = ecmascript_number(&Number::from(value)) {
+            out.extend_from_slice(text.as_bytes());
+        }
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Orders strings by their UTF-16 code units. For ASCII that is the byte order, which is cheap;
 /// object keys are nearly always ASCII.
 fn utf16_order(left: &str, right: &str) -> std::cmp::Ordering {
@@ -419,7 +576,7 @@ fn located_message(path: &str, message: &str) -> String {
 /// control characters below U+0020 are escaped; everything else, non-ASCII included, is literal.
 /// Every byte that needs escaping is ASCII, and no byte of a multi-byte UTF-8 sequence is ASCII,
 /// so the text is copied in runs between those bytes (`verify` canonicalizes every entry).
-fn write_string(text: &str, out: &mut Vec<u8>) {
+pub fn write_string(text: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = text.as_bytes();

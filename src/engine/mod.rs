@@ -573,6 +573,19 @@ impl<'a, 'c> Ctx<'a, 'c> {
         Ok(hash)
     }
 
+    /// Stores the canonical bytes `write` appends (a `receipts::write_*`) as an evidence blob
+    /// and returns their hash.
+    pub fn evidence_written(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), jcs::JcsError>,
+    ) -> Result<String, Error> {
+        let mut bytes = Vec::with_capacity(512);
+        write(&mut bytes)?;
+        let hash = jcs::hash_bytes(&bytes);
+        store::put_evidence(self.tx, &hash, &bytes)?;
+        Ok(hash)
+    }
+
     /// Signs a receipt hash and stores the signature in this transaction.
     pub fn sign(&self, hash: &str) -> Result<(), Error> {
         let signature = self.signer.sign_hash(hash)?;

@@ -380,6 +380,26 @@ impl At<'_> {
         }
     }
 
+    /// The hash of the canonical bytes `write` appends (a `receipts::write_*`), recomputed, must
+    /// be the `stored` one; `same` with `expected` the recomputed hash, compared as bytes.
+    fn rehash(
+        self,
+        buf: &mut Vec<u8>,
+        field: &'static str,
+        stored: &str,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), jcs::JcsError>,
+        why: impl FnOnce() -> String,
+    ) -> Checked {
+        buf.clear();
+        write(buf).map_err(|e| self.broken(field, None, None, e.to_string()))?;
+        let digest = jcs::digest(buf);
+        if jcs::is_hex_of(stored, &digest) {
+            return Ok(());
+        }
+        let actual = hex::encode(digest);
+        Err(self.broken(field, Some(&actual), Some(stored), why()))
+    }
+
     /// The last audit entry of the run with one of `actions` on `subject` must carry `hash` as
     /// its evidence: that is what ties a receipt to the chain.
     fn carried(
@@ -1193,8 +1213,11 @@ fn check_entry(
         table: "audit_log",
         row: Row::Seq(seq),
     };
-    let actual = at.hash(buf, "entry_hash", &receipts::entry_object(entry))?;
-    at.same("entry_hash", &actual, &entry.entry_hash, || {
+    let write = |out: &mut Vec<u8>| {
+        receipts::write_entry(entry, out);
+        Ok(())
+    };
+    at.rehash(buf, "entry_hash", &entry.entry_hash, write, || {
         "the entry no longer hashes to its entry_hash: it was changed after it was written".into()
     })?;
     at.same("prev_hash", prev_hash, &entry.prev_hash, || {
@@ -1281,9 +1304,11 @@ fn check_run(known: &Known, buf: &mut Vec<u8>, record: &RunRecord, counts: &mut 
         let why = "the run pins a workflow definition that does not exist";
         return Err(at.broken("workflow_version", None, Some(&version), why));
     };
-    let genesis = receipts::genesis_object(run, definition_hash);
-    let actual = at.hash(buf, "genesis_hash", &genesis)?;
-    at.same("genesis_hash", &actual, &run.genesis_hash, || {
+    let write = |out: &mut Vec<u8>| {
+        receipts::write_genesis(run, definition_hash, out);
+        Ok(())
+    };
+    at.rehash(buf, "genesis_hash", &run.genesis_hash, write, || {
         "the run no longer hashes to its genesis_hash".into()
     })?;
     at.stored(known, "genesis_hash", &run.genesis_hash)?;
@@ -1304,21 +1329,23 @@ fn check_run(known: &Known, buf: &mut Vec<u8>, record: &RunRecord, counts: &mut 
     for step in steps {
         if let Some(receipt) = check_step(known, buf, links, decisions, step, tip, counts)? {
             tip = receipt;
-            step_receipts.push(receipt.to_string());
+            step_receipts.push(receipt);
         }
     }
     let mut gate_receipts = Vec::new();
     for gate in gates {
         if let Some(receipt) = check_gate(known, buf, links, gate, counts)? {
-            gate_receipts.push(receipt.to_string());
+            gate_receipts.push(receipt);
         }
     }
 
     match (&run.receipt_hash, run.status.has_ended()) {
         (Some(receipt), true) => {
-            let object = receipts::workflow_receipt_object(run, &step_receipts, &gate_receipts);
-            let actual = at.hash(buf, "receipt_hash", &object)?;
-            at.same("receipt_hash", &actual, receipt, || {
+            let write = |out: &mut Vec<u8>| {
+                receipts::write_workflow_receipt(run, &step_receipts, &gate_receipts, out);
+                Ok(())
+            };
+            at.rehash(buf, "receipt_hash", receipt, write, || {
                 "the workflow receipt does not match the run, its step and its gate receipts".into()
             })?;
             at.stored(known, "receipt_hash", receipt)?;
@@ -1356,8 +1383,11 @@ fn check_decision(
         row: Row::Key(&d.decision_id),
     };
     counts.decisions += 1;
-    let actual = at.hash(buf, "decision_hash", &receipts::decision_object(d))?;
-    at.same("decision_hash", &actual, &d.decision_hash, || {
+    let write = |out: &mut Vec<u8>| {
+        receipts::write_decision(d, out);
+        Ok(())
+    };
+    at.rehash(buf, "decision_hash", &d.decision_hash, write, || {
         "the decision no longer hashes to its decision_hash".into()
     })?;
     at.stored(known, "decision_hash", &d.decision_hash)?;
@@ -1450,8 +1480,11 @@ fn check_step<'r>(
     at.same("prev_receipt_hash", tip, &step.prev_receipt_hash, || {
         "the attempt does not chain to the run's previous finished attempt (or its genesis)".into()
     })?;
-    let actual = at.hash(buf, "receipt_hash", &receipts::step_receipt_object(step))?;
-    at.same("receipt_hash", &actual, receipt, || {
+    let write = |out: &mut Vec<u8>| {
+        receipts::write_step_receipt(step, out);
+        Ok(())
+    };
+    at.rehash(buf, "receipt_hash", receipt, write, || {
         "the attempt no longer hashes to its receipt_hash".into()
     })?;
     at.stored(known, "receipt_hash", receipt)?;
@@ -1500,8 +1533,8 @@ fn check_gate<'r>(
         let why = "a gate that left PENDING has no receipt";
         return Err(at.broken("receipt_hash", None, None, why));
     };
-    let actual = at.hash(buf, "receipt_hash", &receipts::gate_receipt_object(gate))?;
-    at.same("receipt_hash", &actual, receipt, || {
+    let write = |out: &mut Vec<u8>| receipts::write_gate_receipt(gate, out);
+    at.rehash(buf, "receipt_hash", receipt, write, || {
         "the gate no longer hashes to its receipt_hash".into()
     })?;
     at.stored(known, "receipt_hash", receipt)?;
