@@ -471,6 +471,10 @@ struct Known {
     /// The entries that end a run, and so carry a workflow receipt that must be signed:
     /// `(seq, payload_hash)` in `seq` order, gathered while the chain is read.
     receipt_entries: Vec<(i64, String)>,
+    /// How many entries name a run (`run_id` not null), counted while the chain is read.
+    audit_entries_of_runs: u64,
+    /// How many rows the runs pass read as belonging to the runs.
+    run_rows: store::RunRowCounts,
 }
 
 /// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
@@ -635,6 +639,7 @@ impl<D: Db> Checker<'_, D> {
             }
             let mut receipt_entries = slice.receipt_entries;
             self.known.receipt_entries.append(&mut receipt_entries);
+            self.known.audit_entries_of_runs += slice.of_runs;
         }
         match expect_head {
             Some(head) if !head_seen && head.seq > 0 => {
@@ -782,18 +787,32 @@ impl<D: Db> Checker<'_, D> {
             slices: store::run_slices(self.db, self.slice_count())?,
             known: &self.known,
         };
-        pipeline::run_pass(
+        let gathered = pipeline::run_pass(
             self.db,
             &mut self.siblings,
             self.workers,
             &mut self.counts,
             &pass,
         )?;
+        for slice in gathered {
+            self.known.run_rows.add(&slice);
+        }
         Ok(())
     }
 
     /// Rows of a run's tables that name a missing run, and decisions no attempt names.
     fn orphans(&mut self) -> Result<(), Stop> {
+        // The runs pass read every row naming each run. When the tables hold no more rows naming
+        // a run (and no more decisions) than it read (and found named by an attempt of their
+        // run), no row can name a missing run or be a decision nobody names, and the queries
+        // that would find one, each a scan of its table, are not needed.
+        let mut held = store::run_row_counts(self.db)?;
+        // The chain pass read and counted every entry naming a run.
+        held.audit_entries = self.known.audit_entries_of_runs;
+        let accounted = held == self.known.run_rows;
+        if accounted {
+            return Ok(());
+        }
         let Some(orphan) = store::first_orphan(self.db)? else {
             return Ok(());
         };
@@ -1141,6 +1160,8 @@ struct ChainGathered {
     catalog_entries: HashMap<String, Vec<(i64, String)>>,
     /// The entries that carry a workflow receipt, as `Known` keeps them.
     receipt_entries: Vec<(i64, String)>,
+    /// How many entries name a run.
+    of_runs: u64,
 }
 
 impl Pass for AuditPass<'_> {
@@ -1168,6 +1189,7 @@ impl Pass for AuditPass<'_> {
         };
         store::for_each_audit_entry_in(db, slice, |entry| {
             gathered.head_seen |= self.expect_head.is_some_and(|head| head.seq == entry.seq);
+            gathered.of_runs += u64::from(entry.run_id.is_some());
             if CATALOG_ACTIONS.contains(&entry.action.as_str()) {
                 let at = (entry.seq, entry.payload_hash.clone());
                 gathered
@@ -1204,7 +1226,8 @@ struct RunsPass<'k> {
 
 impl Pass for RunsPass<'_> {
     type Item = RunRecord;
-    type Gathered = ();
+    /// The rows read as the runs', for `orphans`.
+    type Gathered = store::RunRowCounts;
 
     fn slices(&self) -> usize {
         self.slices.len()
@@ -1214,11 +1237,21 @@ impl Pass for RunsPass<'_> {
         &self,
         db: &D,
         slice: usize,
-        _: &mut (),
+        read: &mut store::RunRowCounts,
         sink: &mut dyn FnMut(RunRecord) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         store::for_each_run_in(db, &self.slices[slice], |run| {
-            sink(RunRecord::read(db, run)?)
+            let record = RunRecord::read(db, run)?;
+            read.audit_entries += record.links.len() as u64;
+            read.decisions += record.decisions.len() as u64;
+            read.steps += record.steps.len() as u64;
+            read.gates += record.gates.len() as u64;
+            read.decision_ids += record
+                .decisions
+                .iter()
+                .filter(|d| record.steps.iter().any(|s| s.decision_id == d.decision_id))
+                .count() as u64;
+            sink(record)
         })
     }
 
@@ -1931,6 +1964,49 @@ mod tests {
                 report.as_ref().map_or(true, |r| !r.is_intact()),
                 "{edit} went unnoticed"
             );
+        }
+        // Rows naming a run that does not exist are read by no run: counted, then named.
+        for (table, id) in [
+            ("decisions", "decision_id"),
+            ("steps", "creation_order"),
+            ("gates", "gate_id"),
+        ] {
+            let copy = dir.join(format!("orphan-{table}.db"));
+            std::fs::copy(&clean, &copy).unwrap();
+            let conn = store::Connection::open(&copy).unwrap();
+            conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+            let columns: Vec<String> = {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT name FROM pragma_table_info(?1) WHERE name <> 'creation_order'",
+                    )
+                    .unwrap();
+                let names = stmt.query_map([table], |r| r.get(0)).unwrap();
+                names.map(Result::unwrap).collect()
+            };
+            let values: Vec<String> = columns
+                .iter()
+                .map(|c| match c.as_str() {
+                    "run_id" => "'nobody'".to_string(),
+                    c if c == id => "'forged'".to_string(),
+                    c => c.to_string(),
+                })
+                .collect();
+            conn.execute_batch(&format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM {table} LIMIT 1",
+                columns.join(", "),
+                values.join(", ")
+            ))
+            .unwrap();
+            drop(conn);
+            let report = both_ways(&copy).unwrap();
+            let failure = report.failure.expect("an orphan is named");
+            assert_eq!(
+                (failure.table, failure.field),
+                (table, "run_id"),
+                "{failure:?}"
+            );
+            assert_eq!(failure.found.as_deref(), Some("nobody"));
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -385,6 +385,45 @@ pub fn last_audit_entry(
     }
 }
 
+/// Rows of the run tables: those that name a run (`run_id` not null) in the audit log,
+/// decisions, steps and gates, and the decisions with an id. The runs pass of `verify` counts
+/// the same of what it read, with for `decision_ids` only the decisions an attempt of their run
+/// names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunRowCounts {
+    pub audit_entries: u64,
+    pub decisions: u64,
+    pub steps: u64,
+    pub gates: u64,
+    pub decision_ids: u64,
+}
+
+impl RunRowCounts {
+    pub fn add(&mut self, other: &RunRowCounts) {
+        self.audit_entries += other.audit_entries;
+        self.decisions += other.decisions;
+        self.steps += other.steps;
+        self.gates += other.gates;
+        self.decision_ids += other.decision_ids;
+    }
+}
+
+/// What the decisions, steps and gates hold, counted as `RunRowCounts` says (the audit log's
+/// count is left at 0: `verify` counts it while reading the chain).
+pub fn run_row_counts(db: &impl Db) -> Result<RunRowCounts, StoreError> {
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        let n: i64 = db.conn().prepare_cached(sql)?.query_row([], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    Ok(RunRowCounts {
+        audit_entries: 0,
+        decisions: count("SELECT count(*) FROM decisions WHERE run_id IS NOT NULL")?,
+        steps: count("SELECT count(*) FROM steps WHERE run_id IS NOT NULL")?,
+        gates: count("SELECT count(*) FROM gates WHERE run_id IS NOT NULL")?,
+        decision_ids: count("SELECT count(*) FROM decisions WHERE decision_id IS NOT NULL")?,
+    })
+}
+
 /// The first row that names a run that does not exist, or a decision that no step attempt
 /// names. Each row of the run tables belongs to a run, and each decision to exactly one attempt.
 pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
