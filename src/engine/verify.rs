@@ -6,6 +6,7 @@
 //! (`Known`). A broken database is a `Report` with a failure, never an error: `Err` means the
 //! file could not be read at all.
 
+mod digests;
 mod lifecycle;
 mod pipeline;
 
@@ -13,12 +14,12 @@ use super::signing::{self, PublicKey};
 use super::{jcs, policy, receipts};
 use crate::model::*;
 use crate::store::{self, AuditLink, Db, StoreError};
+use digests::{Digest, DigestSet, EvidenceIndex};
 use pipeline::Pass;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 /// What to check beyond the file's own consistency.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -475,88 +476,6 @@ struct Known {
     audit_entries_of_runs: u64,
     /// How many rows the runs pass read as belonging to the runs.
     run_rows: store::RunRowCounts,
-}
-
-/// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
-/// memory instead of a query: about 40 bytes per blob, filled in the one pass over the evidence
-/// table. Kept in 16 shards by the first hex digit, one per slice of that pass, so the threads
-/// reading the slices build it together. A digest is uniformly random, so its first word serves
-/// as its hash as it is.
-#[derive(Default)]
-struct EvidenceIndex {
-    shards: Vec<Shard>,
-}
-
-type Shard = HashSet<Digest, BuildHasherDefault<FirstWord>>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Digest([u64; 4]);
-
-impl Hash for Digest {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-    }
-}
-
-/// A `Hasher` for `Digest`: its first word, unchanged.
-#[derive(Default)]
-struct FirstWord(u64);
-
-impl Hasher for FirstWord {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `Digest` is hashed here, through `write_u64`; fold anything else in anyway.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = word;
-    }
-}
-
-impl EvidenceIndex {
-    /// The index of the shards the slices of `TextSlice::by_hex_digit` gathered, in order: the
-    /// NULL keys (never a hash), then one slice per first hex digit, which holds exactly the
-    /// hashes that start with it.
-    fn from_slices(slices: Vec<Shard>) -> EvidenceIndex {
-        let shards: Vec<Shard> = slices.into_iter().skip(1).collect();
-        debug_assert_eq!(shards.len(), 16);
-        debug_assert!(shards
-            .iter()
-            .enumerate()
-            .all(|(nibble, shard)| shard.iter().all(|d| Self::shard_of(d) == nibble)));
-        EvidenceIndex { shards }
-    }
-
-    fn shard_of(digest: &Digest) -> usize {
-        (digest.0[0] >> 60) as usize
-    }
-
-    fn contains(&self, hash: &str) -> bool {
-        Self::digest(hash).is_some_and(|digest| {
-            self.shards
-                .get(Self::shard_of(&digest))
-                .is_some_and(|shard| shard.contains(&digest))
-        })
-    }
-
-    /// The words of a hash written as 64 lowercase hex characters; `None` for anything else.
-    fn digest(hash: &str) -> Option<Digest> {
-        let mut bytes = [0u8; 32];
-        if !is_hash(hash) || hex::decode_to_slice(hash, &mut bytes).is_err() {
-            return None;
-        }
-        let mut words = [0u64; 4];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-            *word = u64::from_be_bytes(chunk.try_into().ok()?);
-        }
-        Some(Digest(words))
-    }
 }
 
 struct Checker<'a, D: Db> {
@@ -1114,7 +1033,7 @@ struct EvidencePass {
 
 impl Pass for EvidencePass {
     type Item = Blob;
-    type Gathered = Shard;
+    type Gathered = DigestSet;
 
     fn slices(&self) -> usize {
         self.slices.len()
@@ -1124,18 +1043,19 @@ impl Pass for EvidencePass {
         &self,
         db: &D,
         slice: usize,
-        shard: &mut Shard,
+        set: &mut DigestSet,
         sink: &mut dyn FnMut(Blob) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
+        let mut digests = Vec::new();
         store::for_each_evidence_in(db, &self.slices[slice], |hash, body| {
-            if let Some(digest) = EvidenceIndex::digest(hash) {
-                shard.insert(digest);
-            }
+            digests.extend(Digest::parse(hash));
             sink(Blob {
                 hash: hash.to_string(),
                 body: body.to_vec(),
             })
-        })
+        })?;
+        *set = DigestSet::new(&digests);
+        Ok(())
     }
 
     fn check(&self, buf: &mut Vec<u8>, blob: &Blob, counts: &mut Counts) -> Checked {
