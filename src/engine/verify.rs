@@ -1044,15 +1044,17 @@ impl Pass for EvidencePass {
         db: &D,
         slice: usize,
         set: &mut DigestSet,
-        sink: &mut dyn FnMut(Blob) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut Blob) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         let mut digests = Vec::new();
+        let mut blob = Blob::default();
         store::for_each_evidence_in(db, &self.slices[slice], |hash, body| {
             digests.extend(Digest::parse(hash));
-            sink(Blob {
-                hash: hash.to_string(),
-                body: body.to_vec(),
-            })
+            blob.hash.clear();
+            blob.hash.push_str(hash);
+            blob.body.clear();
+            blob.body.extend_from_slice(body);
+            sink(&mut blob)
         })?;
         *set = DigestSet::new(&digests);
         Ok(())
@@ -1097,7 +1099,7 @@ impl Pass for AuditPass<'_> {
         db: &D,
         slice: usize,
         gathered: &mut ChainGathered,
-        sink: &mut dyn FnMut(Linked) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut Linked) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         let slice = self.slices[slice];
         // The seq the slice's first entry must have follows from the entry before it, and its
@@ -1107,6 +1109,7 @@ impl Pass for AuditPass<'_> {
             Some((seq, hash)) => (seq + 1, hash.unwrap_or_default()),
             None => (1, ZERO_HASH.to_string()),
         };
+        let mut linked = Linked::default();
         store::for_each_audit_entry_in(db, slice, |entry| {
             gathered.head_seen |= self.expect_head.is_some_and(|head| head.seq == entry.seq);
             gathered.of_runs += u64::from(entry.run_id.is_some());
@@ -1122,14 +1125,16 @@ impl Pass for AuditPass<'_> {
                 let at = (entry.seq, entry.payload_hash.clone());
                 gathered.receipt_entries.push(at);
             }
-            let this_hash = entry.entry_hash.clone();
-            let linked = Linked {
-                entry,
-                expected_seq,
-                prev_hash: std::mem::replace(&mut prev_hash, this_hash),
-            };
+            linked.expected_seq = expected_seq;
             expected_seq += 1;
-            sink(linked)
+            std::mem::swap(&mut linked.prev_hash, &mut prev_hash);
+            prev_hash.clear();
+            prev_hash.push_str(&entry.entry_hash);
+            // Checked where it lies; the entry checked before is read into next.
+            std::mem::swap(&mut linked.entry, entry);
+            let checked = sink(&mut linked);
+            std::mem::swap(&mut linked.entry, entry);
+            checked
         })
     }
 
@@ -1158,10 +1163,10 @@ impl Pass for RunsPass<'_> {
         db: &D,
         slice: usize,
         read: &mut store::RunRowCounts,
-        sink: &mut dyn FnMut(RunRecord) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut RunRecord) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         store::for_each_run_in(db, &self.slices[slice], |run| {
-            let record = RunRecord::read(db, run)?;
+            let mut record = RunRecord::read(db, run)?;
             read.audit_entries += record.links.len() as u64;
             read.decisions += record.decisions.len() as u64;
             read.steps += record.steps.len() as u64;
@@ -1171,7 +1176,7 @@ impl Pass for RunsPass<'_> {
                 .iter()
                 .filter(|d| record.steps.iter().any(|s| s.decision_id == d.decision_id))
                 .count() as u64;
-            sink(record)
+            sink(&mut record)
         })
     }
 
@@ -1202,11 +1207,11 @@ impl Pass for SignaturePass<'_> {
         db: &D,
         slice: usize,
         signed: &mut Vec<String>,
-        sink: &mut dyn FnMut(store::SignatureRow) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut store::SignatureRow) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
-        store::for_each_signature_in(db, &self.slices[slice], |sig| {
+        store::for_each_signature_in(db, &self.slices[slice], |mut sig| {
             signed.push(sig.hash.clone());
-            sink(sig)
+            sink(&mut sig)
         })
     }
 
@@ -1236,11 +1241,11 @@ impl Pass for CheckpointPass<'_> {
         db: &D,
         slice: usize,
         _: &mut (),
-        sink: &mut dyn FnMut(Logged) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut Logged) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         store::for_each_checkpoint_in(db, self.slices[slice], |checkpoint| {
             let logged = store::audit_entry_hash(db, checkpoint.seq)?;
-            sink(Logged { checkpoint, logged })
+            sink(&mut Logged { checkpoint, logged })
         })
     }
 
@@ -1250,6 +1255,7 @@ impl Pass for CheckpointPass<'_> {
 }
 
 /// An evidence blob as read: its key and its body.
+#[derive(Default)]
 struct Blob {
     hash: String,
     body: Vec<u8>,
@@ -1311,6 +1317,7 @@ fn check_signature(
 }
 
 /// A checkpoint as read, with the `entry_hash` the log holds at its seq (`None`: no entry).
+#[derive(Default)]
 struct Logged {
     checkpoint: store::CheckpointRow,
     logged: Option<String>,
@@ -1366,6 +1373,7 @@ fn check_checkpoint(
 
 /// An audit entry as read, with what it must follow: the `seq` it must have, and the stored
 /// `entry_hash` of the entry read before it (64 zeros before the first).
+#[derive(Default)]
 struct Linked {
     entry: AuditEntry,
     expected_seq: i64,
@@ -1448,6 +1456,35 @@ struct RunRecord {
     decisions: Vec<Decision>,
     steps: Vec<StepAttempt>,
     gates: Vec<Gate>,
+}
+
+/// Only a place to read a run into (its status is a placeholder until then).
+impl Default for RunRecord {
+    fn default() -> RunRecord {
+        RunRecord {
+            run: Run {
+                run_id: String::new(),
+                workflow_id: String::new(),
+                workflow_version: 0,
+                status: RunStatus::Pending,
+                created_by: String::new(),
+                created_at: Timestamp::default(),
+                updated_at: Timestamp::default(),
+                ended_at: None,
+                input: Value::Null,
+                input_hash: String::new(),
+                next_step_id: None,
+                failure: None,
+                genesis_hash: String::new(),
+                receipt_hash: None,
+                attempt_base: 0,
+            },
+            links: Vec::new(),
+            decisions: Vec::new(),
+            steps: Vec::new(),
+            gates: Vec::new(),
+        }
+    }
 }
 
 impl RunRecord {
