@@ -1,6 +1,7 @@
 //! The command line: commands and flags, parsed with lexopt, and their help texts. Nothing here
 //! opens a database or a socket.
 
+use crate::bench::load::LoadOptions;
 use crate::engine::verify::Head;
 use crate::model::Role;
 use crate::store::Durability;
@@ -27,6 +28,8 @@ Usage:
   fedcore key show [--db PATH] [--key PATH]   print the public signing key
   fedcore checkpoint [--db PATH]              print the latest signed checkpoint of the audit log
   fedcore proof [--out DIR]                   run the PT-004 proof and write its report (default REPORT/PROOFS)
+  fedcore bench load [--conns N] [--seconds S] [--rounds R] [--json]
+                                              benchmark a server on a throwaway database over HTTP
   fedcore token create --name NAME --role agent|approver|admin|auditor [--db PATH]
                                               create a bearer token and print it, once
   fedcore token revoke --name NAME [--db PATH]
@@ -59,6 +62,9 @@ Usage: fedcore serve [--db PATH] [--listen ADDR] [--key PATH] [timeouts]
                             survives a power cut as far as the disk honours fsync; normal: synced
                             at WAL checkpoints only, faster, survives a killed process but may lose
                             the last commits to a power cut
+  --bench-ceiling           also serve POST /bench/ceiling, which inserts one row into a table
+                            of its own (bench_ceiling): the trivial write `fedcore bench`
+                            measures as its ceiling. For benchmark databases only
 
 Every request but GET /health needs `Authorization: Bearer <token>` (see `fedcore token`). On a
 database that has never had a token, serve creates the admin token `admin`, writes it to
@@ -186,6 +192,36 @@ Ed25519 signature line. Keep it elsewhere: `verify --expect-head SEQ:HASH` check
 holds it. Exit 2 when the database has no checkpoint.
 ";
 
+pub const BENCH_USAGE: &str = "\
+fedcore bench: benchmarks anyone can rerun (see BENCHMARKS.md)
+
+Usage: fedcore bench load [--conns N] [--seconds S] [--warmup S] [--rounds R]
+                          [--durability full|normal] [--keep DIR] [--no-verify] [--json]
+
+load starts `fedcore serve --bench-ceiling` as a child process on a throwaway database and drives
+it from N client threads, each over its own keep-alive connection. Each round has two phases:
+  ceiling    every thread loops POST /bench/ceiling: one authenticated row insert through the
+             same writer and commit as any write, the most this server and machine can answer
+  workflows  every thread runs governed workflows: create a run, then five steps each requested
+             (policy-checked) and completed; 1 run in 10 is flagged (approved by a second actor,
+             resumed by an admin), 1 in 20 is denied and fails closed. Every answer is checked
+Only requests that start and end inside the window after the warm-up count.
+
+  --conns N                 client threads and connections (default 32)
+  --seconds S               measured window of each phase (default 10)
+  --warmup S                warm-up before each window (default 2)
+  --rounds R                rounds; the report gives medians (default 3)
+  --durability full|normal  the server's durability (default full)
+  --keep DIR                put the database in DIR and keep it (default: a temporary folder)
+  --no-verify               skip `fedcore verify` over the database afterwards
+  --json                    print one JSON object instead of the text report
+
+Reports workflows/s, step requests/s, p50/p99/max step latency, the ceiling and the ratio to it,
+errors, connections never answered, the server's peak RSS and the database's bytes per workflow.
+Exit status: 0 clean, 1 errors or unanswered connections or a database that does not verify,
+2 could not run.
+";
+
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Cli {
@@ -198,6 +234,12 @@ pub enum Cli {
     KeyShow { db: PathBuf, key: Option<PathBuf> },
     Checkpoint { db: PathBuf },
     Token(TokenArgs),
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BenchCommand {
+    Load { options: LoadOptions, json: bool },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +271,8 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
     pub key: Option<PathBuf>,
     pub durability: Durability,
+    /// Serve `POST /bench/ceiling` (for `fedcore bench` only).
+    pub bench_ceiling: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -258,6 +302,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             Some("token") => parse_token(&mut parser),
             Some("key") => parse_key(&mut parser),
             Some("checkpoint") => parse_checkpoint(&mut parser),
+            Some("bench") => parse_bench(&mut parser),
             Some("help") => Ok(Cli::Help(USAGE)),
             _ => Err(lexopt::Error::Custom(
                 format!("unknown command {command:?}\n\n{USAGE}").into(),
@@ -286,6 +331,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         shutdown_grace: Duration::from_secs(10),
         key: None,
         durability: Durability::Full,
+        bench_ceiling: false,
     };
     while let Some(arg) = parser.next()? {
         match arg {
@@ -301,6 +347,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
                     )
                 })?;
             }
+            Long("bench-ceiling") => args.bench_ceiling = true,
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
             Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
             Long("shutdown-grace-ms") => args.shutdown_grace = millis(parser)?,
@@ -308,6 +355,67 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         }
     }
     Ok(Cli::Serve(args))
+}
+
+fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    match parser.next()? {
+        Some(Value(command)) if command == "load" => parse_bench_load(parser),
+        Some(Value(command)) => Err(lexopt::Error::Custom(
+            format!("unknown bench {command:?}\n\n{BENCH_USAGE}").into(),
+        )),
+        None | Some(Short('h') | Long("help")) => Ok(Cli::Help(BENCH_USAGE)),
+        Some(other) => Err(other.unexpected()),
+    }
+}
+
+fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let mut options = LoadOptions::default();
+    let mut json = false;
+    let seconds = |parser: &mut lexopt::Parser, flag: &str| -> Result<f64, lexopt::Error> {
+        let s: f64 = parser.value()?.parse()?;
+        match s.is_finite() && s >= 0.0 {
+            true => Ok(s),
+            false => Err(lexopt::Error::Custom(
+                format!("{flag} is a number of seconds, not {s}").into(),
+            )),
+        }
+    };
+    let at_least_one = |parser: &mut lexopt::Parser, flag: &str| -> Result<usize, lexopt::Error> {
+        let n: usize = parser.value()?.parse()?;
+        match n {
+            0 => Err(lexopt::Error::Custom(
+                format!("{flag} must be at least 1").into(),
+            )),
+            n => Ok(n),
+        }
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
+            Long("conns") => options.conns = at_least_one(parser, "--conns")?,
+            Long("rounds") => options.rounds = at_least_one(parser, "--rounds")?,
+            Long("seconds") => options.seconds = seconds(parser, "--seconds")?,
+            Long("warmup") => options.warmup = seconds(parser, "--warmup")?,
+            Long("durability") => {
+                let text = parser.value()?.string()?;
+                options.durability = Durability::parse(&text).ok_or_else(|| {
+                    lexopt::Error::Custom(
+                        format!("--durability is full or normal, not {text:?}").into(),
+                    )
+                })?;
+            }
+            Long("keep") => options.keep = Some(parser.value()?.into()),
+            Long("no-verify") => options.verify = false,
+            Long("json") => json = true,
+            other => return Err(other.unexpected()),
+        }
+    }
+    if options.seconds <= 0.0 {
+        return Err(lexopt::Error::Custom(
+            "--seconds must be more than 0".into(),
+        ));
+    }
+    Ok(Cli::Bench(BenchCommand::Load { options, json }))
 }
 
 fn parse_export(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {

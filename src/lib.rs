@@ -3,6 +3,7 @@
 //! way: `http → engine → store → model`; see ARCHITECTURE.md.
 
 pub mod admin;
+pub mod bench;
 pub mod cli;
 pub mod engine;
 pub mod export;

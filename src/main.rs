@@ -1,6 +1,6 @@
 //! `fedcore`: parse the command line, run one command, map its outcome to an exit code.
 
-use fedcore::cli::{self, Cli, VerifyArgs};
+use fedcore::cli::{self, BenchCommand, Cli, VerifyArgs};
 use fedcore::engine::signing::PublicKey;
 use fedcore::engine::verify;
 use fedcore::http::{self, server::ServerConfig, ServeOptions};
@@ -55,6 +55,7 @@ fn main() -> ExitCode {
                 },
                 key: args.key,
                 durability: args.durability,
+                bench_ceiling: args.bench_ceiling,
             };
             match http::serve(options) {
                 Ok(()) => {
@@ -109,6 +110,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cli::Bench(BenchCommand::Load { options, json }) => run_bench_load(&options, json),
         Cli::Proof { out } => match fedcore::proof::run(&out) {
             Ok(proof) => {
                 let verdict = if proof.passed() { "PASS" } else { "FAIL" };
@@ -126,6 +128,30 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+    }
+}
+
+/// `bench load`: exit 0 clean, 1 when anything went wrong under load, 2 when it could not run.
+fn run_bench_load(options: &fedcore::bench::load::LoadOptions, json: bool) -> ExitCode {
+    match fedcore::bench::load::run(options) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("fedcore bench load: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", report.to_text());
+            }
+            ExitCode::from(if report.clean() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("fedcore bench load: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

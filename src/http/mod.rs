@@ -51,6 +51,8 @@ pub struct ServeOptions {
     /// The signing key file; `None` for the default beside the database (`<db>.key`).
     pub key: Option<PathBuf>,
     pub durability: store::Durability,
+    /// Serve `POST /bench/ceiling`, the benchmark's trivial write (see `store::ceiling`).
+    pub bench_ceiling: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +102,9 @@ fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
     store::set_durability(&conn, options.durability)?;
     let signer = Arc::new(open_signer(&conn, &options.db, options.key.as_deref())?);
     bootstrap(&conn, &options, &signer)?;
+    if options.bench_ceiling {
+        store::create_ceiling_table(&conn)?;
+    }
     let last_checkpoint = Box::new(ShutdownCheckpoint(signer.clone()));
     let (writer, writer_thread) =
         Writer::start_with_last_job(conn, now, WRITER_QUEUE, Some(last_checkpoint))?;
@@ -118,7 +123,13 @@ fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
         let shutdown = shutdown();
         on_ready(listener.local_addr()?);
         let sweeper = tokio::spawn(sweep_expired_gates(state.clone()));
-        let result = server::serve(listener, routes::router(state), options.server, shutdown).await;
+        let result = server::serve(
+            listener,
+            routes::router(state, options.bench_ceiling),
+            options.server,
+            shutdown,
+        )
+        .await;
         sweeper.abort();
         result
     });
@@ -492,6 +503,47 @@ async fn write(
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))??;
     Ok(answer.into_response())
+}
+
+/// The benchmark's ceiling write: one row inserted in its own savepoint of the writer's batch,
+/// answered after the commit, exactly as a command's job is.
+struct CeilingJob {
+    id: Option<Result<i64, StoreError>>,
+    reply: oneshot::Sender<Result<i64, ApiError>>,
+}
+
+impl store::Job for CeilingJob {
+    fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
+        let inserted = store::insert_ceiling_row(tx, now);
+        let commit = inserted.is_ok();
+        self.id = Some(inserted);
+        commit
+    }
+
+    fn finish(self: Box<Self>, failure: Option<StoreError>) {
+        let answer = match (failure, self.id) {
+            (Some(e), _) | (None, Some(Err(e))) => Err(ApiError::internal(e)),
+            (None, Some(Ok(id))) => Ok(id),
+            (None, None) => Err(ApiError::internal("the operation produced no result")),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// Inserts one ceiling row through the writer and waits for its commit.
+async fn write_ceiling_row(state: &AppState) -> Result<i64, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    let job = CeilingJob { id: None, reply };
+    state
+        .writer
+        .submit(Box::new(job))
+        .map_err(|busy| match busy {
+            store::Busy::Full => ApiError::busy(),
+            store::Busy::Stopped => ApiError::writer_stopped(),
+        })?;
+    answer
+        .await
+        .map_err(|_| ApiError::internal("the writer dropped a job"))?
 }
 
 /// Runs a read on the blocking pool over a read connection, in one snapshot.

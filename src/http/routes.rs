@@ -20,8 +20,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+pub fn router(state: AppState, bench_ceiling: bool) -> Router {
+    let routes = Router::new();
+    let routes = match bench_ceiling {
+        true => routes.route("/bench/ceiling", post(bench_ceiling_row)),
+        false => routes,
+    };
+    routes
         .route("/health", get(health))
         .route("/policies/{policy_id}", put(put_policy).get(get_policy))
         .route(
@@ -65,6 +70,13 @@ pub fn router(state: AppState) -> Router {
 }
 
 type Answer = Result<Response, ApiError>;
+
+/// `POST /bench/ceiling` (only under `serve --bench-ceiling`): any authenticated caller inserts
+/// one row; the least a write can cost, for `fedcore bench` to compare against.
+async fn bench_ceiling_row(State(state): State<AppState>, _who: Principal) -> Answer {
+    let id = super::write_ceiling_row(&state).await?;
+    reply(StatusCode::CREATED, json!({ "id": id }))
+}
 
 fn json_of(value: &impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(ApiError::internal)

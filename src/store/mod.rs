@@ -3,11 +3,13 @@
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
 pub mod attack;
+mod ceiling;
 mod queries;
 mod scan;
 mod signatures;
 mod writer;
 
+pub use ceiling::{create_ceiling_table, insert_ceiling_row};
 pub use queries::*;
 /// The write connection `open_for_writing` returns, named here so no other layer names `rusqlite`.
 pub use rusqlite::Connection;
@@ -127,9 +129,6 @@ fn savepoint_name(name: &str) -> &str {
     name
 }
 
-/// Opens (creating if needed) the database at `path` for writing: checks that it is a fedcore
-/// database (or a new, empty file) *before* changing anything, sets the pragmas, and applies
-/// pending migrations in one exclusive transaction.
 /// How a commit reaches the disk. `Full` (the default) syncs the WAL on every commit: an
 /// acknowledged write survives a power cut as far as the disk honours fsync. `Normal` syncs only
 /// at WAL checkpoints: faster, and an acknowledged write still survives the process being killed,
@@ -161,6 +160,9 @@ pub fn set_durability(conn: &Connection, durability: Durability) -> Result<(), S
     Ok(())
 }
 
+/// Opens (creating if needed) the database at `path` for writing: checks that it is a fedcore
+/// database (or a new, empty file) *before* changing anything, sets the pragmas, and applies
+/// pending migrations in one exclusive transaction.
 pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
