@@ -8,11 +8,13 @@
 
 use super::{StoreError, Tx};
 use crate::model::Timestamp;
-use rusqlite::Connection;
+use rusqlite::{Connection, OpenFlags};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// Whether the transaction a job ran in should be committed.
 pub type Commit = bool;
@@ -65,6 +67,7 @@ impl Writer {
         last_job: Option<Box<dyn Job>>,
     ) -> std::io::Result<(Writer, JoinHandle<()>)> {
         let (sender, receiver) = sync_channel::<Box<dyn Job>>(capacity);
+        let checkpointer = Checkpointer::start(&conn)?;
         let handle = std::thread::Builder::new()
             .name("fedcore-writer".into())
             .spawn(move || {
@@ -82,7 +85,14 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    run_batch(&conn, batch, &mut tick);
+                    if run_batch(&conn, batch, &mut tick) {
+                        if let Some(checkpointer) = &checkpointer {
+                            checkpointer.nudge();
+                        }
+                    }
+                }
+                if let Some(checkpointer) = checkpointer {
+                    checkpointer.stop();
                 }
                 if let Some(job) = last_job {
                     run_batch(&conn, vec![job], &mut tick);
@@ -121,14 +131,19 @@ pub fn write_once<T>(
 }
 
 /// Runs `jobs` in one transaction, each in its own savepoint, commits once, then answers each.
-fn run_batch(conn: &Connection, jobs: Vec<Box<dyn Job>>, tick: &mut impl FnMut() -> Timestamp) {
+/// Runs `jobs` in one transaction; returns whether it committed.
+fn run_batch(
+    conn: &Connection,
+    jobs: Vec<Box<dyn Job>>,
+    tick: &mut impl FnMut() -> Timestamp,
+) -> bool {
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         for job in jobs {
             job.finish(Some(StoreError::Transaction(format!(
                 "could not begin: {e}"
             ))));
         }
-        return;
+        return false;
     }
     let tx = Tx { conn };
     let mut ran: Vec<(Box<dyn Job>, Option<StoreError>)> = Vec::with_capacity(jobs.len());
@@ -147,10 +162,77 @@ fn run_batch(conn: &Connection, jobs: Vec<Box<dyn Job>>, tick: &mut impl FnMut()
                 "could not commit: {e}"
             ))));
         }
-        return;
+        return false;
     }
     for (job, failure) in ran {
         job.finish(failure);
+    }
+    true
+}
+
+/// How often, at most, the checkpointer copies the WAL back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Copies committed WAL frames back into the database file on a thread and connection of its
+/// own (`PRAGMA wal_checkpoint(PASSIVE)`), so that no commit waits for a checkpoint: SQLite's
+/// automatic checkpoint would run inside the writer's COMMIT, stalling every request of the next
+/// batch while pages are copied and the database file is synced. A passive checkpoint never
+/// blocks the writer or a reader, and never loses a frame: frames it cannot copy yet (a reader
+/// still needs them) stay in the WAL for the next one. The WAL restarts from its beginning once
+/// everything in it has been copied, so it does not grow without bound.
+struct Checkpointer {
+    nudge: SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    /// Starts the checkpointer for the file behind `conn` and turns the automatic checkpoint of
+    /// `conn` off; `None` for an in-memory or temporary database, which keeps SQLite's own.
+    fn start(conn: &Connection) -> std::io::Result<Option<Checkpointer>> {
+        let Some(path) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+            return Ok(None);
+        };
+        let own = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(std::io::Error::other)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(std::io::Error::other)?;
+        let (nudge, nudged) = sync_channel::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("fedcore-checkpoint".into())
+            .spawn(move || {
+                let mut pending = false;
+                while pending || nudged.recv().is_ok() {
+                    let outcome = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = outcome {
+                        let _ = writeln!(std::io::stderr().lock(), "checkpoint: {e}");
+                    }
+                    // A quiet period: later nudges wait for its end, a stop does not.
+                    pending = false;
+                    let until = Instant::now() + CHECKPOINT_EVERY;
+                    loop {
+                        match nudged.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                            Ok(()) => pending = true,
+                            Err(RecvTimeoutError::Timeout) => break,
+                            Err(RecvTimeoutError::Disconnected) => return,
+                        }
+                    }
+                }
+            })?;
+        Ok(Some(Checkpointer { nudge, thread }))
+    }
+
+    /// Asks for a checkpoint after a commit; nudges coalesce while one is pending.
+    fn nudge(&self) {
+        let _ = self.nudge.try_send(());
+    }
+
+    /// Lets a pending checkpoint finish, then ends the thread.
+    fn stop(self) {
+        drop(self.nudge);
+        let _ = self.thread.join();
     }
 }
 
