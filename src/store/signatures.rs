@@ -253,17 +253,3 @@ pub fn first_unsigned_receipt(
         .query_row([first_seq], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
-
-/// Whether an entry after `seq` ends a run (and so carries a workflow receipt).
-pub fn run_ended_after(db: &impl Db, seq: i64) -> Result<bool, StoreError> {
-    Ok(db
-        .conn()
-        .prepare_cached(
-            "SELECT 1 FROM audit_log
-             WHERE seq > ?1 AND action IN ('run.completed', 'run.failed', 'run.cancelled')
-             LIMIT 1",
-        )?
-        .query_row([seq], |_| Ok(()))
-        .optional()?
-        .is_some())
-}
