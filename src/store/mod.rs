@@ -3,6 +3,8 @@
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
 pub mod attack;
+#[cfg(test)]
+mod plans;
 mod queries;
 mod scan;
 mod signatures;
@@ -31,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("../../migrations/002_trust.sql"),
     include_str!("../../migrations/003_signing.sql"),
+    include_str!("../../migrations/004_plans.sql"),
 ];
 
 /// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.

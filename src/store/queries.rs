@@ -177,11 +177,15 @@ pub fn insert_policy(tx: &Tx<'_>, p: &Policy, at: Timestamp, by: &str) -> Result
 
 pub(super) const POLICY_COLUMNS: &str = policy_columns!();
 
-pub(super) const GET_POLICY: &str = concat!(
+pub(super) const LATEST_POLICY: &str = concat!(
     "SELECT ",
     policy_columns!(),
-    " FROM policies
-     WHERE policy_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
+    " FROM policies WHERE policy_id = ?1 ORDER BY version DESC LIMIT 1"
+);
+pub(super) const POLICY_VERSION: &str = concat!(
+    "SELECT ",
+    policy_columns!(),
+    " FROM policies WHERE policy_id = ?1 AND version = ?2"
 );
 
 pub(super) fn policy_from_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
@@ -201,11 +205,15 @@ pub fn get_policy(
     policy_id: &str,
     version: Option<i64>,
 ) -> Result<Option<Policy>, StoreError> {
-    Ok(db
-        .conn()
-        .prepare_cached(GET_POLICY)?
-        .query_row(params![policy_id, version], policy_from_row)
-        .optional()?)
+    let mut stmt = match version {
+        None => db.conn().prepare_cached(LATEST_POLICY)?,
+        Some(_) => db.conn().prepare_cached(POLICY_VERSION)?,
+    };
+    let found = match version {
+        None => stmt.query_row(params![policy_id], policy_from_row),
+        Some(version) => stmt.query_row(params![policy_id, version], policy_from_row),
+    };
+    Ok(found.optional()?)
 }
 
 pub fn insert_definition(
@@ -234,11 +242,15 @@ pub(super) const INSERT_DEFINITION: &str =
 
 pub(super) const DEFINITION_COLUMNS: &str = definition_columns!();
 
-pub(super) const GET_DEFINITION: &str = concat!(
+pub(super) const LATEST_DEFINITION: &str = concat!(
     "SELECT ",
     definition_columns!(),
-    " FROM workflows
-     WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
+    " FROM workflows WHERE workflow_id = ?1 ORDER BY version DESC LIMIT 1"
+);
+pub(super) const DEFINITION_VERSION: &str = concat!(
+    "SELECT ",
+    definition_columns!(),
+    " FROM workflows WHERE workflow_id = ?1 AND version = ?2"
 );
 
 pub(super) fn definition_from_row(r: &Row<'_>) -> rusqlite::Result<Definition> {
@@ -257,11 +269,15 @@ pub fn get_definition(
     workflow_id: &str,
     version: Option<i64>,
 ) -> Result<Option<Definition>, StoreError> {
-    Ok(db
-        .conn()
-        .prepare_cached(GET_DEFINITION)?
-        .query_row(params![workflow_id, version], definition_from_row)
-        .optional()?)
+    let mut stmt = match version {
+        None => db.conn().prepare_cached(LATEST_DEFINITION)?,
+        Some(_) => db.conn().prepare_cached(DEFINITION_VERSION)?,
+    };
+    let found = match version {
+        None => stmt.query_row(params![workflow_id], definition_from_row),
+        Some(version) => stmt.query_row(params![workflow_id, version], definition_from_row),
+    };
+    Ok(found.optional()?)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,12 +436,36 @@ pub(super) const GET_RUN: &str = concat!(
     run_columns!(),
     " FROM runs r JOIN evidence e ON e.hash = r.input_hash WHERE r.run_id = ?1"
 );
+// One page of runs: one statement per combination of filters, so that each is one range of one
+// index in run_id order (`?3` is the cursor, '' for the first page; `?4` the limit). They number
+// their parameters alike, `?1` status and `?2` workflow_id; a filter a statement does not name is
+// bound and unused.
 pub(super) const LIST_RUNS: &str = concat!(
     "SELECT ",
     run_columns!(),
     " FROM runs r JOIN evidence e ON e.hash = r.input_hash
-     WHERE (?1 IS NULL OR r.status = ?1) AND (?2 IS NULL OR r.workflow_id = ?2)
-       AND (?3 IS NULL OR r.run_id > ?3)
+     WHERE r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
+pub(super) const LIST_RUNS_BY_STATUS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.status = ?1 AND r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
+pub(super) const LIST_RUNS_OF_WORKFLOW: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.workflow_id = ?2 AND r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
+pub(super) const LIST_RUNS_OF_WORKFLOW_BY_STATUS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.workflow_id = ?2 AND r.status = ?1 AND r.run_id > ?3
      ORDER BY r.run_id LIMIT ?4"
 );
 
@@ -508,7 +548,15 @@ pub fn list_runs(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Run>, StoreError> {
-    let mut stmt = db.conn().prepare_cached(LIST_RUNS)?;
+    let sql = match (status, workflow_id) {
+        (None, None) => LIST_RUNS,
+        (Some(_), None) => LIST_RUNS_BY_STATUS,
+        (None, Some(_)) => LIST_RUNS_OF_WORKFLOW,
+        (Some(_), Some(_)) => LIST_RUNS_OF_WORKFLOW_BY_STATUS,
+    };
+    // Every run_id (a UUID) sorts after the empty text.
+    let after = after.unwrap_or("");
+    let mut stmt = db.conn().prepare_cached(sql)?;
     let rows = stmt.query_map(params![status, workflow_id, after, limit], run_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -921,8 +969,10 @@ pub(super) const INSERT_AUDIT: &str = concat!(
     audit_columns!(),
     ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
 );
+/// The head is the entry at the largest seq: one probe for `max(seq)` (the last key of the table's
+/// b-tree) and one for its row.
 pub(super) const AUDIT_HEAD: &str =
-    "SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+    "SELECT seq, entry_hash FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log)";
 pub(super) const AUDIT_PAGE: &str = concat!(
     "SELECT ",
     audit_columns!(),
@@ -1031,6 +1081,49 @@ mod tests {
             assert_eq!(read(other), None, "{other}");
         }
     }
+    #[test]
+    fn a_write_forgets_at_most_a_batch_of_expired_keys_oldest_first() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
+        let tx = Tx { conn: &conn };
+        let answer = StoredAnswer {
+            request_hash: "h".to_string(),
+            status: 200,
+            response: b"{}".to_vec(),
+        };
+        let at = Timestamp::from_micros;
+        let n_expired = PURGE_BATCH + 50;
+        for i in 0..n_expired {
+            put_idempotency(&tx, "a", &format!("old-{i}"), &answer, at(i + 1), at(0)).unwrap();
+        }
+        let oldest_left = |conn: &rusqlite::Connection| -> (i64, Option<String>) {
+            conn.query_row(
+                "SELECT count(*), (SELECT key FROM idempotency WHERE key LIKE 'old-%'
+                   ORDER BY created_at LIMIT 1)
+                 FROM idempotency WHERE key LIKE 'old-%'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        let keep_since = at(1_000_000);
+        put_idempotency(&tx, "a", "new-1", &answer, keep_since, keep_since).unwrap();
+        assert_eq!(
+            oldest_left(&conn),
+            (50, Some(format!("old-{PURGE_BATCH}"))),
+            "expected one write to forget the {PURGE_BATCH} oldest expired keys"
+        );
+        put_idempotency(&tx, "a", "new-2", &answer, keep_since, keep_since).unwrap();
+        assert_eq!(
+            oldest_left(&conn),
+            (0, None),
+            "expected the rest forgotten next"
+        );
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 2, "expected the keys in time kept");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1046,7 +1139,9 @@ pub struct StoredAnswer {
 
 pub(super) const GET_IDEMPOTENCY: &str =
     "SELECT request_hash, status, response FROM idempotency WHERE actor = ?1 AND key = ?2";
-pub(super) const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE created_at < ?1";
+/// The oldest `?2` keys first used before `?1`, found through `idempotency_by_age`.
+pub(super) const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (actor, key) IN
+       (SELECT actor, key FROM idempotency WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)";
 pub(super) const PUT_IDEMPOTENCY: &str =
     "INSERT INTO idempotency (actor, key, request_hash, status, response, created_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
@@ -1069,7 +1164,13 @@ pub fn get_idempotency(
         .optional()?)
 }
 
-/// Keeps `answer` under `(actor, key)`, and forgets keys first used before `keep_since`.
+/// The most expired keys one write forgets. Every write under a key adds one and forgets up to
+/// this many, so a backlog (after a long stop, say) drains within a few requests, while no
+/// request pays for all of it.
+const PURGE_BATCH: i64 = 100;
+
+/// Keeps `answer` under `(actor, key)`, and forgets (up to `PURGE_BATCH` of) the keys first used
+/// before `keep_since`, oldest first.
 pub fn put_idempotency(
     tx: &Tx<'_>,
     actor: &str,
@@ -1080,7 +1181,7 @@ pub fn put_idempotency(
 ) -> Result<(), StoreError> {
     tx.conn()
         .prepare_cached(PURGE_IDEMPOTENCY)?
-        .execute([keep_since])?;
+        .execute(params![keep_since, PURGE_BATCH])?;
     tx.conn().prepare_cached(PUT_IDEMPOTENCY)?.execute(params![
         actor,
         key,

@@ -114,8 +114,8 @@ pub(super) const SIGNATURE_OF: &str =
     "SELECT hash, key_id, signature, signed_at FROM signatures WHERE hash = ?1";
 pub(super) const INSERT_CHECKPOINT: &str =
     "INSERT INTO checkpoints (seq, entry_hash, at, key_id, note) VALUES (?1, ?2, ?3, ?4, ?5)";
-pub(super) const LAST_CHECKPOINT: &str =
-    "SELECT seq, entry_hash, at, key_id, note FROM checkpoints ORDER BY seq DESC LIMIT 1";
+pub(super) const LAST_CHECKPOINT: &str = "SELECT seq, entry_hash, at, key_id, note FROM checkpoints
+     WHERE seq = (SELECT max(seq) FROM checkpoints)";
 
 /// Stores the signature of a receipt hash. The same hash signed twice by one key is the same
 /// signature (Ed25519 is deterministic), so a second insert is a no-op.
