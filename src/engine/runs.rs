@@ -287,6 +287,7 @@ fn end_run(
         decision: None,
         evidence: run.receipt_hash.clone(),
     })?;
+    ctx.run_ended = true;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 
 pub mod attack;
 mod ceiling;
+#[cfg(test)]
+mod plans;
 mod queries;
 mod scan;
 mod signatures;
@@ -33,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("../../migrations/002_trust.sql"),
     include_str!("../../migrations/003_signing.sql"),
+    include_str!("../../migrations/004_plans.sql"),
 ];
 
 /// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.
