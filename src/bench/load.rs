@@ -179,8 +179,18 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
     }
     let peak_rss = server.peak_rss();
     server.stop()?;
-    let (runs, audit_entries, db_tables) = measure_db(db)?;
-    let total: u64 = db_tables.iter().map(|t| t.bytes).sum();
+    let sizes = store::bench::sizes(db)?;
+    let (runs, audit_entries) = (sizes.runs, sizes.audit_entries);
+    let total: u64 = sizes.tables.iter().map(|(_, bytes)| bytes).sum();
+    let db_tables = sizes
+        .tables
+        .into_iter()
+        .map(|(table, bytes)| TableBytes {
+            table,
+            bytes,
+            bytes_per_workflow: bytes as f64 / runs.max(1) as f64,
+        })
+        .collect();
     let (verified, verify_seconds) = match options.verify {
         true => {
             let started = Instant::now();
@@ -730,45 +740,6 @@ fn median(mut values: Vec<f64>) -> f64 {
         1 => values[mid],
         _ => (values[mid - 1] + values[mid]) / 2.0,
     }
-}
-
-/// Runs, audit entries, and bytes by table (indexes included) of the stopped server's database.
-fn measure_db(db: &Path) -> Result<(u64, u64, Vec<TableBytes>), LoadError> {
-    let conn = rusqlite::Connection::open_with_flags(
-        db,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(store::StoreError::from)?;
-    let count = |sql: &str| -> Result<u64, LoadError> {
-        let n: i64 = conn
-            .query_row(sql, [], |r| r.get(0))
-            .map_err(store::StoreError::from)?;
-        Ok(n as u64)
-    };
-    let runs = count("SELECT count(*) FROM runs")?;
-    let audit_entries = count("SELECT count(*) FROM audit_log")?;
-    let mut statement = conn
-        .prepare(
-            "SELECT m.tbl_name, sum(d.pgsize) FROM dbstat AS d JOIN sqlite_master AS m
-               ON m.name = d.name
-             WHERE m.tbl_name <> 'bench_ceiling'
-             GROUP BY m.tbl_name ORDER BY 2 DESC",
-        )
-        .map_err(store::StoreError::from)?;
-    let tables = statement
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
-        .map_err(store::StoreError::from)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(store::StoreError::from)?;
-    let tables = tables
-        .into_iter()
-        .map(|(table, bytes)| TableBytes {
-            table,
-            bytes: bytes as u64,
-            bytes_per_workflow: bytes as f64 / runs.max(1) as f64,
-        })
-        .collect();
-    Ok((runs, audit_entries, tables))
 }
 
 impl LoadReport {

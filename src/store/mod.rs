@@ -3,7 +3,7 @@
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
 pub mod attack;
-mod ceiling;
+pub mod bench;
 #[cfg(test)]
 mod plans;
 mod queries;
@@ -11,7 +11,7 @@ mod scan;
 mod signatures;
 mod writer;
 
-pub use ceiling::{create_ceiling_table, insert_ceiling_row};
+pub use bench::{create_ceiling_table, insert_ceiling_row};
 pub use queries::*;
 /// The write connection `open_for_writing` returns, named here so no other layer names `rusqlite`.
 pub use rusqlite::Connection;

@@ -321,6 +321,48 @@ mod tests {
         path
     }
 
+    #[test]
+    fn commits_reach_the_database_file_without_waiting_for_shutdown() {
+        let path = temp_db("checkpointer");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER); PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        let (writer, thread) = Writer::start(conn, || Timestamp::from_micros(0), 16).unwrap();
+        let (done, results) = channel();
+        for value in 1..=5 {
+            writer.submit(job(value, &done)).unwrap();
+        }
+        for _ in 1..=5 {
+            assert_eq!(results.recv().unwrap().1, None);
+        }
+        // Five rows are one page, far below SQLite's automatic checkpoint (1000 pages): only the
+        // checkpointer thread puts them into the main file while the writer runs. Read a copy of
+        // the main file alone, without its WAL.
+        let copy = temp_db("checkpointer-copy");
+        let rows_in_file = || {
+            let _ = std::fs::remove_file(&copy);
+            std::fs::copy(&path, &copy).ok()?;
+            let copied = Connection::open(&copy).ok()?;
+            copied
+                .query_row("SELECT count(*) FROM t", [], |r| r.get::<_, i64>(0))
+                .ok()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while rows_in_file() != Some(5) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the committed rows never reached the database file"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(writer);
+        thread.join().unwrap();
+        for p in [&path, &copy] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
     /// A job that inserts `value` (refused when negative).
     fn job(value: i64, done: &Sender<(i64, Option<String>)>) -> Box<TestJob> {
         Box::new(TestJob {
