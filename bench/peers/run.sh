@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Peers, side by side: the same five-step workflow on DBOS, LangGraph and fedcore (over HTTP),
+# each on a fresh file-backed SQLite database with durable settings, in one run.
+#
+#   bash bench/peers/run.sh            # 3 rounds of 10 s per system
+#   ROUNDS=5 bash bench/peers/run.sh
+#
+# Rounds are interleaved (round 1 of each system, then round 2 of each, ...) so that a machine
+# that slows down during the run slows every system alike. Prints one markdown table and writes
+# it, with every round's raw JSON, to bench/peers/results/; the path is printed at the end.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+rounds=${ROUNDS:-3}
+python=${PYTHON:-python3.11}
+venv="$here/.venv"
+
+if [[ ! -x "$venv/bin/python" ]]; then
+    echo "creating $venv with $python" >&2
+    "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+
+echo "building fedcore (release)" >&2
+(cd "$root" && cargo build --release --quiet)
+fedcore="$root/target/release/fedcore"
+
+mkdir -p "$here/results"
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+results="$here/results/peers-$stamp.md"
+lines=$(mktemp)
+trap 'rm -f "$lines"' EXIT
+
+# One round of fedcore: its own JSON, reduced to the keys the table needs, or why it did not run.
+fedcore_round() {
+    local round=$1 out err status=0
+    out=$(mktemp) err=$(mktemp)
+    "$fedcore" bench load --json --rounds 1 --seconds 10 >"$out" 2>"$err" || status=$?
+    "$venv/bin/python" - "$round" "$status" "$out" "$err" <<'PY'
+import json, re, sys
+round_, status, out, err = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+stderr = open(err, encoding="utf-8", errors="replace").read()
+line = {"system": "fedcore", "round": round_}
+if status != 0 and re.search(r"unknown command|unrecognized|unexpected argument|unknown flag", stderr):
+    line["unavailable"] = "not available (bench load missing)"
+elif status != 0:
+    first = (stderr.strip().splitlines() or ["no output"])[0]
+    line["unavailable"] = f"failed (exit {status}: {first})"
+else:
+    try:
+        raw = json.loads(open(out, encoding="utf-8").read())
+        line.update(workflows_per_s=raw["workflows_per_s"], steps_per_s=raw["step_requests_per_s"],
+                    raw=raw)
+    except (ValueError, KeyError) as error:
+        line["unavailable"] = f"failed (unreadable JSON: {error!r})"
+print(json.dumps(line))
+PY
+    rm -f "$out" "$err"
+}
+
+# One round of a Python peer: its JSON line with the round number added.
+peer_round() {
+    local system=$1 round=$2
+    (cd "$here" && "$venv/bin/python" "${system}_bench.py" --seconds 10) \
+        | "$venv/bin/python" -c 'import json,sys; l=json.loads(sys.stdin.read()); l["round"]=int(sys.argv[1]); print(json.dumps(l))' "$round"
+}
+
+for round in $(seq 1 "$rounds"); do
+    echo "round $round/$rounds: dbos" >&2
+    peer_round dbos "$round" >>"$lines"
+    echo "round $round/$rounds: langgraph" >&2
+    peer_round langgraph "$round" >>"$lines"
+    echo "round $round/$rounds: fedcore" >&2
+    fedcore_round "$round" >>"$lines"
+    tail -n 1 "$lines" | grep -q '"unavailable"' && echo "  fedcore: $(tail -n 1 "$lines" | sed 's/.*"unavailable": "\([^"]*\)".*/\1/')" >&2
+done
+
+table=$("$venv/bin/python" "$here/table.py" "$lines")
+echo
+echo "$table"
+
+{
+    echo "# Peers, side by side ($stamp)"
+    echo
+    echo "Machine: $(nproc) cores, $(uname -sr), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+    echo "Temp directory: ${TMPDIR:-/tmp} ($(df -T "${TMPDIR:-/tmp}" | awk 'NR==2 {print $2}'))."
+    echo "Python $("$venv/bin/python" -c 'import platform, sqlite3; print(platform.python_version(), "with SQLite", sqlite3.sqlite_version)');" \
+         "$(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')"
+    echo "fedcore $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')."
+    echo
+    echo "$table"
+    echo
+    echo "## Raw rounds (JSON lines)"
+    echo
+    echo '```json'
+    cat "$lines"
+    echo '```'
+} >"$results"
+echo
+echo "results: $results"
