@@ -7,11 +7,14 @@ last workflow in flight has finished, so every counted workflow is complete and 
 """
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
 import threading
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 STEPS_PER_WORKFLOW = 5
 
@@ -30,6 +33,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp directory with the database (default: removed)")
     return parser
+
+
+@contextlib.contextmanager
+def temp_dir(prefix: str, keep: bool) -> Iterator[str]:
+    """A fresh directory for one benchmark's database, removed afterwards unless `keep`."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        if not keep:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def drive(run_one: Callable[[str], None], prefix: str, seconds: float,

@@ -18,10 +18,9 @@ Every connection's pragmas are read back and reported. `--as-shipped` skips both
 with SQLite's defaults.
 """
 
+import contextlib
 import os
-import shutil
 import sqlite3
-import tempfile
 
 import sqlalchemy
 from sqlalchemy import event
@@ -69,13 +68,17 @@ def main() -> None:
     parser.add_argument("--as-shipped", action="store_true",
                         help="leave SQLite's pragmas as DBOS leaves them (rollback journal)")
     args = parser.parse_args()
+    with _drive.temp_dir("dbos-bench-", args.keep) as workdir:
+        bench(args, workdir)
+
+
+def bench(args, workdir: str) -> None:
     as_shipped = args.as_shipped
-    workdir = tempfile.mkdtemp(prefix="dbos-bench-")
     path = os.path.join(workdir, "dbos_sys.sqlite")
     seen_pragmas = set()
 
     if not as_shipped:
-        with sqlite3.connect(path) as connection:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
             connection.execute("PRAGMA journal_mode=WAL")
 
     @event.listens_for(sqlalchemy.pool.Pool, "connect")
@@ -97,14 +100,14 @@ def main() -> None:
     DBOS(config=config)
     DBOS.launch()
     try:
-        _drive.drive(lambda key: five_steps(key), "warmup", 0, args.warmup, args.concurrency)
-        result = _drive.drive(lambda key: five_steps(key), "wf", args.seconds, args.workflows,
+        _drive.drive(five_steps, "warmup", 0, args.warmup, args.concurrency)
+        result = _drive.drive(five_steps, "wf", args.seconds, args.workflows,
                               args.concurrency)
     finally:
         DBOS.destroy()
 
     # Check that what was counted is in the file: every workflow SUCCESS with its five steps.
-    with sqlite3.connect(path) as connection:
+    with contextlib.closing(sqlite3.connect(path)) as connection:
         succeeded = connection.execute(
             "SELECT count(*) FROM workflow_status WHERE status = 'SUCCESS'").fetchone()[0]
         step_rows = connection.execute("SELECT count(*) FROM operation_outputs").fetchone()[0]
@@ -119,11 +122,8 @@ def main() -> None:
         journal_mode="/".join(sorted({journal for journal, _ in seen_pragmas})),
         synchronous="/".join(sorted({sync for _, sync in seen_pragmas})),
         as_shipped=as_shipped,
-        database=path if args.keep else "(removed)",
+        **({"database": path} if args.keep else {}),
     )
-
-    if not args.keep:
-        shutil.rmtree(workdir)
 
 
 if __name__ == "__main__":

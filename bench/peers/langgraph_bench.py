@@ -18,9 +18,7 @@ reports both pragmas as read back. Every `put` and `put_writes` is its own commi
 """
 
 import os
-import shutil
 import sqlite3
-import tempfile
 from typing import TypedDict
 
 from langgraph.checkpoint.sqlite import SqliteSaver
@@ -72,7 +70,11 @@ def build(saver: SqliteSaver):
 
 def main() -> None:
     args = _drive.parser(__doc__.splitlines()[0]).parse_args()
-    workdir = tempfile.mkdtemp(prefix="langgraph-bench-")
+    with _drive.temp_dir("langgraph-bench-", args.keep) as workdir:
+        bench(args, workdir)
+
+
+def bench(args, workdir: str) -> None:
     path = os.path.join(workdir, "checkpoints.sqlite")
     connection = sqlite3.connect(path, check_same_thread=False)
     saver = SqliteSaver(connection)
@@ -111,11 +113,8 @@ def main() -> None:
         journal_mode=journal_mode,
         synchronous={0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[synchronous],
         durability="sync",
-        database=path if args.keep else "(removed)",
+        **({"database": path} if args.keep else {}),
     )
-
-    if not args.keep:
-        shutil.rmtree(workdir)
 
 
 if __name__ == "__main__":
