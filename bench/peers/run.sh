@@ -4,6 +4,7 @@
 #
 #   bash bench/peers/run.sh            # 3 rounds of 10 s per system
 #   ROUNDS=5 bash bench/peers/run.sh
+#   FEDCORE_BIN=/path/to/fedcore bash bench/peers/run.sh   # that binary, not a build of this tree
 #
 # Rounds are interleaved (round 1 of each system, then round 2 of each, ...) so that a machine
 # that slows down during the run slows every system alike. Prints one markdown table and writes
@@ -22,15 +23,39 @@ if [[ ! -x "$venv/bin/python" ]]; then
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$here/requirements.txt"
 
-echo "building fedcore (release)" >&2
-(cd "$root" && cargo build --release --quiet)
-fedcore="$root/target/release/fedcore"
+# FEDCORE_BIN=path measures another build (say, a branch's) instead of building this checkout.
+if [[ -n "${FEDCORE_BIN:-}" ]]; then
+    fedcore=$FEDCORE_BIN
+else
+    echo "building fedcore (release)" >&2
+    (cd "$root" && cargo build --release --quiet)
+    fedcore="$root/target/release/fedcore"
+fi
 
 mkdir -p "$here/results"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 results="$here/results/peers-$stamp.md"
 lines=$(mktemp)
 trap 'rm -f "$lines"' EXIT
+load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# All three systems wait on fsync: calibrate the disk under the temp directory first, with the
+# commit every one of them makes (one row, WAL, synchronous=FULL, one connection).
+fsync_rate=$("$venv/bin/python" - <<'PY'
+import os, sqlite3, tempfile, time
+with tempfile.TemporaryDirectory(prefix="peers-fsync-") as directory:
+    connection = sqlite3.connect(os.path.join(directory, "probe.sqlite"), isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("CREATE TABLE t (x)")
+    start, n = time.perf_counter(), 300
+    for i in range(n):
+        connection.execute("INSERT INTO t VALUES (?)", (i,))
+    print(round(n / (time.perf_counter() - start)))
+    connection.close()
+PY
+)
+echo "disk: $fsync_rate durable SQLite commits/s from one connection (WAL, synchronous=FULL)" >&2
 
 # One round of fedcore: its own JSON, reduced to the keys the table needs, or why it did not run.
 fedcore_round() {
@@ -54,6 +79,8 @@ else:
                     raw=raw)
     except (ValueError, KeyError) as error:
         line["unavailable"] = f"failed (unreadable JSON: {error!r})"
+if "unavailable" in line:
+    print(f"  fedcore: {line['unavailable']}", file=sys.stderr)
 print(json.dumps(line))
 PY
     rm -f "$out" "$err"
@@ -73,7 +100,6 @@ for round in $(seq 1 "$rounds"); do
     peer_round langgraph "$round" >>"$lines"
     echo "round $round/$rounds: fedcore" >&2
     fedcore_round "$round" >>"$lines"
-    tail -n 1 "$lines" | grep -q '"unavailable"' && echo "  fedcore: $(tail -n 1 "$lines" | sed 's/.*"unavailable": "\([^"]*\)".*/\1/')" >&2
 done
 
 table=$("$venv/bin/python" "$here/table.py" "$lines")
@@ -83,8 +109,10 @@ echo "$table"
 {
     echo "# Peers, side by side ($stamp)"
     echo
-    echo "Machine: $(nproc) cores, $(uname -sr), load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
-    echo "Temp directory: ${TMPDIR:-/tmp} ($(df -T "${TMPDIR:-/tmp}" | awk 'NR==2 {print $2}'))."
+    echo "Machine: $(nproc) cores, $(uname -sr); load average $load_at_start at the start," \
+         "$(cut -d' ' -f1-3 /proc/loadavg) at the end."
+    echo "Temp directory: ${TMPDIR:-/tmp} ($(df -T "${TMPDIR:-/tmp}" | awk 'NR==2 {print $2}'));" \
+         "$fsync_rate durable SQLite commits/s from one connection there (WAL, synchronous=FULL)."
     echo "Python $("$venv/bin/python" -c 'import platform, sqlite3; print(platform.python_version(), "with SQLite", sqlite3.sqlite_version)');" \
          "$(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')"
     echo "fedcore $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')."

@@ -15,9 +15,10 @@ LABEL = {"fedcore": "fedcore (HTTP)", "dbos": "DBOS", "langgraph": "LangGraph"}
 FOOTNOTES = """\
 What each number counts, so that unlike things are not compared silently:
 
-- **workflows/s** is completed five-step workflows per second of wall-clock time, 32 in flight, on a
-  fresh file-backed SQLite database per round, median over the rounds. This is the one column that
-  means the same thing in every row, and the ratio is taken on it.
+- **workflows/s** is five-step workflows that ended per second of wall-clock time, 32 in flight, on a
+  fresh file-backed SQLite database per round, median over the rounds. It is the column closest to
+  meaning the same thing in every row (fedcore's mix differs a little, see below), and the ratio is
+  taken on it.
 - **steps/s, DBOS and LangGraph**: steps *executed* per second (5 × workflows/s). A DBOS step is one
   `@DBOS.step()` whose output DBOS commits to SQLite before the next step; a LangGraph step is one
   node whose checkpoint and writes SqliteSaver commits before the next node (`durability="sync"`).
@@ -27,7 +28,10 @@ What each number counts, so that unlike things are not compared silently:
   audit entries written) and `PATCH …/steps/{id}` (completion, receipt and audit entries written),
   each committed (WAL, `synchronous=FULL`) before it is answered. So fedcore steps/s is about twice
   its executed steps/s, and each of its workflows also carries the run's creation and its receipt.
-  fedcore's workflows/s is its `workflows_per_s` for the mix `bench load` drives.
+- **workflows/s, fedcore**: its `workflows_per_s`, runs that ended inside the measured window
+  (`workflows_completed` + `workflows_denied` in the raw JSON) over the mix `bench load` drives:
+  1 run in 10 is flagged, approved by a second actor and resumed by an admin; 1 in 20 is denied and
+  fails closed after fewer steps. The peers run the plain five steps every time.
 - Durability as measured: DBOS WAL + `synchronous=FULL` (set by this script; DBOS itself sets no
   journal pragma), LangGraph WAL (set by SqliteSaver) + `synchronous=FULL`, fedcore WAL +
   `synchronous=FULL` (its default). See the JSON lines for the pragmas each peer read back.
