@@ -39,8 +39,9 @@ lines=$(mktemp)
 trap 'rm -f "$lines"' EXIT
 load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# All three systems wait on fsync: calibrate the disk under the temp directory first, with the
-# commit every one of them makes (one row, WAL, synchronous=FULL, one connection).
+# Every system here commits durably, so note what the disk under the temp directory gives right
+# now for one such commit (one row, WAL, synchronous=FULL, one connection). On a shared disk this
+# moves a lot; it is context for the figures, not a correction to them.
 fsync_rate=$("$venv/bin/python" - <<'PY'
 import os, sqlite3, tempfile, time
 with tempfile.TemporaryDirectory(prefix="peers-fsync-") as directory:
@@ -86,11 +87,25 @@ PY
     rm -f "$out" "$err"
 }
 
-# One round of a Python peer: its JSON line with the round number added.
+# One round of a Python peer: its JSON line with the round number added, or why it failed (its
+# stderr is shown), so that one peer's failure does not lose the other systems' figures.
 peer_round() {
-    local system=$1 round=$2
-    (cd "$here" && "$venv/bin/python" "${system}_bench.py" --seconds 10) \
-        | "$venv/bin/python" -c 'import json,sys; l=json.loads(sys.stdin.read()); l["round"]=int(sys.argv[1]); print(json.dumps(l))' "$round"
+    local system=$1 round=$2 out status=0
+    out=$(mktemp)
+    (cd "$here" && "$venv/bin/python" "${system}_bench.py" --seconds 10) >"$out" || status=$?
+    "$venv/bin/python" - "$system" "$round" "$status" "$out" <<'PY'
+import json, sys
+system, round_, status, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+text = open(out, encoding="utf-8", errors="replace").read()
+if status == 0:
+    line = json.loads(text)
+    line["round"] = round_
+else:
+    line = {"system": system, "round": round_, "unavailable": f"failed (exit {status})"}
+    print(f"  {system}: {line['unavailable']}", file=sys.stderr)
+print(json.dumps(line))
+PY
+    rm -f "$out"
 }
 
 for round in $(seq 1 "$rounds"); do
@@ -115,7 +130,11 @@ echo "$table"
          "$fsync_rate durable SQLite commits/s from one connection there (WAL, synchronous=FULL)."
     echo "Python $("$venv/bin/python" -c 'import platform, sqlite3; print(platform.python_version(), "with SQLite", sqlite3.sqlite_version)');" \
          "$(grep -v '^#' "$here/requirements.txt" | tr '\n' ' ')"
-    echo "fedcore $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)')."
+    if [[ -n "${FEDCORE_BIN:-}" ]]; then
+        echo "fedcore: $FEDCORE_BIN (FEDCORE_BIN)."
+    else
+        echo "fedcore: built from $(cd "$root" && git rev-parse --short HEAD)$(cd "$root" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' with uncommitted changes')."
+    fi
     echo
     echo "$table"
     echo

@@ -65,10 +65,12 @@ def main() -> None:
             why = records[0]["unavailable"] if records else "not run"
             print(f"| {LABEL[system]} | {why} | | | | |")
             continue
-        measured = [r for r in records if "unavailable" not in r]
         workflows, steps = medians[system]
-        per_round_workflows = " / ".join(fmt(r["workflows_per_s"]) for r in measured)
-        per_round_steps = " / ".join(fmt(r["steps_per_s"]) for r in measured)
+        # A round that did not run stays in the list as "–", so a median over fewer rounds shows.
+        per_round_workflows = " / ".join(
+            "–" if "unavailable" in r else fmt(r["workflows_per_s"]) for r in records)
+        per_round_steps = " / ".join(
+            "–" if "unavailable" in r else fmt(r["steps_per_s"]) for r in records)
         if system == "fedcore":
             ratio = "1.00×"
         elif "fedcore" in medians:
