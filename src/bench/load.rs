@@ -95,6 +95,9 @@ pub struct Round {
     pub errors: u64,
     pub connections_opened: u64,
     pub connections_unserved: u64,
+    /// Bytes the server passed to write() (WAL, checkpoints, its log) during the workflow phase,
+    /// per run started in it, when the platform tells (Linux: `wchar` in /proc/PID/io).
+    pub server_written_bytes_per_workflow: Option<f64>,
 }
 
 /// Bytes a table (with its indexes) holds per workflow.
@@ -134,6 +137,8 @@ pub struct LoadReport {
     /// The database's bytes (every table and index but the ceiling's) per run, and by table.
     pub db_bytes_per_workflow: f64,
     pub db_tables: Vec<TableBytes>,
+    /// Median over the rounds of the server's write() bytes per workflow (see `Round`).
+    pub server_written_bytes_per_workflow: Option<f64>,
     /// `fedcore verify` over the database afterwards: intact, and how long it took.
     pub verified: Option<bool>,
     pub verify_seconds: Option<f64>,
@@ -169,13 +174,21 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
     let next_run = AtomicU64::new(1);
     for _ in 0..options.rounds {
         let ceiling = drive(server.addr, options, &next_run, |w| w.ceiling(&workload));
+        let (written, started) = (server.written(), next_run.load(Ordering::Relaxed));
         let flows = drive(server.addr, options, &next_run, |w| w.workflows(&workload));
+        let runs_started = next_run.load(Ordering::Relaxed) - started;
+        let written = server.written().zip(written).map(|(after, before)| {
+            after.saturating_sub(before) as f64 / runs_started.max(1) as f64
+        });
         for sample in ceiling.error_samples.iter().chain(&flows.error_samples) {
             if error_samples.len() < 10 {
                 error_samples.push(sample.clone());
             }
         }
-        rounds.push(Round::of(&ceiling, &flows, options.seconds));
+        rounds.push(Round {
+            server_written_bytes_per_workflow: written,
+            ..Round::of(&ceiling, &flows, options.seconds)
+        });
     }
     let peak_rss = server.peak_rss();
     server.stop()?;
@@ -227,6 +240,11 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
         audit_entries,
         db_bytes_per_workflow: total as f64 / runs.max(1) as f64,
         db_tables,
+        server_written_bytes_per_workflow: rounds
+            .iter()
+            .map(|r| r.server_written_bytes_per_workflow)
+            .collect::<Option<Vec<f64>>>()
+            .map(median),
         verified,
         verify_seconds,
         db_path: None,
@@ -294,6 +312,13 @@ impl Server {
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
+    }
+
+    /// Bytes the server has passed to write() so far (Linux: `wchar` in /proc/PID/io).
+    fn written(&self) -> Option<u64> {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).ok()?;
+        let line = io.lines().find(|l| l.starts_with("wchar:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Stops the server as an operator would (SIGTERM: drain, checkpoint, fold the WAL in).
@@ -717,6 +742,7 @@ impl Round {
             errors: ceiling.errors + flows.errors,
             connections_opened: ceiling.opened + flows.opened,
             connections_unserved: ceiling.unserved + flows.unserved,
+            server_written_bytes_per_workflow: None,
         }
     }
 }
@@ -816,6 +842,12 @@ impl LoadReport {
                 out,
                 "  {:<22} {:>8.0} bytes/run",
                 t.table, t.bytes_per_workflow
+            );
+        }
+        if let Some(written) = self.server_written_bytes_per_workflow {
+            let _ = writeln!(
+                out,
+                "server wrote {written:.0} bytes per workflow (WAL frames, checkpoints, log lines)"
             );
         }
         if let (Some(ok), Some(seconds)) = (self.verified, self.verify_seconds) {

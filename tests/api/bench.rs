@@ -1,0 +1,87 @@
+//! `fedcore bench load` and the ceiling endpoint it measures: the benchmark must run its whole
+//! workload cleanly (every answer checked by the benchmark itself), leave a database that
+//! verifies, and report what BENCHMARKS.md quotes. Nothing here is timed.
+
+use crate::support::{run_cli, Server};
+use serde_json::{json, Value};
+
+#[test]
+fn bench_load_runs_the_governed_mix_cleanly_and_leaves_a_database_that_verifies() {
+    let (code, stdout, stderr) = run_cli(&[
+        "bench",
+        "load",
+        "--conns",
+        "4",
+        "--seconds",
+        "1",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "bench load failed: {stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+    assert_eq!(report["errors"], 0, "{report}");
+    assert_eq!(report["connections_unserved"], 0, "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    let round = &report["rounds"][0];
+    for key in [
+        "workflows_per_s",
+        "step_requests_per_s",
+        "ceiling_requests_per_s",
+        "ratio_to_ceiling",
+    ] {
+        let value = round[key].as_f64().unwrap_or(0.0);
+        assert!(value > 0.0, "{key} should be measured: {report}");
+    }
+    assert!(
+        round["workflows_completed"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    // Every run of the mix writes one of these; the breakdown explains bytes per workflow.
+    let tables: Vec<&str> = report["db_tables"]
+        .as_array()
+        .expect("db_tables")
+        .iter()
+        .filter_map(|t| t["table"].as_str())
+        .collect();
+    for table in ["audit_log", "evidence", "steps", "decisions", "runs"] {
+        assert!(tables.contains(&table), "{table} missing from {tables:?}");
+    }
+    assert!(!tables.contains(&"bench_ceiling"), "{tables:?}");
+}
+
+#[test]
+fn bench_load_refuses_bad_flags_with_exit_two() {
+    for args in [
+        &["bench", "load", "--conns", "0"][..],
+        &["bench", "load", "--seconds", "0"][..],
+        &["bench", "load", "--durability", "fast"][..],
+        &["bench", "unload"][..],
+    ] {
+        let (code, _, stderr) = run_cli(args);
+        assert_eq!(
+            code,
+            2,
+            "expected `fedcore {}` refused: {stderr}",
+            args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn the_ceiling_route_exists_only_when_asked_for_and_needs_a_token() {
+    let plain = Server::start();
+    let mut c = plain.client();
+    assert_eq!(c.post("/bench/ceiling", &json!({})).status, 404);
+
+    let bench = Server::start_with(&["--bench-ceiling"]);
+    let mut c = bench.client();
+    let first = c.post("/bench/ceiling", &json!({}));
+    assert_eq!(first.status, 201, "{:?}", first.json());
+    let second = c.post("/bench/ceiling", &json!({}));
+    assert!(second.json()["id"].as_i64() > first.json()["id"].as_i64());
+    let refused = c.send_unauthenticated("POST", "/bench/ceiling", &[], b"");
+    assert_eq!(refused.status, 401);
+}
