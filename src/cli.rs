@@ -196,7 +196,8 @@ pub const BENCH_USAGE: &str = "\
 fedcore bench: benchmarks anyone can rerun (see BENCHMARKS.md)
 
 Usage: fedcore bench load [--conns N] [--seconds S] [--warmup S] [--rounds R]
-                          [--durability full|normal] [--keep DIR] [--no-verify] [--json]
+                          [--durability full|normal] [--keep DIR | --db PATH] [--no-verify]
+                          [--json]
 
 load starts `fedcore serve --bench-ceiling` as a child process on a throwaway database and drives
 it from N client threads, each over its own keep-alive connection. Each round has two phases:
@@ -213,6 +214,8 @@ Only requests that start and end inside the window after the warm-up count.
   --rounds R                rounds; the report gives medians (default 3)
   --durability full|normal  the server's durability (default full)
   --keep DIR                put the database in DIR and keep it (default: a temporary folder)
+  --db PATH                 run against this existing database instead (kept; e.g. one built by
+                            `fedcore bench seed`), to measure a request's cost on a large file
   --no-verify               skip `fedcore verify` over the database afterwards
   --json                    print one JSON object instead of the text report
 
@@ -405,10 +408,16 @@ fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
                 })?;
             }
             Long("keep") => options.keep = Some(parser.value()?.into()),
+            Long("db") => options.db = Some(parser.value()?.into()),
             Long("no-verify") => options.verify = false,
             Long("json") => json = true,
             other => return Err(other.unexpected()),
         }
+    }
+    if options.keep.is_some() && options.db.is_some() {
+        return Err(lexopt::Error::Custom(
+            "--keep and --db exclude each other (--db is kept)".into(),
+        ));
     }
     if options.seconds <= 0.0 {
         return Err(lexopt::Error::Custom(

@@ -35,6 +35,9 @@ pub struct LoadOptions {
     pub durability: Durability,
     /// Keep the database in this folder (created) instead of a temporary one removed at the end.
     pub keep: Option<PathBuf>,
+    /// Run against this existing database (kept) instead of a new one: to measure the cost of a
+    /// request on a large database (`fedcore bench seed` builds one).
+    pub db: Option<PathBuf>,
     pub verify: bool,
 }
 
@@ -47,6 +50,7 @@ impl Default for LoadOptions {
             rounds: 3,
             durability: Durability::Full,
             keep: None,
+            db: None,
             verify: true,
         }
     }
@@ -147,6 +151,19 @@ pub struct LoadReport {
 
 /// Runs the benchmark.
 pub fn run(options: &LoadOptions) -> Result<LoadReport, LoadError> {
+    if let Some(db) = &options.db {
+        if !db.is_file() {
+            return Err(LoadError::Setup(format!(
+                "{} is not a database file",
+                db.display()
+            )));
+        }
+        let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.unwrap_or(Path::new(".")).to_path_buf();
+        let mut report = run_in(&dir, db, options)?;
+        report.db_path = Some(db.clone());
+        return Ok(report);
+    }
     let (dir, temporary) = match &options.keep {
         Some(dir) => (dir.clone(), false),
         None => (
@@ -166,8 +183,13 @@ pub fn run(options: &LoadOptions) -> Result<LoadReport, LoadError> {
 }
 
 fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, LoadError> {
+    // An existing database has had tokens, so serve writes no admin token file: make one.
+    let admin = match options.db {
+        Some(_) => Some(admin_token(db)?),
+        None => None,
+    };
     let mut server = Server::start(dir, db, options.durability)?;
-    let workload = Workload::set_up(&server)?;
+    let workload = Workload::set_up(&server, admin)?;
     let mut rounds = Vec::new();
     let mut error_samples = Vec::new();
     // Run numbers go on across rounds, so the mix holds over the whole database.
@@ -347,6 +369,21 @@ impl Drop for Server {
     }
 }
 
+/// Creates an admin token for the benchmark on `db` as `fedcore token create` does.
+fn admin_token(db: &Path) -> Result<String, LoadError> {
+    let done = crate::admin::run(&crate::cli::TokenArgs {
+        db: db.to_path_buf(),
+        command: crate::cli::TokenCommand::Create {
+            name: "bench-admin".to_string(),
+            role: crate::model::Role::Admin,
+        },
+    });
+    match done.exit {
+        0 => Ok(done.stdout.trim().to_string()),
+        _ => Err(LoadError::Setup(done.stderr)),
+    }
+}
+
 /// Names of the workload's objects in the benchmark database.
 const AGENT: &str = "bench-agent";
 const APPROVER: &str = "bench-approver";
@@ -366,12 +403,17 @@ struct Workload {
 impl Workload {
     /// Creates the tokens, registers the agent, the policy (the README's Test B policy) and the
     /// five-step definition.
-    fn set_up(server: &Server) -> Result<Workload, LoadError> {
-        let token_file = crate::http::admin_token_path(&server.db);
-        let admin = std::fs::read_to_string(&token_file)
-            .map_err(io(format!("read {}", token_file.display())))?
-            .trim()
-            .to_string();
+    fn set_up(server: &Server, admin: Option<String>) -> Result<Workload, LoadError> {
+        let admin = match admin {
+            Some(token) => token,
+            None => {
+                let token_file = crate::http::admin_token_path(&server.db);
+                std::fs::read_to_string(&token_file)
+                    .map_err(io(format!("read {}", token_file.display())))?
+                    .trim()
+                    .to_string()
+            }
+        };
         let mut conn = Conn::new(server.addr);
         let mut call = |method: &str, path: &str, body: &str, expect: u16| {
             let (status, answer) = conn

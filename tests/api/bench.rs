@@ -85,3 +85,55 @@ fn the_ceiling_route_exists_only_when_asked_for_and_needs_a_token() {
     let refused = c.send_unauthenticated("POST", "/bench/ceiling", &[], b"");
     assert_eq!(refused.status, 401);
 }
+
+#[test]
+fn bench_load_runs_again_on_a_kept_database_and_adds_to_it() {
+    let dir = crate::support::TempDir::new();
+    let kept = dir.path().join("kept");
+    let kept_arg = kept.to_str().unwrap();
+    let short = [
+        "--conns",
+        "2",
+        "--seconds",
+        "0.5",
+        "--warmup",
+        "0",
+        "--rounds",
+        "1",
+        "--json",
+    ];
+    let first = [&["bench", "load", "--keep", kept_arg][..], &short[..]].concat();
+    let (code, stdout, stderr) = run_cli(&first);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let first: Value = serde_json::from_str(stdout.trim()).unwrap();
+
+    let db = kept.join("bench.db");
+    let again = [
+        &["bench", "load", "--db", db.to_str().unwrap()][..],
+        &short[..],
+    ]
+    .concat();
+    let (code, stdout, stderr) = run_cli(&again);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let second: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(second["verified"], true, "{second}");
+    assert!(
+        second["runs"].as_u64() > first["runs"].as_u64(),
+        "the second run adds to the same database: {first} then {second}"
+    );
+
+    let both = [
+        "bench",
+        "load",
+        "--keep",
+        kept_arg,
+        "--db",
+        db.to_str().unwrap(),
+    ];
+    assert_eq!(run_cli(&both).0, 2, "--keep and --db exclude each other");
+    let missing = dir.path().join("missing.db");
+    assert_eq!(
+        run_cli(&["bench", "load", "--db", missing.to_str().unwrap()]).0,
+        2
+    );
+}
