@@ -35,6 +35,10 @@ Usage:
   fedcore token revoke --name NAME [--db PATH]
                                               revoke every live token of NAME
   fedcore token list [--db PATH]              list tokens (names, roles, ids; never the secrets)
+  fedcore bench seed --db PATH --workflows N [--durability full|normal]
+                                              add N PT-004 workflows to a database, through the engine
+  fedcore bench verify [--entries N] [--db PATH] [--rounds R]
+                                              time verify over a database of N audit entries
   fedcore --help | --version
 
 Run `fedcore COMMAND --help` for a command's flags.
@@ -198,6 +202,8 @@ fedcore bench: benchmarks anyone can rerun (see BENCHMARKS.md)
 Usage: fedcore bench load [--conns N] [--seconds S] [--warmup S] [--rounds R]
                           [--durability full|normal] [--keep DIR | --db PATH] [--no-verify]
                           [--json]
+       fedcore bench seed --db PATH --workflows N [--durability full|normal]
+       fedcore bench verify [--entries N] [--db PATH] [--rounds R]
 
 load starts `fedcore serve --bench-ceiling` as a child process on a throwaway database and drives
 it from N client threads, each over its own keep-alive connection. Each round has two phases:
@@ -221,8 +227,29 @@ Only requests that start and end inside the window after the warm-up count.
 
 Reports workflows/s, step requests/s, p50/p99/max step latency, the ceiling and the ratio to it,
 errors, connections never answered, the server's peak RSS and the database's bytes per workflow.
-Exit status: 0 clean, 1 errors or unanswered connections or a database that does not verify,
-2 could not run.
+seed adds N workflows of the PT-004 definition to the database at PATH (created with its key
+file beside it if missing, appended to otherwise), applying through the engine, without HTTP,
+the very commands a server applies for the same requests: a run, each of its five steps
+requested then completed; every 10th workflow flagged at `decide`, approved by a second person
+and resumed by an admin; every 20th denied at `decide`, failing closed. About 1000 commands go
+in one transaction, on a clock that advances 250 us per command. Prints runs, audit entries and
+the time taken.
+
+  --workflows N             how many workflows to add
+  --durability full|normal  how commits reach the disk (default normal: a benchmark fixture)
+
+verify times `fedcore verify` end to end (open read-only, every check) R times over a database
+of at least N audit entries and prints entries, seconds and entries/s for each round and their
+median. Without --db it seeds a new database in a temporary folder and removes it afterwards;
+with --db it uses PATH, seeding (appending) only when PATH holds fewer than N entries, and keeps it.
+
+  --entries N   audit entries to verify (default 1000000)
+  --db PATH     database to reuse
+  --rounds R    how many times to verify (default 3)
+
+Exit status of load: 0 clean, 1 errors or unanswered connections or a database that does not
+verify, 2 could not run. Of seed and verify: 0 done, 2 when the database cannot be seeded or
+verified, or is not intact.
 ";
 
 /// A parsed command line.
@@ -240,9 +267,24 @@ pub enum Cli {
     Bench(BenchCommand),
 }
 
+/// `fedcore bench …`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BenchCommand {
-    Load { options: LoadOptions, json: bool },
+    Load {
+        options: LoadOptions,
+        json: bool,
+    },
+    Seed {
+        db: PathBuf,
+        workflows: u64,
+        durability: Durability,
+    },
+    Verify {
+        entries: u64,
+        /// A database to reuse (and keep); `None` for a temporary one.
+        db: Option<PathBuf>,
+        rounds: usize,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -325,6 +367,13 @@ fn millis(parser: &mut lexopt::Parser) -> Result<Duration, lexopt::Error> {
     Ok(Duration::from_millis(n))
 }
 
+fn durability(parser: &mut lexopt::Parser) -> Result<Durability, lexopt::Error> {
+    let text = parser.value()?.string()?;
+    Durability::parse(&text).ok_or_else(|| {
+        lexopt::Error::Custom(format!("--durability is full or normal, not {text:?}").into())
+    })
+}
+
 fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     let mut args = ServeArgs {
         db: PathBuf::from(DEFAULT_DB),
@@ -342,14 +391,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("db") => args.db = parser.value()?.into(),
             Long("listen") => args.listen = parser.value()?.parse()?,
             Long("key") => args.key = Some(parser.value()?.into()),
-            Long("durability") => {
-                let text = parser.value()?.string()?;
-                args.durability = Durability::parse(&text).ok_or_else(|| {
-                    lexopt::Error::Custom(
-                        format!("--durability is full or normal, not {text:?}").into(),
-                    )
-                })?;
-            }
+            Long("durability") => args.durability = durability(parser)?,
             Long("bench-ceiling") => args.bench_ceiling = true,
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
             Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
@@ -358,17 +400,6 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         }
     }
     Ok(Cli::Serve(args))
-}
-
-fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
-    match parser.next()? {
-        Some(Value(command)) if command == "load" => parse_bench_load(parser),
-        Some(Value(command)) => Err(lexopt::Error::Custom(
-            format!("unknown bench {command:?}\n\n{BENCH_USAGE}").into(),
-        )),
-        None | Some(Short('h') | Long("help")) => Ok(Cli::Help(BENCH_USAGE)),
-        Some(other) => Err(other.unexpected()),
-    }
 }
 
 fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
@@ -399,14 +430,7 @@ fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("rounds") => options.rounds = at_least_one(parser, "--rounds")?,
             Long("seconds") => options.seconds = seconds(parser, "--seconds")?,
             Long("warmup") => options.warmup = seconds(parser, "--warmup")?,
-            Long("durability") => {
-                let text = parser.value()?.string()?;
-                options.durability = Durability::parse(&text).ok_or_else(|| {
-                    lexopt::Error::Custom(
-                        format!("--durability is full or normal, not {text:?}").into(),
-                    )
-                })?;
-            }
+            Long("durability") => options.durability = durability(parser)?,
             Long("keep") => options.keep = Some(parser.value()?.into()),
             Long("db") => options.db = Some(parser.value()?.into()),
             Long("no-verify") => options.verify = false,
@@ -566,6 +590,54 @@ fn parse_checkpoint(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     Ok(Cli::Checkpoint { db })
 }
 
+fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let action = match parser.next()? {
+        Some(Short('h') | Long("help")) | None => return Ok(Cli::Help(BENCH_USAGE)),
+        Some(Value(action)) => action.string()?,
+        Some(other) => return Err(other.unexpected()),
+    };
+    if action == "load" {
+        return parse_bench_load(parser);
+    }
+    let (mut db, mut workflows, mut durability_given) = (None, None, None);
+    let (mut entries, mut rounds) = (1_000_000u64, 3usize);
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
+            Long("db") => db = Some(PathBuf::from(parser.value()?)),
+            Long("workflows") if action == "seed" => workflows = Some(parser.value()?.parse()?),
+            Long("durability") if action == "seed" => durability_given = Some(durability(parser)?),
+            Long("entries") if action == "verify" => entries = parser.value()?.parse()?,
+            Long("rounds") if action == "verify" => rounds = parser.value()?.parse()?,
+            other => return Err(other.unexpected()),
+        }
+    }
+    let missing = |option: &str| lexopt::Error::MissingValue {
+        option: Some(option.into()),
+    };
+    let command = match action.as_str() {
+        "seed" => BenchCommand::Seed {
+            db: db.ok_or_else(|| missing("--db"))?,
+            workflows: workflows.ok_or_else(|| missing("--workflows"))?,
+            durability: durability_given.unwrap_or(Durability::Normal),
+        },
+        "verify" if rounds == 0 => {
+            return Err(lexopt::Error::Custom("--rounds must be at least 1".into()))
+        }
+        "verify" => BenchCommand::Verify {
+            entries,
+            db,
+            rounds,
+        },
+        _ => {
+            return Err(lexopt::Error::Custom(
+                format!("bench wants load, seed or verify\n\n{BENCH_USAGE}").into(),
+            ))
+        }
+    };
+    Ok(Cli::Bench(command))
+}
+
 /// `SEQ:HASH` as `verify` prints it.
 fn head(text: &str) -> Result<Head, lexopt::Error> {
     Head::parse(text).ok_or_else(|| {
@@ -673,6 +745,58 @@ mod tests {
         assert_eq!(
             parse_strs(&["token", "--help"]).unwrap(),
             Cli::Help(TOKEN_USAGE)
+        );
+    }
+
+    #[test]
+    fn bench_commands_read_their_flags_and_default_to_a_million_entries() {
+        assert_eq!(
+            parse_strs(&["bench", "seed", "--db", "b.db", "--workflows", "10"]).unwrap(),
+            Cli::Bench(BenchCommand::Seed {
+                db: PathBuf::from("b.db"),
+                workflows: 10,
+                durability: Durability::Normal
+            })
+        );
+        assert!(parse_strs(&["bench", "seed", "--db", "b.db"]).is_err());
+        assert!(parse_strs(&["bench", "seed", "--workflows", "10"]).is_err());
+        assert_eq!(
+            parse_strs(&["bench", "verify"]).unwrap(),
+            Cli::Bench(BenchCommand::Verify {
+                entries: 1_000_000,
+                db: None,
+                rounds: 3
+            })
+        );
+        assert_eq!(
+            parse_strs(&[
+                "bench",
+                "verify",
+                "--entries",
+                "5000",
+                "--db",
+                "v.db",
+                "--rounds",
+                "1"
+            ])
+            .unwrap(),
+            Cli::Bench(BenchCommand::Verify {
+                entries: 5000,
+                db: Some(PathBuf::from("v.db")),
+                rounds: 1
+            })
+        );
+        assert!(parse_strs(&["bench", "verify", "--rounds", "0"]).is_err());
+        assert!(parse_strs(&["bench", "verify", "--workflows", "3"]).is_err());
+        assert!(parse_strs(&["bench", "unload"]).is_err());
+        assert!(matches!(
+            parse_strs(&["bench", "load", "--conns", "8"]).unwrap(),
+            Cli::Bench(BenchCommand::Load { options, json: false }) if options.conns == 8
+        ));
+        assert_eq!(parse_strs(&["bench"]).unwrap(), Cli::Help(BENCH_USAGE));
+        assert_eq!(
+            parse_strs(&["bench", "verify", "--help"]).unwrap(),
+            Cli::Help(BENCH_USAGE)
         );
     }
 

@@ -1,5 +1,6 @@
 //! `fedcore`: parse the command line, run one command, map its outcome to an exit code.
 
+use fedcore::bench;
 use fedcore::cli::{self, BenchCommand, Cli, VerifyArgs};
 use fedcore::engine::signing::PublicKey;
 use fedcore::engine::verify;
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
             }
         }
         Cli::KeyShow { db, key } => run_key_show(&db, key),
+        Cli::Bench(command) => run_bench(command),
         Cli::Checkpoint { db } => {
             let latest = store::open_read_only(&db)
                 .and_then(|reader| reader.snapshot(store::last_checkpoint)?);
@@ -110,7 +112,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cli::Bench(BenchCommand::Load { options, json }) => run_bench_load(&options, json),
         Cli::Proof { out } => match fedcore::proof::run(&out) {
             Ok(proof) => {
                 let verdict = if proof.passed() { "PASS" } else { "FAIL" };
@@ -162,9 +163,7 @@ fn run_verify(args: VerifyArgs, pubkey: Option<PublicKey>) -> ExitCode {
         replay: args.replay,
         pubkey,
     };
-    let checked = store::open_read_only(&args.db)
-        .and_then(|reader| reader.snapshot(|r| verify::verify(r, &options))?);
-    match checked {
+    match verify::verify_file(&args.db, &options) {
         Ok(report) => {
             if args.json {
                 println!("{}", report.to_json());
@@ -178,6 +177,86 @@ fn run_verify(args: VerifyArgs, pubkey: Option<PublicKey>) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `bench load` (see `run_bench_load`); `bench seed` and `bench verify`: exit 0 done, 2 when a
+/// database cannot be seeded or verified.
+fn run_bench(command: BenchCommand) -> ExitCode {
+    let done = match command {
+        BenchCommand::Load { options, json } => return run_bench_load(&options, json),
+        BenchCommand::Seed {
+            db,
+            workflows,
+            durability,
+        } => bench::seed::seed(&db, workflows, durability)
+            .map(|seeded| print_seeded(&db, &seeded))
+            .map_err(|e| format!("fedcore bench seed: {e}")),
+        BenchCommand::Verify {
+            entries,
+            db: Some(db),
+            rounds,
+        } => bench_verify(&db, entries, rounds),
+        BenchCommand::Verify {
+            entries,
+            db: None,
+            rounds,
+        } => {
+            let dir =
+                std::env::temp_dir().join(format!("fedcore-bench-verify-{}", std::process::id()));
+            let done = std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("fedcore bench verify: {}: {e}", dir.display()))
+                .and_then(|()| bench_verify(&dir.join("bench.db"), entries, rounds));
+            let _ = std::fs::remove_dir_all(&dir);
+            done
+        }
+    };
+    match done {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("{why}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn print_seeded(db: &std::path::Path, s: &bench::seed::SeedSummary) {
+    let seconds = s.elapsed.as_secs_f64();
+    println!(
+        "seeded {} workflows ({} completed, {} failed) into {} in {seconds:.1} s: \
+         {} audit entries added ({:.0}/s); it holds {} runs, {} audit entries",
+        s.workflows,
+        s.completed,
+        s.failed,
+        db.display(),
+        s.added_entries,
+        s.added_entries as f64 / seconds.max(1e-9),
+        s.runs,
+        s.audit_entries
+    );
+}
+
+/// Seeds `db` up to `entries` audit entries if it holds fewer, then times `verify` over it.
+fn bench_verify(db: &std::path::Path, entries: u64, rounds: usize) -> Result<(), String> {
+    let failed = |e: bench::verify::BenchError| format!("fedcore bench verify: {e}");
+    if let Some(seeded) = bench::verify::seed_to(db, entries).map_err(failed)? {
+        print_seeded(db, &seeded);
+    }
+    let line = |what: &str, r: &bench::verify::Round| {
+        println!(
+            "{what:<8} {:>9} entries {:>8.3} s {:>9.0} entries/s",
+            r.entries,
+            r.elapsed.as_secs_f64(),
+            r.entries_per_second()
+        )
+    };
+    let timed = bench::verify::time_verify(db, rounds, |i, round| {
+        line(&format!("round {}", i + 1), round)
+    })
+    .map_err(failed)?;
+    if let Some(median) = bench::verify::median(&timed) {
+        line("median", &median);
+    }
+    Ok(())
 }
 
 /// `verify --receipts DIR`: exit 0 intact, 1 broken or unreadable, 2 no such folder.

@@ -187,6 +187,12 @@ impl fmt::Display for Report {
     }
 }
 
+/// `fedcore verify` end to end: opens the file at `path` read-only (`Missing` when there is none,
+/// and nothing is created) and checks it in one read snapshot.
+pub fn verify_file(path: &std::path::Path, options: &Options) -> Result<Report, StoreError> {
+    store::open_read_only(path).and_then(|reader| reader.snapshot(|r| verify(r, options))?)
+}
+
 /// Checks the database `db` reads (run it inside one read snapshot) and reports the first broken
 /// object. `Err` only when reading failed: the database could not be checked.
 ///
@@ -231,6 +237,9 @@ pub fn verify(db: &impl Db, options: &Options) -> Result<Report, StoreError> {
 
 /// The audit actions that record a catalog change.
 const CATALOG_ACTIONS: [&str; 3] = ["policy.put", "definition.put", "agent.put"];
+
+/// The audit actions that end a run and carry its workflow receipt.
+const RUN_ENDS: [&str; 3] = ["run.completed", "run.failed", "run.cancelled"];
 
 /// At most this many threads check while one reads; reading on its own thread bounds the gain.
 const MAX_WORKERS: usize = 8;
@@ -423,6 +432,9 @@ struct Known {
     /// The `policy.put`, `definition.put` and `agent.put` entries: `subject → [(seq,
     /// payload_hash)]` in `seq` order, gathered while the chain is read.
     catalog_entries: HashMap<String, Vec<(i64, String)>>,
+    /// The entries that end a run, and so carry a workflow receipt that must be signed:
+    /// `(seq, payload_hash)` in `seq` order, gathered while the chain is read.
+    receipt_entries: Vec<(i64, String)>,
 }
 
 /// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
@@ -545,6 +557,7 @@ impl<D: Db> Checker<'_, D> {
         let mut expected_seq = 1;
         let mut prev_hash = ZERO_HASH.to_string();
         let mut catalog_entries: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+        let mut receipt_entries = Vec::new();
         let mut read = |sink: &mut dyn FnMut(Linked) -> Result<(), Stop>| {
             store::for_each_audit_entry(db, |entry| {
                 head_seen |= expect_head.is_some_and(|head| head.seq == entry.seq);
@@ -554,6 +567,9 @@ impl<D: Db> Checker<'_, D> {
                         .entry(format!("{}\n{}", entry.action, entry.subject))
                         .or_default()
                         .push(at);
+                }
+                if RUN_ENDS.contains(&entry.action.as_str()) {
+                    receipt_entries.push((entry.seq, entry.payload_hash.clone()));
                 }
                 let this_hash = entry.entry_hash.clone();
                 let linked = Linked {
@@ -571,6 +587,7 @@ impl<D: Db> Checker<'_, D> {
         };
         pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)?;
         self.known.catalog_entries = catalog_entries;
+        self.known.receipt_entries = receipt_entries;
         match expect_head {
             Some(head) if !head_seen && head.seq > 0 => {
                 let at = At {
@@ -798,70 +815,44 @@ impl<D: Db> Checker<'_, D> {
             _ => recorded_key,
         };
         let key_id = key.key_id_hex();
-        let counts = &mut self.counts;
         let known = &self.known;
-        store::for_each_signature(db, |sig| {
-            let at = At {
-                table: "signatures",
-                row: Row::Key(&sig.hash),
-            };
-            at.same("key_id", &key_id, &sig.key_id, || {
-                "the signature names another key".into()
-            })?;
-            if !key.verifies_hash(&sig.hash, &sig.signature) {
-                let why = format!("the signature does not verify under {}", key.name);
-                return Err(at
-                    .broken("signature", None, Some(&sig.signature), why)
-                    .into());
-            }
-            at.stored(known, "hash", &sig.hash)?;
-            counts.signatures += 1;
-            Ok::<(), Stop>(())
-        })?;
+        // Verifying signatures is most of this pass's work, so the workers do it; this thread
+        // reads, and keeps the signed hashes to find a receipt without a signature.
+        let mut signed: HashSet<String> = HashSet::new();
+        let mut read = |sink: &mut dyn FnMut(store::SignatureRow) -> Result<(), Stop>| {
+            store::for_each_signature(db, |sig| {
+                signed.insert(sig.hash.clone());
+                sink(sig)
+            })
+        };
+        let check = |_: &mut Vec<u8>, sig: &store::SignatureRow, counts: &mut Counts| {
+            check_signature(known, &key, &key_id, sig, counts)
+        };
+        pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)?;
         let origin = signing::origin(&key.name);
-        store::for_each_checkpoint(db, |c| {
-            let at = At {
-                table: "checkpoints",
-                row: Row::Seq(c.seq),
-            };
-            at.same("key_id", &key_id, &c.key_id, || {
-                "the checkpoint names another key".into()
-            })?;
-            let stated = key
-                .open_checkpoint(&c.note)
-                .map_err(|why| at.broken("note", None, None, why))?;
-            at.same("note", &origin, &stated.origin, || {
-                "the note's origin is not this key's log".into()
-            })?;
-            at.same("note", &c.seq.to_string(), &stated.seq.to_string(), || {
-                "the note states another tree size than its seq".into()
-            })?;
-            at.same("note", &c.entry_hash, &stated.entry_hash, || {
-                "the note states another root hash than its entry_hash".into()
-            })?;
-            at.same("note", &c.at, &stated.at, || {
-                "the note states another time than its row".into()
-            })?;
-            match store::audit_entry_hash(db, c.seq)? {
-                Some(logged) => at.same("entry_hash", &logged, &c.entry_hash, || {
-                    format!("the log's entry {} has another entry_hash", c.seq)
-                })?,
-                None => {
-                    let why = format!("the log holds no entry {}: it was cut", c.seq);
-                    return Err(at.broken("seq", None, Some(&c.seq.to_string()), why).into());
-                }
-            }
-            counts.checkpoints += 1;
-            Ok::<(), Stop>(())
-        })?;
+        let mut read = |sink: &mut dyn FnMut(Logged) -> Result<(), Stop>| {
+            store::for_each_checkpoint(db, |checkpoint| {
+                let logged = store::audit_entry_hash(db, checkpoint.seq)?;
+                sink(Logged { checkpoint, logged })
+            })
+        };
+        let check = |_: &mut Vec<u8>, logged: &Logged, counts: &mut Counts| {
+            check_checkpoint(&key, &key_id, &origin, logged, counts)
+        };
+        pipeline::check_in_order(self.workers, &mut self.counts, &mut read, &check)?;
         self.signing_key = Some(key);
-        if let Some((seq, hash)) = store::first_unsigned_receipt(db, row.first_seq)? {
+        let unsigned = self
+            .known
+            .receipt_entries
+            .iter()
+            .find(|(seq, hash)| *seq >= row.first_seq && !signed.contains(hash));
+        if let Some((seq, hash)) = unsigned {
             let at = At {
                 table: "audit_log",
-                row: Row::Seq(seq),
+                row: Row::Seq(*seq),
             };
             let why = "the workflow receipt this entry carries has no signature";
-            return Err(at.broken("payload_hash", Some(&hash), None, why).into());
+            return Err(at.broken("payload_hash", Some(hash), None, why).into());
         }
         Ok(())
     }
@@ -1071,6 +1062,84 @@ fn check_blob(buf: &mut Vec<u8>, blob: &Blob, counts: &mut Counts) -> Checked {
     Ok(())
 }
 
+/// A receipt signature names the recorded key, verifies under it, and signs a stored hash.
+fn check_signature(
+    known: &Known,
+    key: &PublicKey,
+    key_id: &str,
+    sig: &store::SignatureRow,
+    counts: &mut Counts,
+) -> Checked {
+    let at = At {
+        table: "signatures",
+        row: Row::Key(&sig.hash),
+    };
+    at.same("key_id", key_id, &sig.key_id, || {
+        "the signature names another key".into()
+    })?;
+    if !key.verifies_hash(&sig.hash, &sig.signature) {
+        let why = format!("the signature does not verify under {}", key.name);
+        return Err(at.broken("signature", None, Some(&sig.signature), why));
+    }
+    at.stored(known, "hash", &sig.hash)?;
+    counts.signatures += 1;
+    Ok(())
+}
+
+/// A checkpoint as read, with the `entry_hash` the log holds at its seq (`None`: no entry).
+struct Logged {
+    checkpoint: store::CheckpointRow,
+    logged: Option<String>,
+}
+
+/// A checkpoint names the recorded key, its note verifies under it and states this log, its
+/// seq, entry_hash and time, and the log still holds that entry.
+fn check_checkpoint(
+    key: &PublicKey,
+    key_id: &str,
+    origin: &str,
+    logged: &Logged,
+    counts: &mut Counts,
+) -> Checked {
+    let Logged {
+        checkpoint: c,
+        logged,
+    } = logged;
+    let at = At {
+        table: "checkpoints",
+        row: Row::Seq(c.seq),
+    };
+    at.same("key_id", key_id, &c.key_id, || {
+        "the checkpoint names another key".into()
+    })?;
+    let stated = key
+        .open_checkpoint(&c.note)
+        .map_err(|why| at.broken("note", None, None, why))?;
+    at.same("note", origin, &stated.origin, || {
+        "the note's origin is not this key's log".into()
+    })?;
+    at.same("note", &c.seq.to_string(), &stated.seq.to_string(), || {
+        "the note states another tree size than its seq".into()
+    })?;
+    at.same("note", &c.entry_hash, &stated.entry_hash, || {
+        "the note states another root hash than its entry_hash".into()
+    })?;
+    at.same("note", &c.at, &stated.at, || {
+        "the note states another time than its row".into()
+    })?;
+    match logged {
+        Some(logged) => at.same("entry_hash", logged, &c.entry_hash, || {
+            format!("the log's entry {} has another entry_hash", c.seq)
+        })?,
+        None => {
+            let why = format!("the log holds no entry {}: it was cut", c.seq);
+            return Err(at.broken("seq", None, Some(&c.seq.to_string()), why));
+        }
+    }
+    counts.checkpoints += 1;
+    Ok(())
+}
+
 /// An audit entry as read, with what it must follow: the `seq` it must have, and the stored
 /// `entry_hash` of the entry read before it (64 zeros before the first).
 struct Linked {
@@ -1244,8 +1313,7 @@ fn check_run(known: &Known, buf: &mut Vec<u8>, record: &RunRecord, counts: &mut 
                 "the workflow receipt does not match the run, its step and its gate receipts".into()
             })?;
             at.stored(known, "receipt_hash", receipt)?;
-            let ending = ["run.completed", "run.failed", "run.cancelled"];
-            at.carried(links, &ending, &subject, "receipt_hash", receipt)?;
+            at.carried(links, &RUN_ENDS, &subject, "receipt_hash", receipt)?;
             counts.workflow_receipts += 1;
             Ok(())
         }

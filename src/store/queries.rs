@@ -540,6 +540,14 @@ pub fn get_run(db: &impl Db, run_id: &str) -> Result<Option<Run>, StoreError> {
         .optional()?)
 }
 
+/// How many runs the database holds.
+pub fn count_runs(db: &impl Db) -> Result<i64, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached("SELECT count(*) FROM runs")?
+        .query_row([], |r| r.get(0))?)
+}
+
 /// Runs in `run_id` order after `after`, optionally filtered, at most `limit`.
 pub fn list_runs(
     db: &impl Db,

@@ -232,24 +232,3 @@ pub fn audit_entry_hash(db: &impl Db, seq: i64) -> Result<Option<String>, StoreE
         .query_row([seq], |r| r.get(0))
         .optional()?)
 }
-
-/// The first entry from `first_seq` on that ends a run (and so carries a workflow receipt) whose
-/// receipt has no signature: `(seq, payload_hash)`.
-pub fn first_unsigned_receipt(
-    db: &impl Db,
-    first_seq: i64,
-) -> Result<Option<(i64, String)>, StoreError> {
-    if !signs(db)? {
-        return Ok(None);
-    }
-    Ok(db
-        .conn()
-        .prepare_cached(
-            "SELECT seq, payload_hash FROM audit_log
-             WHERE seq >= ?1 AND action IN ('run.completed', 'run.failed', 'run.cancelled')
-               AND payload_hash NOT IN (SELECT hash FROM signatures)
-             ORDER BY seq LIMIT 1",
-        )?
-        .query_row([first_seq], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?)
-}
