@@ -202,7 +202,7 @@ fedcore bench: benchmarks anyone can rerun (see BENCHMARKS.md)
 Usage: fedcore bench load [--conns N] [--seconds S] [--warmup S] [--rounds R]
                           [--durability full|normal] [--keep DIR | --db PATH] [--no-verify]
                           [--json]
-       fedcore bench seed --db PATH --workflows N [--durability full|normal]
+       fedcore bench seed --db PATH --workflows N [--runs-only] [--durability full|normal]
        fedcore bench verify [--entries N] [--db PATH] [--rounds R]
 
 load starts `fedcore serve --bench-ceiling` as a child process on a throwaway database and drives
@@ -236,6 +236,8 @@ in one transaction, on a clock that advances 250 us per command. Prints runs, au
 the time taken.
 
   --workflows N             how many workflows to add
+  --runs-only               stop each workflow once its run is created (PENDING): the quick way
+                            to a database holding a million runs
   --durability full|normal  how commits reach the disk (default normal: a benchmark fixture)
 
 verify times `fedcore verify` end to end (open read-only, every check) R times over a database
@@ -278,6 +280,8 @@ pub enum BenchCommand {
         db: PathBuf,
         workflows: u64,
         durability: Durability,
+        /// Create the runs only (`--runs-only`).
+        runs_only: bool,
     },
     Verify {
         entries: u64,
@@ -600,13 +604,14 @@ fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         return parse_bench_load(parser);
     }
     let (mut db, mut workflows, mut durability_given) = (None, None, None);
-    let (mut entries, mut rounds) = (1_000_000u64, 3usize);
+    let (mut entries, mut rounds, mut runs_only) = (1_000_000u64, 3usize, false);
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
             Long("db") => db = Some(PathBuf::from(parser.value()?)),
             Long("workflows") if action == "seed" => workflows = Some(parser.value()?.parse()?),
             Long("durability") if action == "seed" => durability_given = Some(durability(parser)?),
+            Long("runs-only") if action == "seed" => runs_only = true,
             Long("entries") if action == "verify" => entries = parser.value()?.parse()?,
             Long("rounds") if action == "verify" => rounds = parser.value()?.parse()?,
             other => return Err(other.unexpected()),
@@ -620,6 +625,7 @@ fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             db: db.ok_or_else(|| missing("--db"))?,
             workflows: workflows.ok_or_else(|| missing("--workflows"))?,
             durability: durability_given.unwrap_or(Durability::Normal),
+            runs_only,
         },
         "verify" if rounds == 0 => {
             return Err(lexopt::Error::Custom("--rounds must be at least 1".into()))
@@ -755,7 +761,8 @@ mod tests {
             Cli::Bench(BenchCommand::Seed {
                 db: PathBuf::from("b.db"),
                 workflows: 10,
-                durability: Durability::Normal
+                durability: Durability::Normal,
+                runs_only: false
             })
         );
         assert!(parse_strs(&["bench", "seed", "--db", "b.db"]).is_err());

@@ -188,9 +188,13 @@ fn run_bench(command: BenchCommand) -> ExitCode {
             db,
             workflows,
             durability,
-        } => bench::seed::seed(&db, workflows, durability)
-            .map(|seeded| print_seeded(&db, &seeded))
-            .map_err(|e| format!("fedcore bench seed: {e}")),
+            runs_only,
+        } => match runs_only {
+            true => bench::seed::seed_runs(&db, workflows, durability),
+            false => bench::seed::seed(&db, workflows, durability),
+        }
+        .map(|seeded| print_seeded(&db, &seeded))
+        .map_err(|e| format!("fedcore bench seed: {e}")),
         BenchCommand::Verify {
             entries,
             db: Some(db),
