@@ -8,6 +8,8 @@ mod error;
 mod request;
 mod routes;
 pub mod server;
+#[cfg(test)]
+mod workload;
 
 pub use error::ApiError;
 

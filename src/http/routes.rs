@@ -91,6 +91,63 @@ fn reply(status: StatusCode, value: Value) -> Answer {
     Ok((status, Json(value)).into_response())
 }
 
+/// The result of an encoder: the status and body of an answer.
+pub(super) type Encoded = Result<(StatusCode, Value), ApiError>;
+
+/// `POST /workflows/runs`: the new run.
+pub(super) fn created_run(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::Run(run) => encoded(StatusCode::CREATED, json_of(&run)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `PATCH …/status`: the run as changed.
+pub(super) fn changed_run(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::Run(run) => encoded(StatusCode::OK, json_of(&run)?),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST …/steps`: `{"decision", "gate", "run", "step"}`.
+pub(super) fn requested_step(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::StepRequested {
+            step,
+            decision,
+            run,
+            gate,
+        } => encoded(
+            StatusCode::CREATED,
+            json!({"step": json_of(&step)?, "decision": json_of(&decision)?, "run": json_of(&run)?, "gate": json_of(&gate)?}),
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `PATCH …/steps/{step_id}`: `{"run", "step"}`.
+pub(super) fn finished_step(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::StepFinished { step, run } => encoded(
+            StatusCode::OK,
+            json!({"step": json_of(&step)?, "run": json_of(&run)?}),
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `PATCH …/gates/{gate_id}`: `{"gate", "run"}`.
+pub(super) fn resolved_gate(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::GateResolved { gate, run } => encoded(
+            StatusCode::OK,
+            json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
 fn unexpected(outcome: Outcome) -> ApiError {
     ApiError::internal(format!("unexpected engine outcome {outcome:?}"))
 }
@@ -231,10 +288,7 @@ async fn create_run(State(state): State<AppState>, who: Principal, mut body: Bod
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::Run(run) => encoded(StatusCode::CREATED, json_of(&run)?),
-            other => Err(unexpected(other)),
-        },
+        created_run,
     )
     .await
 }
@@ -327,10 +381,7 @@ async fn change_status(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::Run(run) => encoded(StatusCode::OK, json_of(&run)?),
-            other => Err(unexpected(other)),
-        },
+        changed_run,
     )
     .await
 }
@@ -356,18 +407,7 @@ async fn request_step(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-        Outcome::StepRequested {
-            step,
-            decision,
-            run,
-            gate,
-        } => encoded(
-            StatusCode::CREATED,
-            json!({"step": json_of(&step)?, "decision": json_of(&decision)?, "run": json_of(&run)?, "gate": json_of(&gate)?}),
-        ),
-            other => Err(unexpected(other)),
-        },
+        requested_step,
     )
     .await
 }
@@ -420,13 +460,7 @@ async fn finish_step(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::StepFinished { step, run } => encoded(
-                StatusCode::OK,
-                json!({"step": json_of(&step)?, "run": json_of(&run)?}),
-            ),
-            other => Err(unexpected(other)),
-        },
+        finished_step,
     )
     .await
 }
@@ -499,13 +533,7 @@ async fn resolve_gate(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::GateResolved { gate, run } => encoded(
-                StatusCode::OK,
-                json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
-            ),
-            other => Err(unexpected(other)),
-        },
+        resolved_gate,
     )
     .await
 }
