@@ -5,7 +5,11 @@
 use super::auth::{self, write_as, Principal};
 use super::error::ApiError;
 use super::request::{Body, Params, QueryPairs};
-use super::{read, AppState};
+use super::wire::{
+    DecisionJson, GateJson, GateResolvedJson, RunJson, StepFinishedJson, StepJson,
+    StepRequestedJson,
+};
+use super::{read, AppState, Encoded};
 use crate::engine::views::{self, RunFilter, RunView};
 use crate::engine::{Command, Outcome, StepResult};
 use crate::model::*;
@@ -82,22 +86,20 @@ fn json_of(value: &impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(ApiError::internal)
 }
 
-/// An encoder's result: the status and body of an answer.
-fn encoded(status: StatusCode, value: Value) -> Result<(StatusCode, Value), ApiError> {
-    Ok((status, value))
+/// An encoder's result: the status and the JSON bytes of `value`.
+fn encoded(status: StatusCode, value: &impl Serialize) -> Encoded {
+    let body = serde_json::to_vec(value).map_err(ApiError::internal)?;
+    Ok((status, body))
 }
 
 fn reply(status: StatusCode, value: Value) -> Answer {
     Ok((status, Json(value)).into_response())
 }
 
-/// The result of an encoder: the status and body of an answer.
-pub(super) type Encoded = Result<(StatusCode, Value), ApiError>;
-
 /// `POST /workflows/runs`: the new run.
 pub(super) fn created_run(outcome: Outcome) -> Encoded {
     match outcome {
-        Outcome::Run(run) => encoded(StatusCode::CREATED, json_of(&run)?),
+        Outcome::Run(run) => encoded(StatusCode::CREATED, &RunJson(&run)),
         other => Err(unexpected(other)),
     }
 }
@@ -105,7 +107,7 @@ pub(super) fn created_run(outcome: Outcome) -> Encoded {
 /// `PATCH …/status`: the run as changed.
 pub(super) fn changed_run(outcome: Outcome) -> Encoded {
     match outcome {
-        Outcome::Run(run) => encoded(StatusCode::OK, json_of(&run)?),
+        Outcome::Run(run) => encoded(StatusCode::OK, &RunJson(&run)),
         other => Err(unexpected(other)),
     }
 }
@@ -120,7 +122,12 @@ pub(super) fn requested_step(outcome: Outcome) -> Encoded {
             gate,
         } => encoded(
             StatusCode::CREATED,
-            json!({"step": json_of(&step)?, "decision": json_of(&decision)?, "run": json_of(&run)?, "gate": json_of(&gate)?}),
+            &StepRequestedJson {
+                decision: DecisionJson(&decision),
+                gate: gate.as_ref().map(GateJson),
+                run: RunJson(&run),
+                step: StepJson(&step),
+            },
         ),
         other => Err(unexpected(other)),
     }
@@ -131,7 +138,10 @@ pub(super) fn finished_step(outcome: Outcome) -> Encoded {
     match outcome {
         Outcome::StepFinished { step, run } => encoded(
             StatusCode::OK,
-            json!({"step": json_of(&step)?, "run": json_of(&run)?}),
+            &StepFinishedJson {
+                run: RunJson(&run),
+                step: StepJson(&step),
+            },
         ),
         other => Err(unexpected(other)),
     }
@@ -142,7 +152,10 @@ pub(super) fn resolved_gate(outcome: Outcome) -> Encoded {
     match outcome {
         Outcome::GateResolved { gate, run } => encoded(
             StatusCode::OK,
-            json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
+            &GateResolvedJson {
+                gate: GateJson(&gate),
+                run: RunJson(&run),
+            },
         ),
         other => Err(unexpected(other)),
     }
@@ -183,7 +196,7 @@ async fn put_policy(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::Policy(p) => encoded(StatusCode::CREATED, json_of(&p)?),
+            Outcome::Policy(p) => encoded(StatusCode::CREATED, &json_of(&p)?),
             other => Err(unexpected(other)),
         },
     )
@@ -218,7 +231,7 @@ async fn put_definition(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::Definition(d) => encoded(StatusCode::CREATED, json_of(&d)?),
+            Outcome::Definition(d) => encoded(StatusCode::CREATED, &json_of(&d)?),
             other => Err(unexpected(other)),
         },
     )
@@ -256,7 +269,7 @@ async fn put_agent(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::Agent(a) => encoded(StatusCode::OK, json_of(&a)?),
+            Outcome::Agent(a) => encoded(StatusCode::OK, &json_of(&a)?),
             other => Err(unexpected(other)),
         },
     )
@@ -494,7 +507,7 @@ async fn request_gate(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::GateOpened(gate) => encoded(StatusCode::CREATED, json_of(&gate)?),
+            Outcome::GateOpened(gate) => encoded(StatusCode::CREATED, &GateJson(&gate)),
             other => Err(unexpected(other)),
         },
     )
@@ -605,7 +618,7 @@ async fn create_token(State(state): State<AppState>, who: Principal, mut body: B
     write_as(&state, &who, Permission::Administer, command, None, move |outcome| match outcome {
         Outcome::Token(t) => encoded(
             StatusCode::CREATED,
-            json!({"token": token, "token_id": t.token_id, "name": t.name, "role": t.role, "created_at": t.created_at}),
+            &json!({"token": token, "token_id": t.token_id, "name": t.name, "role": t.role, "created_at": t.created_at}),
         ),
         other => Err(unexpected(other)),
     })
@@ -629,7 +642,7 @@ async fn revoke_tokens(
         None,
         |outcome| match outcome {
             Outcome::TokensRevoked(tokens) => {
-                encoded(StatusCode::OK, json!({"revoked": json_of(&tokens)?}))
+                encoded(StatusCode::OK, &json!({"revoked": json_of(&tokens)?}))
             }
             other => Err(unexpected(other)),
         },

@@ -103,7 +103,7 @@ impl Harness {
                 _ => unreachable!(),
             }
         };
-        let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, Value::Null))) };
+        let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))) };
         self.expect(
             Command::PutAgent {
                 agent_id: AGENT.into(),
