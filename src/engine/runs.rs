@@ -121,7 +121,7 @@ fn seal_attempt(
     step.ended_at = Some(ctx.now);
     step.output_hash = Some(ctx.evidence(result)?);
     step.prev_receipt_hash = chain_tip(ctx, run)?;
-    step.receipt_hash = Some(ctx.evidence(&receipts::step_receipt_object(step))?);
+    step.receipt_hash = Some(ctx.evidence_canonical(&receipts::step_receipt_canonical(step))?);
     Ok(())
 }
 
@@ -489,7 +489,7 @@ pub(super) fn request_step(
         decided_at: ctx.now,
         decision_hash: String::new(),
     };
-    decision.decision_hash = ctx.evidence(&receipts::decision_object(&decision))?;
+    decision.decision_hash = ctx.evidence_canonical(&receipts::decision_canonical(&decision))?;
     store::insert_decision(ctx.tx, &decision)?;
     let subject = format!("step:{step_id}#{attempt}");
     ctx.audit(Draft {
