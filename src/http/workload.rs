@@ -246,3 +246,46 @@ fn the_benchmark_workflows_run_through_the_writer_jobs() {
     let count = |fate| fates.iter().filter(|f| **f == fate).count() as u64;
     assert_eq!(count("deny"), runs.div_ceil(20));
 }
+
+#[test]
+fn a_new_policy_version_decides_the_next_step_though_the_last_one_was_kept() {
+    let mut harness = Harness::new("policy-version");
+    harness.set_up();
+    assert_eq!(harness.workflow(1), "allow");
+    let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))) };
+    let doc = json!({"tier": "T3", "default_effect": "deny", "rules": []});
+    let Value::Object(doc) = doc else {
+        unreachable!()
+    };
+    harness.expect(
+        Command::PutPolicy {
+            policy_id: "bench_policy".into(),
+            doc,
+            actor: ADMIN.into(),
+        },
+        any(),
+        StatusCode::OK,
+    );
+    let created = harness.expect(
+        Command::CreateRun {
+            workflow_id: WORKFLOW.into(),
+            input: json!({"n": 2}),
+            actor: AGENT.into(),
+        },
+        Box::new(routes::created_run),
+        StatusCode::CREATED,
+    );
+    let answer = harness.expect(
+        Command::RequestStep {
+            run_id: created["run_id"].as_str().unwrap().to_string(),
+            step_id: STEPS[0].into(),
+            input: json!({"n": 2}),
+            actor: AGENT.into(),
+        },
+        Box::new(routes::requested_step),
+        StatusCode::CREATED,
+    );
+    assert_eq!(answer["decision"]["effect"], "deny", "{answer}");
+    assert_eq!(answer["decision"]["policy_version"], 2, "{answer}");
+    assert_eq!(answer["decision"]["tier"], "T3", "{answer}");
+}
