@@ -31,8 +31,67 @@ impl Timestamp {
     }
 }
 
+impl Timestamp {
+    /// The first instant of year 0 and the last of year 9999: between them the year has four
+    /// digits and no sign, and `written_form` lays the text out by hand.
+    const FOUR_DIGIT_YEARS: std::ops::RangeInclusive<i64> =
+        -62_167_219_200_000_000..=253_402_300_799_999_999;
+
+    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time in years 0 to 9999, without chrono's strftime
+    /// machinery (timestamps are printed several times per request). `None` outside that range.
+    fn written_form(self) -> Option<[u8; 27]> {
+        if !Timestamp::FOUR_DIGIT_YEARS.contains(&self.0) {
+            return None;
+        }
+        let seconds = self.0.div_euclid(1_000_000);
+        let micros = self.0.rem_euclid(1_000_000);
+        let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
+        let second_of_day = seconds.rem_euclid(86_400);
+        let mut text = *b"0000-00-00T00:00:00.000000Z";
+        let mut put = |at: usize, width: usize, mut value: i64| {
+            for i in (at..at + width).rev() {
+                text[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, second_of_day / 3600);
+        put(14, 2, second_of_day / 60 % 60);
+        put(17, 2, second_of_day % 60);
+        put(20, 6, micros);
+        Some(text)
+    }
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(text) = self.written_form() {
+            // Digits and ASCII punctuation only.
+            return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
+        }
+        // Years beyond four digits (and before year 0) carry a sign; chrono writes those.
         match chrono::DateTime::from_timestamp_micros(self.0) {
             Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
             None => write!(f, "invalid-time({})", self.0),
@@ -545,6 +604,77 @@ mod tests {
         let t = Timestamp::from_micros(1_795_428_000_123_456);
         assert_eq!(t.to_string(), "2026-11-23T10:00:00.123456Z");
         assert_eq!(Timestamp::parse(&t.to_string()), Some(t));
+    }
+
+    /// What `Display` wrote before it laid the text out by hand.
+    fn chrono_form(micros: i64) -> String {
+        match chrono::DateTime::from_timestamp_micros(micros) {
+            Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            None => format!("invalid-time({micros})"),
+        }
+    }
+
+    #[test]
+    fn timestamps_print_exactly_as_chrono_prints_them() {
+        let (first, last) = (
+            *Timestamp::FOUR_DIGIT_YEARS.start(),
+            *Timestamp::FOUR_DIGIT_YEARS.end(),
+        );
+        let day = 86_400_000_000;
+        let mut samples = vec![
+            0,
+            1,
+            -1,
+            999_999,
+            1_000_000,
+            -999_999,
+            -1_000_000,
+            first,
+            first + 1,
+            first - 1,
+            last,
+            last - 1,
+            last + 1,
+            i64::MIN,
+            i64::MAX,
+            i64::MIN + 1,
+            i64::MAX - 1,
+            1_795_428_000_123_456,
+            951_782_400_000_000,     // 2000-02-29
+            951_868_800_000_000 - 1, // the last microsecond of 2000-02-29
+            -2_203_891_200_000_000,  // 1900-03-01 (1900 was no leap year)
+            4_107_542_400_000_000,   // 2100-03-01
+            -62_135_596_800_000_000, // 0001-01-01
+            -62_135_596_800_000_000 - 1,
+            253_402_214_400_000_000, // 9999-12-31
+        ];
+        // Every day boundary (and the microseconds either side) from 1896 to 2104, which covers
+        // the century rules, and every day of years 0 to 3 and 9996 to 9999.
+        let mut t = -2_335_219_200_000_000; // 1896-01-01
+        while t < 4_260_211_200_000_000 {
+            samples.extend([t - 1, t, t + 1, t + day / 2]);
+            t += day;
+        }
+        for start in [first, last + 1 - 4 * 366 * day] {
+            for i in 0..4 * 366 {
+                samples.extend([start + i * day, start + i * day - 1]);
+            }
+        }
+        // And a spread of pseudo-random instants over (and beyond) the four-digit years.
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..100_000 {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let spread = (state >> 1) as i64 % (last - first + 1);
+            samples.push(first + spread.abs());
+            samples.push((state as i64) >> (state % 20));
+        }
+        for micros in samples {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(t.to_string(), chrono_form(micros), "{micros}");
+            assert_eq!(serde_json::to_value(t).unwrap(), chrono_form(micros));
+        }
     }
 
     #[test]

@@ -588,6 +588,14 @@ impl<'a, 'c> Ctx<'a, 'c> {
         Ok(hash)
     }
 
+    /// Stores `bytes`, the canonical form of a value written by `receipts`, as an evidence blob
+    /// and returns its hash.
+    pub fn evidence_canonical(&self, bytes: &[u8]) -> Result<String, Error> {
+        let hash = jcs::hash_bytes(bytes);
+        store::put_evidence(self.tx, &hash, bytes)?;
+        Ok(hash)
+    }
+
     /// Signs a receipt hash and stores the signature in this transaction.
     pub fn sign(&self, hash: &str) -> Result<(), Error> {
         let signature = self.signer.sign_hash(hash)?;

@@ -8,6 +8,9 @@ mod error;
 mod request;
 mod routes;
 pub mod server;
+mod wire;
+#[cfg(test)]
+mod workload;
 
 pub use error::ApiError;
 
@@ -18,7 +21,6 @@ use crate::store::{self, ReadPool, StoreError, Tx, Writer};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use request::Idempotency;
-use serde_json::Value;
 use server::ServerConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -338,7 +340,7 @@ async fn sweep_expired_gates(state: AppState) {
         .await;
         if let Ok(false) = due {
             let done = write(&state, Command::ExpireGates, None, |_| {
-                Ok((StatusCode::OK, Value::Null))
+                Ok((StatusCode::OK, Vec::new()))
             })
             .await;
             if let Err(e) = done {
@@ -352,7 +354,10 @@ async fn sweep_expired_gates(state: AppState) {
 const IDEMPOTENCY_SECONDS: i64 = 24 * 3600;
 
 /// Turns a command's outcome into the status and JSON body of its answer.
-pub(crate) type Encoder = Box<dyn Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send>;
+pub(crate) type Encoder = Box<dyn Fn(Outcome) -> Encoded + Send>;
+
+/// An encoder's result: the status and the JSON bytes of an answer.
+pub(crate) type Encoded = Result<(StatusCode, Vec<u8>), ApiError>;
 
 /// An answer as sent: status, JSON body bytes, and whether it replays an earlier one.
 struct Answer {
@@ -422,8 +427,7 @@ impl CommandJob {
         }
         let (result, commit) = engine::apply(tx, now, &self.signer, &self.command);
         let answer = result.map_err(ApiError::from).and_then(|outcome| {
-            let (status, value) = (self.encode)(outcome)?;
-            let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+            let (status, body) = (self.encode)(outcome)?;
             Ok(Answer {
                 status,
                 body,
@@ -480,7 +484,7 @@ async fn write(
     state: &AppState,
     command: Command,
     idempotency: Option<Idempotency>,
-    encode: impl Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send + 'static,
+    encode: impl Fn(Outcome) -> Encoded + Send + 'static,
 ) -> Result<Response, ApiError> {
     let encode: Encoder = Box::new(encode);
     let (reply, answer) = oneshot::channel();

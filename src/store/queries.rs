@@ -216,6 +216,36 @@ pub fn get_policy(
     Ok(found.optional()?)
 }
 
+/// The latest version of a policy, like `get_policy(db, policy_id, None)`, except that its
+/// `rules` are read and parsed only when `known(policy_hash)` is false, and are `null` when it
+/// is true: a caller that keeps the parsed rules of a hash need not parse them on every step.
+pub fn latest_policy_unless_known(
+    db: &impl Db,
+    policy_id: &str,
+    known: impl Fn(&str) -> bool,
+) -> Result<Option<Policy>, StoreError> {
+    let found = db
+        .conn()
+        .prepare_cached(LATEST_POLICY)?
+        .query_row(params![policy_id], |r| {
+            let policy_hash: String = r.get(5)?;
+            let rules = match known(&policy_hash) {
+                true => Value::Null,
+                false => r.get::<_, Json<Value>>(4)?.0,
+            };
+            Ok(Policy {
+                policy_id: r.get(0)?,
+                version: r.get(1)?,
+                tier: r.get(2)?,
+                default_effect: r.get(3)?,
+                rules,
+                policy_hash,
+            })
+        })
+        .optional()?;
+    Ok(found)
+}
+
 pub fn insert_definition(
     tx: &Tx<'_>,
     d: &Definition,
