@@ -29,29 +29,23 @@ impl Timestamp {
         let parsed = chrono::DateTime::parse_from_rfc3339(text).ok()?;
         Some(Timestamp(parsed.timestamp_micros()))
     }
-}
 
-impl Timestamp {
-    /// The first instant of year 0 and the last of year 9999: between them the year has four
-    /// digits and no sign, and `written_form` lays the text out by hand.
-    const FOUR_DIGIT_YEARS: std::ops::RangeInclusive<i64> =
-        -62_167_219_200_000_000..=253_402_300_799_999_999;
-
-    /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for a time in years 0 to 9999, without chrono's strftime
-    /// machinery (timestamps are printed several times per request). `None` outside that range.
-    fn written_form(self) -> Option<[u8; 27]> {
-        if !Timestamp::FOUR_DIGIT_YEARS.contains(&self.0) {
-            return None;
-        }
+    /// The text `Display` writes, `2026-11-24T10:00:00.123456Z`, for the years 0 to 9999 (every
+    /// time fedcore writes); `None` for the others, which `Display` leaves to chrono. Cheaper
+    /// than chrono's formatter, which `verify` would run for every timestamp it hashes.
+    fn text_in_common_era(self) -> Option<[u8; 27]> {
         let seconds = self.0.div_euclid(1_000_000);
         let micros = self.0.rem_euclid(1_000_000);
-        let (year, month, day) = civil_from_days(seconds.div_euclid(86_400));
-        let second_of_day = seconds.rem_euclid(86_400);
+        let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+        let (year, month, day) = civil_from_days(days);
+        if !(0..=9999).contains(&year) {
+            return None;
+        }
         let mut text = *b"0000-00-00T00:00:00.000000Z";
-        let mut put = |at: usize, width: usize, mut value: i64| {
+        let mut put = |at: usize, width: usize, mut n: i64| {
             for i in (at..at + width).rev() {
-                text[i] = b'0' + (value % 10) as u8;
-                value /= 10;
+                text[i] = b'0' + (n % 10) as u8;
+                n /= 10;
             }
         };
         put(0, 4, year);
@@ -65,7 +59,7 @@ impl Timestamp {
     }
 }
 
-/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (Howard
+/// The proleptic Gregorian `(year, month, day)` of a day counted from 1970-01-01 (Howard
 /// Hinnant's `civil_from_days`).
 fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
@@ -87,11 +81,10 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(text) = self.written_form() {
-            // Digits and ASCII punctuation only.
+        if let Some(text) = self.text_in_common_era() {
+            // Only ASCII digits and separators were written.
             return f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?);
         }
-        // Years beyond four digits (and before year 0) carry a sign; chrono writes those.
         match chrono::DateTime::from_timestamp_micros(self.0) {
             Some(t) => write!(f, "{}", t.format("%Y-%m-%dT%H:%M:%S%.6fZ")),
             None => write!(f, "invalid-time({})", self.0),
@@ -616,10 +609,8 @@ mod tests {
 
     #[test]
     fn timestamps_print_exactly_as_chrono_prints_them() {
-        let (first, last) = (
-            *Timestamp::FOUR_DIGIT_YEARS.start(),
-            *Timestamp::FOUR_DIGIT_YEARS.end(),
-        );
+        // The first instant of year 0 and the last of year 9999, where the hand-laid text ends.
+        let (first, last) = (-62_167_219_200_000_000, 253_402_300_799_999_999);
         let day = 86_400_000_000;
         let mut samples = vec![
             0,
@@ -674,6 +665,49 @@ mod tests {
             let t = Timestamp::from_micros(micros);
             assert_eq!(t.to_string(), chrono_form(micros), "{micros}");
             assert_eq!(serde_json::to_value(t).unwrap(), chrono_form(micros));
+        }
+    }
+
+    #[test]
+    fn timestamps_print_as_chrono_prints_them_over_the_common_era_and_beyond() {
+        let chrono_text = |t: Timestamp| match chrono::DateTime::from_timestamp_micros(t.0) {
+            Some(c) => c.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+            None => format!("invalid-time({})", t.0),
+        };
+        const DAY: i64 = 86_400_000_000;
+        // Year 0 starts 719,528 days before 1970; year 10000 starts 2,932,897 days after.
+        let (first_day, last_day) = (-719_530, 2_932_899);
+        let mut checked = 0;
+        let mut day = first_day;
+        while day <= last_day {
+            // Every day of the first and last years of each century, every 101st day otherwise,
+            // at a time of day that moves through every hour, minute and second.
+            let micros = day * DAY + (day.rem_euclid(86_400) * 1_000_003) % DAY;
+            for t in [micros, day * DAY, day * DAY + DAY - 1] {
+                let t = Timestamp::from_micros(t);
+                let text = t.to_string();
+                assert_eq!(text, chrono_text(t), "micros {}", t.0);
+                if text.len() == 27 {
+                    assert_eq!(Timestamp::parse(&text), Some(t), "{text}");
+                }
+                checked += 1;
+            }
+            let year = civil_from_days(day).0;
+            day += if year % 100 <= 1 || year % 100 == 99 {
+                1
+            } else {
+                101
+            };
+        }
+        assert!(checked > 50_000, "{checked}");
+        for micros in [
+            i64::MIN,
+            i64::MAX,
+            -62_167_219_200_000_001,
+            253_402_300_800_000_000,
+        ] {
+            let t = Timestamp::from_micros(micros);
+            assert_eq!(t.to_string(), chrono_text(t), "micros {micros}");
         }
     }
 

@@ -70,124 +70,161 @@ pub fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), JcsError>
     Ok(())
 }
 
-/// Writes the canonical bytes of an object of a fixed shape field by field, straight from the
-/// model types, without building a `Value`: receipts and audit entries are hashed several times
-/// per request. The caller names the fields in RFC 8785 order (by UTF-16 code units; debug
-/// builds check it), so the bytes equal `canonical` of the same object built as a `Value`.
-pub struct ObjectWriter<'o> {
+/// The canonical bytes of a JSON object written member by member, without building it: for the
+/// objects fedcore hashes millions of times (`receipts`). Names must come in canonical order,
+/// which for these ASCII names is byte order; a debug build checks it.
+pub struct Members<'o> {
     out: &'o mut Vec<u8>,
-    first: bool,
-    #[cfg(debug_assertions)]
-    last_key: &'static str,
+    previous: Option<&'static str>,
 }
 
-impl<'o> ObjectWriter<'o> {
-    pub fn new(out: &'o mut Vec<u8>) -> ObjectWriter<'o> {
+impl<'o> Members<'o> {
+    pub fn new(out: &'o mut Vec<u8>) -> Members<'o> {
         out.push(b'{');
-        ObjectWriter {
+        Members {
             out,
-            first: true,
-            #[cfg(debug_assertions)]
-            last_key: "",
+            previous: None,
         }
     }
 
-    fn key(&mut self, key: &'static str) {
-        #[cfg(debug_assertions)]
-        {
-            assert!(
-                self.first || utf16_order(self.last_key, key).is_lt(),
-                "{key} after {}",
-                self.last_key
-            );
-            self.last_key = key;
-        }
-        if !self.first {
+    fn name(&mut self, name: &'static str) -> &mut Vec<u8> {
+        debug_assert!(
+            name.is_ascii() && self.previous.is_none_or(|p| p < name),
+            "member {name} out of canonical order"
+        );
+        if self.previous.is_some() {
             self.out.push(b',');
         }
-        self.first = false;
-        write_string(key, self.out);
+        self.previous = Some(name);
+        write_string(name, self.out);
         self.out.push(b':');
+        self.out
     }
 
-    pub fn str(&mut self, key: &'static str, value: &str) -> &mut Self {
-        self.key(key);
-        write_string(value, self.out);
+    pub fn str(&mut self, name: &'static str, value: &str) -> &mut Self {
+        let out = self.name(name);
+        write_string(value, out);
         self
     }
 
-    /// A string, or `null`.
-    pub fn opt_str(&mut self, key: &'static str, value: Option<&str>) -> &mut Self {
+    /// A string, or `null` for `None`.
+    pub fn opt_str(&mut self, name: &'static str, value: Option<&str>) -> &mut Self {
+        let out = self.name(name);
         match value {
-            Some(value) => self.str(key, value),
-            None => self.null(key),
+            Some(value) => write_string(value, out),
+            None => out.extend_from_slice(b"null"),
         }
-    }
-
-    pub fn null(&mut self, key: &'static str) -> &mut Self {
-        self.key(key);
-        self.out.extend_from_slice(b"null");
         self
     }
 
-    /// An integer, in the ECMAScript form of the double nearest to it.
-    pub fn int(&mut self, key: &'static str, value: i64) -> &mut Self {
-        self.key(key);
-        write_int(value, self.out);
+    pub fn int(&mut self, name: &'static str, value: i64) -> &mut Self {
+        let out = self.name(name);
+        write_i64(value, out);
         self
     }
 
-    /// Any value, canonicalized.
-    pub fn value(&mut self, key: &'static str, value: &Value) -> Result<&mut Self, JcsError> {
-        self.key(key);
-        write_canonical(value, self.out)?;
-        Ok(self)
+    /// A value written as its `Display` text, as serde writes what it collects as a string.
+    pub fn text(&mut self, name: &'static str, value: impl std::fmt::Display) -> &mut Self {
+        let out = self.name(name);
+        let mut text = ShortText::default();
+        let _ = write!(text, "{value}");
+        write_string(text.as_str(), out);
+        self
+    }
+
+    /// `Display` text, or `null` for `None`.
+    pub fn opt_text(
+        &mut self,
+        name: &'static str,
+        value: Option<impl std::fmt::Display>,
+    ) -> &mut Self {
+        match value {
+            Some(value) => self.text(name, value),
+            None => {
+                self.name(name).extend_from_slice(b"null");
+                self
+            }
+        }
     }
 
     /// An array of strings.
-    pub fn strs(&mut self, key: &'static str, values: &[String]) -> &mut Self {
-        self.key(key);
-        self.out.push(b'[');
+    pub fn strs<S: AsRef<str>>(&mut self, name: &'static str, values: &[S]) -> &mut Self {
+        let out = self.name(name);
+        out.push(b'[');
         for (index, value) in values.iter().enumerate() {
             if index > 0 {
-                self.out.push(b',');
+                out.push(b',');
             }
-            write_string(value, self.out);
+            write_string(value.as_ref(), out);
         }
-        self.out.push(b']');
+        out.push(b']');
         self
     }
 
-    /// A nested object of a fixed shape, written by `write` in the same way.
-    pub fn object(
-        &mut self,
-        key: &'static str,
-        write: impl FnOnce(&mut ObjectWriter<'_>) -> Result<(), JcsError>,
-    ) -> Result<&mut Self, JcsError> {
-        self.key(key);
-        let mut inner = ObjectWriter::new(self.out);
-        write(&mut inner)?;
-        inner.finish();
-        Ok(self)
-    }
-
-    /// Closes the object.
-    pub fn finish(self) {
+    pub fn finish(&mut self) {
         self.out.push(b'}');
     }
 }
 
-/// An integer as `canonical` writes the same integer held in a `Value`: its digits while a double
-/// holds it exactly, else the ECMAScript form of the nearest double.
-fn write_int(value: i64, out: &mut Vec<u8>) {
-    const MAX_EXACT: u64 = 1 << 53;
-    if value.unsigned_abs() <= MAX_EXACT {
-        let _ = std::io::Write::write_fmt(out, format_args!("{value}"));
-    } else {
-        // A double's nearest value to an i64 is finite, so this cannot fail.
-        let text = ecmascript_number(&Number::from(value)).unwrap_or_default();
-        out.extend_from_slice(text.as_bytes());
+/// Text formatted on the stack while it is short (timestamps, ids), on the heap beyond.
+#[derive(Default)]
+struct ShortText {
+    bytes: [u8; 32],
+    len: usize,
+    long: Option<String>,
+}
+
+impl ShortText {
+    fn as_str(&self) -> &str {
+        match &self.long {
+            Some(long) => long,
+            // Only whole `str`s are ever copied in, so the bytes are UTF-8.
+            None => std::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default(),
+        }
     }
+}
+
+impl std::fmt::Write for ShortText {
+    fn write_str(&mut self, piece: &str) -> std::fmt::Result {
+        if let Some(long) = &mut self.long {
+            long.push_str(piece);
+        } else if self.len + piece.len() <= self.bytes.len() {
+            self.bytes[self.len..self.len + piece.len()].copy_from_slice(piece.as_bytes());
+            self.len += piece.len();
+        } else {
+            let mut long = self.as_str().to_string();
+            long.push_str(piece);
+            self.long = Some(long);
+        }
+        Ok(())
+    }
+}
+
+/// An integer as `write_canonical` writes `json!(value)`: its digits while the double it becomes
+/// holds it exactly, the ECMAScript form of that double beyond.
+pub fn write_i64(value: i64, out: &mut Vec<u8>) {
+    const EXACT: u64 = 1 << 53;
+    if value.unsigned_abs() > EXACT {
+        if let Ok(text) = ecmascript_number(&Number::from(value)) {
+            out.extend_from_slice(text.as_bytes());
+        }
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// Orders strings by their UTF-16 code units. For ASCII that is the byte order, which is cheap;
@@ -202,7 +239,246 @@ fn utf16_order(left: &str, right: &str) -> std::cmp::Ordering {
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn hash_bytes(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex::encode(digest(bytes))
+}
+
+/// The SHA-256 of `bytes`, as bytes.
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Whether `hash` is `digest` written as 64 lowercase hex characters, as `hash_bytes` writes it:
+/// the comparison `hash_bytes(x) == hash` without building the string.
+pub fn is_hex_of(hash: &str, digest: &[u8; 32]) -> bool {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let hash = hash.as_bytes();
+    hash.len() == 64
+        && digest
+            .iter()
+            .zip(hash.chunks_exact(2))
+            .all(|(&byte, pair)| {
+                pair[0] == HEX[usize::from(byte >> 4)] && pair[1] == HEX[usize::from(byte & 0xf)]
+            })
+}
+
+/// Whether `bytes` are exactly the canonical form of the JSON value they spell, that is
+/// `canonical(parse(bytes)) == bytes`, decided in one pass over the bytes without building the
+/// value. Sound, not complete: `true` proves it; `false` means only that it was not shown here
+/// (anything not canonical, but also nesting deeper than `MAX_CHECKED_DEPTH`), and a caller that
+/// must know then parses and canonicalizes. `verify` checks every evidence blob this way.
+pub fn is_canonical(bytes: &[u8]) -> bool {
+    if std::str::from_utf8(bytes).is_err() {
+        return false;
+    }
+    let mut scan = Scan { bytes, at: 0 };
+    scan.value(0) && scan.at == bytes.len()
+}
+
+/// How deeply `is_canonical` follows arrays and objects (the parser `verify` falls back to
+/// follows 128 levels).
+const MAX_CHECKED_DEPTH: usize = 64;
+
+/// A cursor over bytes known to be UTF-8, reading one canonical JSON value.
+struct Scan<'b> {
+    bytes: &'b [u8],
+    at: usize,
+}
+
+impl<'b> Scan<'b> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn literal(&mut self, word: &[u8]) -> bool {
+        let found = self.bytes[self.at..].starts_with(word);
+        self.at += word.len();
+        found
+    }
+
+    fn value(&mut self, depth: usize) -> bool {
+        match self.peek() {
+            Some(b'n') => self.literal(b"null"),
+            Some(b't') => self.literal(b"true"),
+            Some(b'f') => self.literal(b"false"),
+            Some(b'"') => self.string().is_some(),
+            Some(b'-' | b'0'..=b'9') => self.number(),
+            Some(b'[') if depth < MAX_CHECKED_DEPTH => self.array(depth + 1),
+            Some(b'{') if depth < MAX_CHECKED_DEPTH => self.object(depth + 1),
+            _ => false,
+        }
+    }
+
+    fn array(&mut self, depth: usize) -> bool {
+        self.at += 1;
+        if self.peek() == Some(b']') {
+            self.at += 1;
+            return true;
+        }
+        loop {
+            if !self.value(depth) {
+                return false;
+            }
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b']') => {
+                    self.at += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// Members in strictly increasing key order (so no key twice), as `write_canonical` sorts.
+    fn object(&mut self, depth: usize) -> bool {
+        self.at += 1;
+        if self.peek() == Some(b'}') {
+            self.at += 1;
+            return true;
+        }
+        let mut previous: Option<std::borrow::Cow<'b, str>> = None;
+        loop {
+            let Some(key) = self.string() else {
+                return false;
+            };
+            let Some(key) = decoded(key) else {
+                return false;
+            };
+            if previous
+                .as_deref()
+                .is_some_and(|before| utf16_order(before, &key) != std::cmp::Ordering::Less)
+            {
+                return false;
+            }
+            previous = Some(key);
+            if self.peek() != Some(b':') {
+                return false;
+            }
+            self.at += 1;
+            if !self.value(depth) {
+                return false;
+            }
+            match self.peek() {
+                Some(b',') => self.at += 1,
+                Some(b'}') => {
+                    self.at += 1;
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+    }
+
+    /// A string escaped exactly as `write_string` escapes: the quote, the backslash and the
+    /// control characters, each in its one form, and nothing else. Returns its text between the
+    /// quotes, still escaped.
+    fn string(&mut self) -> Option<&'b [u8]> {
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        self.at += 1;
+        let start = self.at;
+        loop {
+            match *self.bytes.get(self.at)? {
+                b'"' => {
+                    self.at += 1;
+                    return Some(&self.bytes[start..self.at - 1]);
+                }
+                b'\\' => {
+                    let escape = self.bytes.get(self.at + 1..)?;
+                    let length = match escape {
+                        [b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't', ..] => 2,
+                        [b'u', b'0', b'0', high @ (b'0' | b'1'), low @ (b'0'..=b'9' | b'a'..=b'f'), ..] =>
+                        {
+                            let code = hex_value(*high) << 4 | hex_value(*low);
+                            // These five have a short form, which is the canonical one.
+                            if matches!(code, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                                return None;
+                            }
+                            6
+                        }
+                        _ => return None,
+                    };
+                    self.at += length;
+                }
+                0x00..=0x1f => return None,
+                _ => self.at += 1,
+            }
+        }
+    }
+
+    /// A number exactly as `ecmascript_number` writes the one it denotes.
+    fn number(&mut self) -> bool {
+        let start = self.at;
+        while matches!(
+            self.peek(),
+            Some(b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+        ) {
+            self.at += 1;
+        }
+        let literal = &self.bytes[start..self.at];
+        // Integers of at most 15 digits are exact doubles and print as themselves, except -0.
+        let digits = literal.strip_prefix(b"-").unwrap_or(literal);
+        let plain_integer = match digits {
+            [b'0'] => literal.len() == 1,
+            [b'1'..=b'9', rest @ ..] => rest.len() < 15 && rest.iter().all(u8::is_ascii_digit),
+            _ => false,
+        };
+        if plain_integer {
+            return true;
+        }
+        let Ok(text) = std::str::from_utf8(literal) else {
+            return false;
+        };
+        text.parse::<Number>()
+            .ok()
+            .and_then(|number| ecmascript_number(&number).ok())
+            .is_some_and(|canonical| canonical == text)
+    }
+}
+
+fn hex_value(digit: u8) -> u8 {
+    match digit {
+        b'0'..=b'9' => digit - b'0',
+        _ => digit - b'a' + 10,
+    }
+}
+
+/// The text of a string that `Scan::string` accepted, its escapes undone.
+fn decoded(escaped: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    if !escaped.contains(&b'\\') {
+        return std::str::from_utf8(escaped)
+            .ok()
+            .map(std::borrow::Cow::Borrowed);
+    }
+    let mut text = Vec::with_capacity(escaped.len());
+    let mut at = 0;
+    while at < escaped.len() {
+        match escaped[at] {
+            b'\\' => {
+                let (byte, length) = match escaped.get(at + 1)? {
+                    b'"' => (b'"', 2),
+                    b'\\' => (b'\\', 2),
+                    b'b' => (0x08, 2),
+                    b'f' => (0x0c, 2),
+                    b'n' => (b'\n', 2),
+                    b'r' => (b'\r', 2),
+                    b't' => (b'\t', 2),
+                    _ => (
+                        hex_value(*escaped.get(at + 4)?) << 4 | hex_value(*escaped.get(at + 5)?),
+                        6,
+                    ),
+                };
+                text.push(byte);
+                at += length;
+            }
+            byte => {
+                text.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8(text).ok().map(std::borrow::Cow::Owned)
 }
 
 /// `H(x)` of the contract: lowercase hex SHA-256 of the JCS bytes of `value`.
@@ -300,7 +576,7 @@ fn located_message(path: &str, message: &str) -> String {
 /// control characters below U+0020 are escaped; everything else, non-ASCII included, is literal.
 /// Every byte that needs escaping is ASCII, and no byte of a multi-byte UTF-8 sequence is ASCII,
 /// so the text is copied in runs between those bytes (`verify` canonicalizes every entry).
-fn write_string(text: &str, out: &mut Vec<u8>) {
+pub fn write_string(text: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = text.as_bytes();
@@ -449,49 +725,6 @@ mod tests {
     fn canonical_text(text: &str) -> String {
         let bytes = canonical(&parse(text)).expect("value is canonicalizable");
         String::from_utf8(bytes).expect("JCS output is UTF-8")
-    }
-
-    #[test]
-    fn an_object_written_field_by_field_is_the_canonical_form_of_the_same_value() {
-        let nested =
-            parse(r#"{"b": [1, 2.50, -0.0, 1E300, "\u0007"], "a": {"é": null, "z": true}}"#);
-        for int in [
-            0,
-            -1,
-            42,
-            9_007_199_254_740_991,
-            9_007_199_254_740_992,
-            9_007_199_254_740_993,
-            -9_007_199_254_740_993,
-            i64::MAX,
-            i64::MIN,
-        ] {
-            for text in [
-                None,
-                Some(""),
-                Some("plain"),
-                Some("q\"b\\n\n\u{1f}é\u{10000}"),
-            ] {
-                let mut out = Vec::new();
-                let mut object = ObjectWriter::new(&mut out);
-                object.int("a", int).opt_str("b", text).null("c");
-                object.value("d", &nested).unwrap();
-                object
-                    .object("e", |inner| {
-                        inner.str("x", "y").strs("z", &["1".into(), "\"".into()]);
-                        Ok(())
-                    })
-                    .unwrap();
-                object.strs("f", &[]).str("g\u{e9}", "h");
-                object.finish();
-                let value = json!({"a": int, "b": text, "c": null, "d": nested,
-                    "e": {"x": "y", "z": ["1", "\""]}, "f": [], "g\u{e9}": "h"});
-                assert_eq!(
-                    String::from_utf8(out).unwrap(),
-                    String::from_utf8(canonical(&value).unwrap()).unwrap()
-                );
-            }
-        }
     }
 
     #[test]
@@ -673,6 +906,168 @@ mod tests {
         assert!(first.is_some());
         assert_eq!(first, second);
     }
+
+    /// A small deterministic generator (xorshift), so the property tests need no crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    fn random_text(rng: &mut Rng) -> String {
+        const CHARS: &[char] = &[
+            'a', 'b', 'Z', '0', ' ', '"', '\\', '/', '\u{0}', '\u{8}', '\u{9}', '\n', '\u{c}',
+            '\r', '\u{1f}', '\u{7f}', 'é', '€', '\u{2028}', '😀', '\u{fb33}',
+        ];
+        (0..rng.below(6))
+            .map(|_| CHARS[rng.below(CHARS.len())])
+            .collect()
+    }
+
+    fn random_value(rng: &mut Rng, depth: usize) -> Value {
+        const NUMBERS: &[&str] = &[
+            "0",
+            "-0",
+            "7",
+            "-12",
+            "123456789012345",
+            "1234567890123456",
+            "9007199254740993",
+            "0.1",
+            "1.5",
+            "-2.25",
+            "1e21",
+            "1E30",
+            "5e-324",
+            "333333333.33333329",
+            "1e-7",
+            "4.50",
+        ];
+        match rng.below(if depth > 4 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => Value::Bool(rng.below(2) == 0),
+            2 | 3 => parse(NUMBERS[rng.below(NUMBERS.len())]),
+            4 => Value::String(random_text(rng)),
+            5 => (0..rng.below(4))
+                .map(|_| random_value(rng, depth + 1))
+                .collect(),
+            _ => Value::Object(
+                (0..rng.below(5))
+                    .map(|_| (random_text(rng), random_value(rng, depth + 1)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// `is_canonical` may say no to a canonical text; it must never say yes to one that is not.
+    fn assert_sound(bytes: &[u8]) {
+        if is_canonical(bytes) {
+            let value: Value = serde_json::from_slice(bytes)
+                .unwrap_or_else(|e| panic!("accepted {:?}: {e}", String::from_utf8_lossy(bytes)));
+            let again = canonical(&value).expect("accepted text canonicalizes");
+            assert_eq!(
+                again,
+                bytes,
+                "accepted a non-canonical text: {}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+    }
+
+    #[test]
+    fn canonical_text_is_recognised_and_nothing_else_is() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..20_000 {
+            let text = canonical(&random_value(&mut rng, 0)).expect("canonicalizes");
+            assert!(
+                is_canonical(&text),
+                "refused {}",
+                String::from_utf8_lossy(&text)
+            );
+            // Every small edit either keeps it canonical or is refused.
+            for _ in 0..8 {
+                let mut edited = text.clone();
+                let at = rng.below(edited.len() + 1);
+                match rng.below(5) {
+                    0 => edited.insert(at, b" ,:\"\\{}[]0-.eu"[rng.below(14)]),
+                    1 if at < edited.len() => {
+                        edited.remove(at);
+                    }
+                    2 if at < edited.len() => edited[at] ^= 1 << rng.below(8),
+                    3 if at + 1 < edited.len() => edited.swap(at, at + 1),
+                    _ => {
+                        let from = rng.below(edited.len() + 1);
+                        let copied: Vec<u8> = edited[from.min(at)..from.max(at)].to_vec();
+                        edited.splice(at..at, copied);
+                    }
+                }
+                assert_sound(&edited);
+            }
+        }
+    }
+
+    #[test]
+    fn texts_that_parse_to_the_same_value_but_are_written_otherwise_are_refused() {
+        for text in [
+            r#"{"a":1,"a":1}"#,
+            r#"{"b":1,"a":2}"#,
+            r#"{"a" :1}"#,
+            r#" null"#,
+            r#"null "#,
+            r#"[1,]"#,
+            r#""\u0041""#,
+            r#""\/""#,
+            r#""\u000a""#,
+            r#""\u001F""#,
+            r#""\ud83d\ude00""#,
+            "\"\u{1}\"",
+            "1.0",
+            "-0",
+            "01",
+            "1e21",
+            "1E+21",
+            "0.10",
+            "",
+        ] {
+            assert!(!is_canonical(text.as_bytes()), "accepted {text:?}");
+        }
+        assert!(
+            !is_canonical(b"\"\xff\""),
+            "accepted bytes that are not UTF-8"
+        );
+        for text in [
+            r#""\u001f\b\"\\""#,
+            "1e+21",
+            "0.1",
+            "-5e-324",
+            "123456789012345",
+            "9007199254740992",
+            r#"{"":0,"\r":1,"1":[],"é":{},"😀":null,"דּ":true}"#,
+        ] {
+            assert!(is_canonical(text.as_bytes()), "refused {text:?}");
+        }
+        let deep = format!("{}{}", "[".repeat(65), "]".repeat(65));
+        assert!(!is_canonical(deep.as_bytes()), "deeper than it follows");
+        assert_sound(deep.as_bytes());
+    }
+
+    #[test]
+    fn a_digest_matches_only_its_own_lowercase_hex() {
+        let digest = digest(b"null");
+        assert!(is_hex_of(NULL_HEX, &digest));
+        assert!(!is_hex_of(&NULL_HEX.to_uppercase(), &digest));
+        assert!(!is_hex_of(&NULL_HEX[..63], &digest));
+        assert!(!is_hex_of(&format!("{NULL_HEX}0"), &digest));
+        assert!(!is_hex_of(ZERO_HEX, &digest));
+    }
+
+    const NULL_HEX: &str = "74234e98afe7498fb5daf1f36ac2d78acc339464f950703b8c019892f982b90b";
+    const ZERO_HEX: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
     #[test]
     fn the_largest_safe_integer_is_valid_i_json() {

@@ -588,11 +588,16 @@ impl<'a, 'c> Ctx<'a, 'c> {
         Ok(hash)
     }
 
-    /// Stores `bytes`, the canonical form of a value written by `receipts`, as an evidence blob
-    /// and returns its hash.
-    pub fn evidence_canonical(&self, bytes: &[u8]) -> Result<String, Error> {
-        let hash = jcs::hash_bytes(bytes);
-        store::put_evidence(self.tx, &hash, bytes)?;
+    /// Stores the canonical bytes `write` appends (a `receipts::write_*`) as an evidence blob
+    /// and returns their hash.
+    pub fn evidence_written(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), jcs::JcsError>,
+    ) -> Result<String, Error> {
+        let mut bytes = Vec::with_capacity(512);
+        write(&mut bytes)?;
+        let hash = jcs::hash_bytes(&bytes);
+        store::put_evidence(self.tx, &hash, &bytes)?;
         Ok(hash)
     }
 

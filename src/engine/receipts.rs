@@ -1,8 +1,10 @@
 //! The exact objects that contract §5 hashes: genesis, decision, step, gate and workflow receipts,
 //! policy and definition documents, and audit entries. Building each object in one place keeps the
-//! writer and the verifier hashing the same thing.
+//! writer and the verifier hashing the same thing. The objects hashed for every run and entry are
+//! also written straight to their canonical bytes (`write_*`), which is what the writer stores
+//! and hashes and what `verify` recomputes; a test holds each to `jcs::canonical` of its object.
 
-use super::jcs::{self, JcsError, ObjectWriter};
+use super::jcs::{self, JcsError, Members};
 use crate::model::*;
 use serde_json::{json, Value};
 
@@ -40,28 +42,6 @@ pub fn decision_object(d: &Decision) -> Value {
     })
 }
 
-/// The canonical bytes of `decision_object(d)`, written without building it.
-pub fn decision_canonical(d: &Decision) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    let mut o = ObjectWriter::new(&mut out);
-    o.str("actor", &d.actor)
-        .int("attempt", d.attempt)
-        .str("decided_at", &d.decided_at.to_string())
-        .str("decision_id", &d.decision_id)
-        .str("effect", d.effect.as_str())
-        .str("input_hash", &d.input_hash)
-        .str("policy_hash", &d.policy_hash)
-        .str("policy_id", &d.policy_id)
-        .int("policy_version", d.policy_version)
-        .str("reason", &d.reason)
-        .strs("rules_triggered", &d.rules_triggered)
-        .str("run_id", &d.run_id)
-        .str("step_id", &d.step_id)
-        .str("tier", &d.tier);
-    o.finish();
-    out
-}
-
 /// `{"kind":"step", …}` of a finished attempt.
 pub fn step_receipt_object(s: &StepAttempt) -> Value {
     json!({
@@ -79,27 +59,6 @@ pub fn step_receipt_object(s: &StepAttempt) -> Value {
         "decision_hash": s.decision_hash,
         "prev_receipt_hash": s.prev_receipt_hash,
     })
-}
-
-/// The canonical bytes of `step_receipt_object(s)`, written without building it.
-pub fn step_receipt_canonical(s: &StepAttempt) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    let mut o = ObjectWriter::new(&mut out);
-    o.str("actor", &s.actor)
-        .int("attempt", s.attempt)
-        .str("decision_hash", &s.decision_hash)
-        .opt_str("ended_at", s.ended_at.map(|t| t.to_string()).as_deref())
-        .str("input_hash", &s.input_hash)
-        .str("kind", "step")
-        .opt_str("output_hash", s.output_hash.as_deref())
-        .str("prev_receipt_hash", &s.prev_receipt_hash)
-        .str("run_id", &s.run_id)
-        .str("started_at", &s.started_at.to_string())
-        .str("status", s.status.as_str())
-        .str("step_id", &s.step_id)
-        .str("step_type", s.step_type.as_str());
-    o.finish();
-    out
 }
 
 /// `{"kind":"gate", …}` of a gate that left PENDING. A quorum gate's receipt also names how many
@@ -187,13 +146,116 @@ pub fn entry_object(e: &AuditEntry) -> Value {
     })
 }
 
-/// The canonical bytes of `entry_object(e)`, written without building it.
-pub fn entry_canonical(e: &AuditEntry) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    let mut o = ObjectWriter::new(&mut out);
-    o.str("action", &e.action)
+/// `H(entry_object(e))`.
+pub fn entry_hash(e: &AuditEntry) -> Result<String, JcsError> {
+    let mut bytes = Vec::with_capacity(512);
+    write_entry(e, &mut bytes);
+    Ok(jcs::hash_bytes(&bytes))
+}
+
+/// Appends `JCS(genesis_object(run, definition_hash))`.
+pub fn write_genesis(run: &Run, definition_hash: &str, out: &mut Vec<u8>) {
+    Members::new(out)
+        .text("created_at", run.created_at)
+        .str("created_by", &run.created_by)
+        .str("definition_hash", definition_hash)
+        .str("input_hash", &run.input_hash)
+        .str("kind", "run")
+        .str("run_id", &run.run_id)
+        .str("workflow_id", &run.workflow_id)
+        .int("workflow_version", run.workflow_version)
+        .finish();
+}
+
+/// Appends `JCS(decision_object(d))`.
+pub fn write_decision(d: &Decision, out: &mut Vec<u8>) {
+    Members::new(out)
+        .str("actor", &d.actor)
+        .int("attempt", d.attempt)
+        .text("decided_at", d.decided_at)
+        .str("decision_id", &d.decision_id)
+        .str("effect", d.effect.as_str())
+        .str("input_hash", &d.input_hash)
+        .str("policy_hash", &d.policy_hash)
+        .str("policy_id", &d.policy_id)
+        .int("policy_version", d.policy_version)
+        .str("reason", &d.reason)
+        .strs("rules_triggered", &d.rules_triggered)
+        .str("run_id", &d.run_id)
+        .str("step_id", &d.step_id)
+        .str("tier", &d.tier)
+        .finish();
+}
+
+/// Appends `JCS(step_receipt_object(s))`.
+pub fn write_step_receipt(s: &StepAttempt, out: &mut Vec<u8>) {
+    Members::new(out)
+        .str("actor", &s.actor)
+        .int("attempt", s.attempt)
+        .str("decision_hash", &s.decision_hash)
+        .opt_text("ended_at", s.ended_at)
+        .str("input_hash", &s.input_hash)
+        .str("kind", "step")
+        .opt_str("output_hash", s.output_hash.as_deref())
+        .str("prev_receipt_hash", &s.prev_receipt_hash)
+        .str("run_id", &s.run_id)
+        .text("started_at", s.started_at)
+        .str("status", s.status.as_str())
+        .str("step_id", &s.step_id)
+        .str("step_type", s.step_type.as_str())
+        .finish();
+}
+
+/// Appends `JCS(gate_receipt_object(g))`. A quorum gate's receipt, which lists its approvals, is
+/// canonicalized from the object.
+pub fn write_gate_receipt(g: &Gate, out: &mut Vec<u8>) -> Result<(), JcsError> {
+    if g.is_quorum() {
+        return jcs::write_canonical(&gate_receipt_object(g), out);
+    }
+    Members::new(out)
+        .int("attempt", g.attempt)
+        .opt_str("comment", g.comment.as_deref())
+        .opt_str("decision_id", g.decision_id.as_deref())
+        .str("gate_id", &g.gate_id)
+        .str("kind", "gate")
+        .str("reason", &g.reason)
+        .text("requested_at", g.requested_at)
+        .str("requested_by", &g.requested_by)
+        .opt_text("resolved_at", g.resolved_at)
+        .opt_str("resolved_by", g.resolved_by.as_deref())
+        .str("run_id", &g.run_id)
+        .str("status", g.status.as_str())
+        .str("step_id", &g.step_id)
+        .finish();
+    Ok(())
+}
+
+/// Appends `JCS(workflow_receipt_object(run, step_receipts, gate_receipts))`.
+pub fn write_workflow_receipt<S: AsRef<str>>(
+    run: &Run,
+    step_receipts: &[S],
+    gate_receipts: &[S],
+    out: &mut Vec<u8>,
+) {
+    Members::new(out)
+        .opt_text("ended_at", run.ended_at)
+        .strs("gate_receipts", gate_receipts)
+        .str("genesis_hash", &run.genesis_hash)
+        .str("kind", "workflow")
+        .str("run_id", &run.run_id)
+        .str("status", run.status.as_str())
+        .strs("step_receipts", step_receipts)
+        .str("workflow_id", &run.workflow_id)
+        .int("workflow_version", run.workflow_version)
+        .finish();
+}
+
+/// Appends `JCS(entry_object(e))`: what `entry_hash` hashes.
+pub fn write_entry(e: &AuditEntry, out: &mut Vec<u8>) {
+    Members::new(out)
+        .str("action", &e.action)
         .str("actor", &e.actor)
-        .str("at", &e.at.to_string())
+        .text("at", e.at)
         .opt_str("decision", e.decision.as_deref())
         .opt_str("evidence_pack_ref", e.evidence_pack_ref.as_deref())
         .opt_str("from_status", e.from_status.as_deref())
@@ -204,14 +266,8 @@ pub fn entry_canonical(e: &AuditEntry) -> Vec<u8> {
         .opt_str("run_id", e.run_id.as_deref())
         .int("seq", e.seq)
         .str("subject", &e.subject)
-        .opt_str("to_status", e.to_status.as_deref());
-    o.finish();
-    out
-}
-
-/// `H(entry_object(e))`.
-pub fn entry_hash(e: &AuditEntry) -> Result<String, JcsError> {
-    Ok(jcs::hash_bytes(&entry_canonical(e)))
+        .opt_str("to_status", e.to_status.as_deref())
+        .finish();
 }
 
 #[cfg(test)]
@@ -253,87 +309,182 @@ mod tests {
         assert_eq!(h, entry_hash(&rehashed).unwrap());
     }
 
-    /// Strings that need escaping, or sort differently as UTF-16 than as UTF-8.
-    const AWKWARD: &str = "a\"b\\c\n\u{1}é\u{10000}\u{ffff}";
+    /// Field values that exercise the writers: escapes, non-ASCII, empty, absent, integers
+    /// beyond what a double holds, times outside the years chrono prints with four digits.
+    struct Gen(u64);
 
-    #[test]
-    fn entries_written_field_by_field_are_the_canonical_form_of_their_objects() {
-        let mut e = entry();
-        let check = |e: &AuditEntry| {
-            assert_eq!(
-                entry_canonical(e),
-                jcs::canonical(&entry_object(e)).unwrap()
-            );
-            assert_eq!(entry_hash(e).unwrap(), jcs::hash(&entry_object(e)).unwrap());
-        };
-        check(&e);
-        e.seq = i64::MAX;
-        e.run_id = Some(AWKWARD.into());
-        e.actor = AWKWARD.into();
-        e.from_status = Some("RUNNING".into());
-        e.to_status = Some("PAUSED".into());
-        e.decision = Some("approve".into());
-        e.reason = Some(AWKWARD.into());
-        e.message = AWKWARD.into();
-        e.evidence_pack_ref = Some(format!("sha256:{NULL_HASH}"));
-        e.at = Timestamp::from_micros(-62_167_219_200_000_001);
-        check(&e);
-        e.seq = 9_007_199_254_740_993;
-        e.at = Timestamp::from_micros(1_795_428_000_123_456);
-        check(&e);
+    impl Gen {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+        fn text(&mut self) -> String {
+            const PIECES: &[&str] = &["a", "run-1", "\"", "\\", "\n", "\u{1}", "é", "😀", " ", ""];
+            (0..self.below(4))
+                .map(|_| PIECES[self.below(PIECES.len())])
+                .collect()
+        }
+        fn maybe(&mut self) -> Option<String> {
+            (self.below(3) > 0).then(|| self.text())
+        }
+        fn int(&mut self) -> i64 {
+            [
+                0,
+                1,
+                -7,
+                42,
+                (1 << 53) + 1,
+                -(1 << 53) - 3,
+                i64::MAX,
+                i64::MIN,
+            ][self.below(8)]
+        }
+        fn time(&mut self) -> Timestamp {
+            let micros = [
+                1_795_428_000_123_456,
+                0,
+                -1,
+                -62_167_219_200_000_001,
+                253_402_300_800_000_000,
+                i64::MAX,
+            ];
+            Timestamp::from_micros(micros[self.below(micros.len())])
+        }
+        fn maybe_time(&mut self) -> Option<Timestamp> {
+            (self.below(3) > 0).then(|| self.time())
+        }
+    }
+
+    fn same_bytes(written: Vec<u8>, object: &Value) {
+        let expected = jcs::canonical(object).unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&written),
+            String::from_utf8_lossy(&expected)
+        );
     }
 
     #[test]
-    fn decisions_and_step_receipts_written_field_by_field_are_their_canonical_forms() {
-        let mut d = Decision {
-            decision_id: "019a8f00-0000-7000-8000-000000000002".into(),
-            run_id: "019a8f00-0000-7000-8000-000000000001".into(),
-            step_id: AWKWARD.into(),
-            attempt: 2,
-            effect: Effect::Flag,
-            reason: AWKWARD.into(),
-            policy_id: "bench_policy".into(),
-            policy_version: 7,
-            policy_hash: "2".repeat(64),
-            tier: "T2".into(),
-            rules_triggered: Vec::new(),
-            input_hash: "d".repeat(64),
-            actor: "agent-7".into(),
-            decided_at: Timestamp::from_micros(1_795_428_000_000_001),
-            decision_hash: "f".repeat(64),
-        };
-        for rules in [vec![], vec!["flag-high".to_string(), AWKWARD.to_string()]] {
-            d.rules_triggered = rules;
+    fn each_writer_writes_the_canonical_bytes_of_its_object() {
+        let mut g = Gen(0x2545_f491_4f6c_dd1d);
+        for _ in 0..2000 {
+            let mut e = entry();
+            (e.seq, e.at, e.actor, e.action, e.subject) =
+                (g.int(), g.time(), g.text(), g.text(), g.text());
+            (e.run_id, e.from_status, e.to_status, e.decision) =
+                (g.maybe(), g.maybe(), g.maybe(), g.maybe());
+            (e.reason, e.message, e.evidence_pack_ref) = (g.maybe(), g.text(), g.maybe());
+            (e.payload_hash, e.prev_hash) = (g.text(), g.text());
+            let mut bytes = Vec::new();
+            write_entry(&e, &mut bytes);
+            same_bytes(bytes, &entry_object(&e));
             assert_eq!(
-                decision_canonical(&d),
-                jcs::canonical(&decision_object(&d)).unwrap()
+                entry_hash(&e).unwrap(),
+                jcs::hash(&entry_object(&e)).unwrap()
             );
-        }
-        let mut s = StepAttempt {
-            run_id: "019a8f00-0000-7000-8000-000000000001".into(),
-            step_id: AWKWARD.into(),
-            step_type: StepType::Transform,
-            step_index: 4,
-            attempt: 1,
-            status: StepStatus::Denied,
-            actor: AWKWARD.into(),
-            started_at: Timestamp::from_micros(0),
-            ended_at: None,
-            input_hash: "d".repeat(64),
-            output_hash: None,
-            error: Some(serde_json::json!({"code": "x"})),
-            decision_id: "019a8f00-0000-7000-8000-000000000002".into(),
-            decision_hash: "f".repeat(64),
-            prev_receipt_hash: ZERO_HASH.into(),
-            receipt_hash: None,
-        };
-        for finished in [false, true] {
-            s.ended_at = finished.then(|| Timestamp::from_micros(1_795_428_001_000_000));
-            s.output_hash = finished.then(|| "e".repeat(64));
-            assert_eq!(
-                step_receipt_canonical(&s),
-                jcs::canonical(&step_receipt_object(&s)).unwrap()
+
+            let run = Run {
+                run_id: g.text(),
+                workflow_id: g.text(),
+                workflow_version: g.int(),
+                status: RunStatus::ALL[g.below(RunStatus::ALL.len())],
+                created_by: g.text(),
+                created_at: g.time(),
+                updated_at: g.time(),
+                ended_at: g.maybe_time(),
+                input: Value::Null,
+                input_hash: g.text(),
+                next_step_id: g.maybe(),
+                failure: None,
+                genesis_hash: g.text(),
+                receipt_hash: g.maybe(),
+                attempt_base: 0,
+            };
+            let definition_hash = g.text();
+            let mut bytes = Vec::new();
+            write_genesis(&run, &definition_hash, &mut bytes);
+            same_bytes(bytes, &genesis_object(&run, &definition_hash));
+            let (steps, gates): (Vec<String>, Vec<String>) = (
+                (0..g.below(3)).map(|_| g.text()).collect(),
+                (0..g.below(3)).map(|_| g.text()).collect(),
             );
+            let mut bytes = Vec::new();
+            write_workflow_receipt(&run, &steps, &gates, &mut bytes);
+            same_bytes(bytes, &workflow_receipt_object(&run, &steps, &gates));
+
+            let d = Decision {
+                decision_id: g.text(),
+                run_id: g.text(),
+                step_id: g.text(),
+                attempt: g.int(),
+                effect: [Effect::Allow, Effect::Deny, Effect::Flag][g.below(3)],
+                reason: g.text(),
+                policy_id: g.text(),
+                policy_version: g.int(),
+                policy_hash: g.text(),
+                tier: g.text(),
+                rules_triggered: (0..g.below(3)).map(|_| g.text()).collect(),
+                input_hash: g.text(),
+                actor: g.text(),
+                decided_at: g.time(),
+                decision_hash: g.text(),
+            };
+            let mut bytes = Vec::new();
+            write_decision(&d, &mut bytes);
+            same_bytes(bytes, &decision_object(&d));
+
+            let s = StepAttempt {
+                run_id: g.text(),
+                step_id: g.text(),
+                step_type: StepType::ALL[g.below(StepType::ALL.len())],
+                step_index: g.int(),
+                attempt: g.int(),
+                status: StepStatus::ALL[g.below(StepStatus::ALL.len())],
+                actor: g.text(),
+                started_at: g.time(),
+                ended_at: g.maybe_time(),
+                input_hash: g.text(),
+                output_hash: g.maybe(),
+                error: None,
+                decision_id: g.text(),
+                decision_hash: g.text(),
+                prev_receipt_hash: g.text(),
+                receipt_hash: g.maybe(),
+            };
+            let mut bytes = Vec::new();
+            write_step_receipt(&s, &mut bytes);
+            same_bytes(bytes, &step_receipt_object(&s));
+
+            let quorum = g.below(4) == 0;
+            let gate = Gate {
+                gate_id: g.text(),
+                run_id: g.text(),
+                step_id: g.text(),
+                attempt: g.int(),
+                status: GateStatus::ALL[g.below(GateStatus::ALL.len())],
+                reason: g.text(),
+                decision_id: g.maybe(),
+                requested_by: g.text(),
+                requested_at: g.time(),
+                expires_at: g.maybe_time(),
+                resolved_by: g.maybe(),
+                resolved_at: g.maybe_time(),
+                comment: g.maybe(),
+                receipt_hash: g.maybe(),
+                approvals_required: if quorum { 2 } else { 1 },
+                approvals: match quorum {
+                    true => vec![GateApproval {
+                        approver: g.text(),
+                        approved_at: g.time(),
+                        comment: g.maybe(),
+                    }],
+                    false => Vec::new(),
+                },
+            };
+            let mut bytes = Vec::new();
+            write_gate_receipt(&gate, &mut bytes).unwrap();
+            same_bytes(bytes, &gate_receipt_object(&gate));
         }
     }
 

@@ -124,7 +124,10 @@ fn seal_attempt(
     step.ended_at = Some(ctx.now);
     step.output_hash = Some(ctx.evidence(result)?);
     step.prev_receipt_hash = chain_tip(ctx, run)?;
-    step.receipt_hash = Some(ctx.evidence_canonical(&receipts::step_receipt_canonical(step))?);
+    step.receipt_hash = Some(ctx.evidence_written(|out| {
+        receipts::write_step_receipt(step, out);
+        Ok(())
+    })?);
     Ok(())
 }
 
@@ -194,7 +197,7 @@ fn close_gate(
     gate.resolved_by = Some(actor.to_string());
     gate.resolved_at = Some(ctx.now);
     gate.comment = comment.map(str::to_string);
-    gate.receipt_hash = Some(ctx.evidence(&receipts::gate_receipt_object(gate))?);
+    gate.receipt_hash = Some(ctx.evidence_written(|out| receipts::write_gate_receipt(gate, out))?);
     store::update_gate(ctx.tx, gate)?;
     let (action, decision) = match status {
         GateStatus::Approved => ("gate.resolved", Some("approve")),
@@ -261,8 +264,10 @@ fn end_run(
         .into_iter()
         .filter_map(|g| g.receipt_hash)
         .collect();
-    let receipt = receipts::workflow_receipt_object(run, &step_receipts, &gate_receipts);
-    let receipt_hash = ctx.evidence(&receipt)?;
+    let receipt_hash = ctx.evidence_written(|out| {
+        receipts::write_workflow_receipt(run, &step_receipts, &gate_receipts, out);
+        Ok(())
+    })?;
     ctx.sign(&receipt_hash)?;
     run.receipt_hash = Some(receipt_hash);
     store::update_run(ctx.tx, run)?;
@@ -375,7 +380,10 @@ pub(super) fn create_run(
         receipt_hash: None,
         attempt_base: 0,
     };
-    run.genesis_hash = ctx.evidence(&receipts::genesis_object(&run, &def.definition_hash))?;
+    run.genesis_hash = ctx.evidence_written(|out| {
+        receipts::write_genesis(&run, &def.definition_hash, out);
+        Ok(())
+    })?;
     store::insert_run(ctx.tx, &run)?;
     ctx.audit(Draft {
         run_id: Some(run.run_id.clone()),
@@ -531,7 +539,10 @@ pub(super) fn request_step(
         decided_at: ctx.now,
         decision_hash: String::new(),
     };
-    decision.decision_hash = ctx.evidence_canonical(&receipts::decision_canonical(&decision))?;
+    decision.decision_hash = ctx.evidence_written(|out| {
+        receipts::write_decision(&decision, out);
+        Ok(())
+    })?;
     store::insert_decision(ctx.tx, &decision)?;
     let subject = format!("step:{step_id}#{attempt}");
     ctx.audit(Draft {

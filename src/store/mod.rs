@@ -81,6 +81,12 @@ pub trait Db {
     /// The schema version of the file (`PRAGMA user_version`), known when the connection was
     /// opened, so that reads of later columns and tables cost no query each time.
     fn schema_version(&self) -> i64;
+    /// Another connection that reads exactly what this one reads, for a second thread: only a
+    /// file opened `immutable` has one (nothing can change it between the two), so `None` for
+    /// everything else.
+    fn sibling(&self) -> Result<Option<Reader>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The open write transaction of one engine operation. Store functions take it and never commit;
@@ -190,12 +196,16 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
         });
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = match immutable_uri(path) {
-        Some(uri) => Connection::open_with_flags(uri, flags | OpenFlags::SQLITE_OPEN_URI)?,
-        None => Connection::open_with_flags(path, flags)?,
+    let (conn, immutable) = match immutable_uri(path) {
+        Some(uri) => (
+            Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)?,
+            Some((uri, path.to_path_buf())),
+        ),
+        None => (Connection::open_with_flags(path, flags)?, None),
     };
     check_identity(&conn, path)?;
-    let reader = Reader::new(conn)?;
+    let mut reader = Reader::new(conn)?;
+    reader.immutable = immutable;
     if reader.schema_version == 0 {
         return Err(StoreError::NotFedcore {
             path: path.to_path_buf(),
@@ -301,6 +311,8 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 pub struct Reader {
     conn: Connection,
     schema_version: i64,
+    /// The URI and path of a file opened `immutable`, which a sibling opens again.
+    immutable: Option<(String, PathBuf)>,
 }
 
 impl Db for Reader {
@@ -309,6 +321,19 @@ impl Db for Reader {
     }
     fn schema_version(&self) -> i64 {
         self.schema_version
+    }
+    fn sibling(&self) -> Result<Option<Reader>, StoreError> {
+        let Some((uri, path)) = &self.immutable else {
+            return Ok(None);
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(uri, flags)?;
+        check_identity(&conn, path)?;
+        let mut reader = Reader::new(conn)?;
+        reader.immutable = self.immutable.clone();
+        Ok(Some(reader))
     }
 }
 
@@ -319,6 +344,7 @@ impl Reader {
         Ok(Reader {
             conn,
             schema_version,
+            immutable: None,
         })
     }
 

@@ -46,16 +46,142 @@ pub struct TriggerSql {
     pub sql: String,
 }
 
-/// Calls `f` with each evidence blob `(hash, body)`, in hash order, without copying the body.
-pub fn for_each_evidence<E: From<StoreError>>(
-    db: &impl Db,
-    mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
-) -> Result<(), E> {
+/// A part of a table with a text key, for reading the table in slices (on several connections at
+/// once): the rows whose key is NULL, or those from `start` (inclusive) to `end` (exclusive),
+/// without a bound where `None`. The slices of one split hold every row once, in key order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextSlice {
+    Null,
+    Range {
+        start: Option<String>,
+        end: Option<String>,
+    },
+}
+
+impl TextSlice {
+    /// The whole table, NULL keys first, cut before each of `bounds` (ascending).
+    pub fn split_at(bounds: &[String]) -> Vec<TextSlice> {
+        let mut slices = vec![TextSlice::Null];
+        let mut start = None;
+        for bound in bounds {
+            let end = Some(bound.clone());
+            slices.push(TextSlice::Range {
+                start,
+                end: end.clone(),
+            });
+            start = end;
+        }
+        slices.push(TextSlice::Range { start, end: None });
+        slices
+    }
+
+    /// A table keyed by hashes, cut before each hex digit but the first: 16 slices of about the
+    /// same size (and the NULL one).
+    pub fn by_hex_digit() -> Vec<TextSlice> {
+        let bounds: Vec<String> = "123456789abcdef".chars().map(String::from).collect();
+        TextSlice::split_at(&bounds)
+    }
+
+    /// The SQL condition on `column` (a constant of the caller) and the values it binds.
+    pub(super) fn condition(&self, column: &str) -> (String, Vec<&str>) {
+        match self {
+            TextSlice::Null => (format!("{column} IS NULL"), vec![]),
+            TextSlice::Range { start, end } => match (start.as_deref(), end.as_deref()) {
+                (None, None) => (format!("{column} IS NOT NULL"), vec![]),
+                (None, Some(end)) => (format!("{column} < ?1"), vec![end]),
+                (Some(start), None) => (format!("{column} >= ?1"), vec![start]),
+                (Some(start), Some(end)) => (
+                    format!("{column} >= ?1 AND {column} < ?2"),
+                    vec![start, end],
+                ),
+            },
+        }
+    }
+}
+
+/// A part of a table with an integer key: the rows from `first` to `last`, both inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeqSlice {
+    pub first: i64,
+    pub last: i64,
+}
+
+impl SeqSlice {
+    /// Every integer, cut into `n` slices of about the same number of keys from `min` to `max`.
+    pub fn split(min: i64, max: i64, n: usize) -> Vec<SeqSlice> {
+        let n = n.max(1) as i128;
+        let span = (i128::from(max) - i128::from(min) + 1).max(1);
+        let mut slices = Vec::new();
+        let mut first = i64::MIN;
+        for k in 1..n {
+            let cut = i128::from(min) + span * k / n;
+            let Ok(cut) = i64::try_from(cut) else { break };
+            if cut > first {
+                slices.push(SeqSlice {
+                    first,
+                    last: cut - 1,
+                });
+                first = cut;
+            }
+        }
+        slices.push(SeqSlice {
+            first,
+            last: i64::MAX,
+        });
+        slices
+    }
+}
+
+/// The audit log cut into `n` slices of about the same number of entries.
+pub fn audit_slices(db: &impl Db, n: usize) -> Result<Vec<SeqSlice>, StoreError> {
+    let (min, max): (Option<i64>, Option<i64>) = db
+        .conn()
+        .prepare_cached("SELECT min(seq), max(seq) FROM audit_log")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(SeqSlice::split(min.unwrap_or(0), max.unwrap_or(0), n))
+}
+
+/// The runs cut into about `n` slices of about the same number of runs, at run ids read from the
+/// table.
+pub fn run_slices(db: &impl Db, n: usize) -> Result<Vec<TextSlice>, StoreError> {
+    let count: i64 = db
+        .conn()
+        .prepare_cached("SELECT count(*) FROM runs")?
+        .query_row([], |r| r.get(0))?;
+    let mut bounds: Vec<String> = Vec::new();
     let mut stmt = db
         .conn()
-        .prepare_cached("SELECT hash, body FROM evidence ORDER BY hash")
+        .prepare_cached("SELECT run_id FROM runs ORDER BY run_id LIMIT 1 OFFSET ?1")?;
+    for k in 1..n.max(1) as i64 {
+        let offset = count * k / n as i64;
+        let bound: Option<Option<String>> = stmt
+            .query_row([offset], |r| {
+                Ok(r.get_ref(0)?.as_str().ok().map(str::to_string))
+            })
+            .optional()?;
+        // Only text bounds, strictly ascending: a key of another type stays inside a slice.
+        if let Some(Some(bound)) = bound {
+            if bounds.last().is_none_or(|last| *last < bound) {
+                bounds.push(bound);
+            }
+        }
+    }
+    Ok(TextSlice::split_at(&bounds))
+}
+
+/// Calls `f` with each evidence blob `(hash, body)` of a slice, in hash order, without copying
+/// the body.
+pub fn for_each_evidence_in<E: From<StoreError>>(
+    db: &impl Db,
+    slice: &TextSlice,
+    mut f: impl FnMut(&str, &[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let (condition, bound) = slice.condition("hash");
+    let sql = format!("SELECT hash, body FROM evidence WHERE {condition} ORDER BY hash");
+    let mut stmt = db.conn().prepare_cached(&sql).map_err(StoreError::from)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(bound))
         .map_err(StoreError::from)?;
-    let mut rows = stmt.query([]).map_err(StoreError::from)?;
     while let Some(row) = rows.next().map_err(StoreError::from)? {
         let (hash, body) =
             hash_and_body(row).map_err(|e| bad_row("evidence", row, key_first, e))?;
@@ -68,13 +194,33 @@ fn hash_and_body<'r>(row: &'r Row<'_>) -> rusqlite::Result<(&'r str, &'r [u8])> 
     Ok((row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_bytes()?))
 }
 
-/// Calls `f` with each audit entry in `seq` order.
-pub fn for_each_audit_entry<E: From<StoreError>>(
+/// Calls `f` with each audit entry of a slice in `seq` order.
+pub fn for_each_audit_entry_in<E: From<StoreError>>(
     db: &impl Db,
+    slice: SeqSlice,
     f: impl FnMut(AuditEntry) -> Result<(), E>,
 ) -> Result<(), E> {
-    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
-    for_each_row(db, &sql, [], "audit_log", key_first, audit_from_row, f)
+    let sql =
+        format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq");
+    let params = [slice.first, slice.last];
+    for_each_row(db, &sql, params, "audit_log", key_first, audit_from_row, f)
+}
+
+/// The `seq` and `entry_hash` of the last audit entry before `seq`; the hash is `None` when it is
+/// not text (that entry is then reported broken where it is read).
+pub fn audit_entry_before(
+    db: &impl Db,
+    seq: i64,
+) -> Result<Option<(i64, Option<String>)>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT seq, entry_hash FROM audit_log WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row([seq], |r| {
+            Ok((r.get(0)?, r.get_ref(1)?.as_str().ok().map(str::to_string)))
+        })
+        .optional()?)
 }
 
 /// Calls `f` with each policy version, by id and version.
@@ -132,17 +278,20 @@ pub fn for_each_decision_of_run<E: From<StoreError>>(
     )
 }
 
-/// Calls `f` with each run in `run_id` order (UUIDv7, so creation order). A run whose input blob
-/// is missing is still visited, with `input` null; `verify` reports the missing blob.
-pub fn for_each_run<E: From<StoreError>>(
+/// Calls `f` with each run of a slice in `run_id` order (UUIDv7, so creation order). A run whose
+/// input blob is missing is still visited, with `input` null; `verify` reports the missing blob.
+pub fn for_each_run_in<E: From<StoreError>>(
     db: &impl Db,
+    slice: &TextSlice,
     f: impl FnMut(Run) -> Result<(), E>,
 ) -> Result<(), E> {
+    let (condition, bound) = slice.condition("r.run_id");
     let sql = format!(
         "SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN evidence e ON e.hash = r.input_hash
-         ORDER BY r.run_id"
+         WHERE {condition} ORDER BY r.run_id"
     );
-    for_each_row(db, &sql, [], "runs", key_first, run_from_row, f)
+    let params = rusqlite::params_from_iter(bound);
+    for_each_row(db, &sql, params, "runs", key_first, run_from_row, f)
 }
 
 /// Calls `f` with each attempt of a run in the order they were created.

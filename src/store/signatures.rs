@@ -1,7 +1,7 @@
 //! The signing tables of migration 3: the recorded public key, receipt signatures and signed
 //! checkpoints. The private key never comes here; these are rows of text and hashes.
 
-use super::{Db, StoreError, Tx};
+use super::{Db, SeqSlice, StoreError, TextSlice, Tx};
 use crate::model::Timestamp;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -147,16 +147,32 @@ pub fn signature_of(db: &impl Db, hash: &str) -> Result<Option<SignatureRow>, St
 /// Calls `f` with each signature, in hash order.
 pub fn for_each_signature<E: From<StoreError>>(
     db: &impl Db,
+    f: impl FnMut(SignatureRow) -> Result<(), E>,
+) -> Result<(), E> {
+    let all = TextSlice::Range {
+        start: None,
+        end: None,
+    };
+    for_each_signature_in(db, &all, f)
+}
+
+/// Calls `f` with each signature of a slice, in hash order.
+pub fn for_each_signature_in<E: From<StoreError>>(
+    db: &impl Db,
+    slice: &TextSlice,
     mut f: impl FnMut(SignatureRow) -> Result<(), E>,
 ) -> Result<(), E> {
     if !signs(db)? {
         return Ok(());
     }
-    let mut stmt = db
-        .conn()
-        .prepare("SELECT hash, key_id, signature, signed_at FROM signatures ORDER BY hash")
+    let (condition, bound) = slice.condition("hash");
+    let sql = format!(
+        "SELECT hash, key_id, signature, signed_at FROM signatures WHERE {condition} ORDER BY hash"
+    );
+    let mut stmt = db.conn().prepare_cached(&sql).map_err(StoreError::from)?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(bound))
         .map_err(StoreError::from)?;
-    let mut rows = stmt.query([]).map_err(StoreError::from)?;
     while let Some(row) = rows.next().map_err(StoreError::from)? {
         f(signature_from_row(row).map_err(StoreError::from)?)?;
     }
@@ -195,9 +211,34 @@ pub fn last_checkpoint(db: &impl Db) -> Result<Option<CheckpointRow>, StoreError
         .optional()?)
 }
 
+/// The checkpoints cut into `n` slices of about the same number of seqs.
+pub fn checkpoint_slices(db: &impl Db, n: usize) -> Result<Vec<SeqSlice>, StoreError> {
+    if !signs(db)? {
+        return Ok(SeqSlice::split(0, 0, 1));
+    }
+    let (min, max): (Option<i64>, Option<i64>) = db
+        .conn()
+        .prepare_cached("SELECT min(seq), max(seq) FROM checkpoints")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(SeqSlice::split(min.unwrap_or(0), max.unwrap_or(0), n))
+}
+
 /// Calls `f` with each checkpoint, in seq order.
 pub fn for_each_checkpoint<E: From<StoreError>>(
     db: &impl Db,
+    f: impl FnMut(CheckpointRow) -> Result<(), E>,
+) -> Result<(), E> {
+    let all = SeqSlice {
+        first: i64::MIN,
+        last: i64::MAX,
+    };
+    for_each_checkpoint_in(db, all, f)
+}
+
+/// Calls `f` with each checkpoint of a slice, in seq order.
+pub fn for_each_checkpoint_in<E: From<StoreError>>(
+    db: &impl Db,
+    slice: SeqSlice,
     mut f: impl FnMut(CheckpointRow) -> Result<(), E>,
 ) -> Result<(), E> {
     if !signs(db)? {
@@ -205,9 +246,14 @@ pub fn for_each_checkpoint<E: From<StoreError>>(
     }
     let mut stmt = db
         .conn()
-        .prepare("SELECT seq, entry_hash, at, key_id, note FROM checkpoints ORDER BY seq")
+        .prepare_cached(
+            "SELECT seq, entry_hash, at, key_id, note FROM checkpoints
+             WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq",
+        )
         .map_err(StoreError::from)?;
-    let mut rows = stmt.query([]).map_err(StoreError::from)?;
+    let mut rows = stmt
+        .query([slice.first, slice.last])
+        .map_err(StoreError::from)?;
     while let Some(row) = rows.next().map_err(StoreError::from)? {
         f(checkpoint_from_row(row).map_err(StoreError::from)?)?;
     }

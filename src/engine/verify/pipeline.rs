@@ -1,13 +1,146 @@
-//! Checking in parallel what is read in order. The calling thread reads rows (SQLite wants one
-//! thread per connection) and hands them out in batches; worker threads run the pure checks; the
-//! results are put back in read order, so the failure reported is the first one in that order
-//! whatever thread found it. Batches in flight are bounded, so memory does not grow with the
-//! table.
+//! Checking in parallel what is read in order. A pass over a table cuts its keys into slices.
+//! When the file can be read over several connections at once (it is opened `immutable`), each
+//! thread reads and checks whole slices over its own connection (SQLite wants one thread per
+//! connection); otherwise the calling thread reads every slice in turn and hands the rows out in
+//! batches to worker threads that run the pure checks. Either way the results are put back in
+//! read order, so the failure reported is the first one in that order whatever thread found it,
+//! and work in flight is bounded, so memory does not grow with the table.
 
 use super::{Broken, Counts, Stop};
+use crate::store::{Db, Reader};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver};
 use std::sync::Mutex;
+
+/// One pass over a table: how many slices its keys are cut into, how one slice is read (and
+/// what reading it gathers besides the items, such as an index), and the check of each item.
+pub(super) trait Pass: Sync {
+    type Item: Send;
+    /// What reading one slice gathers for later passes; merged in slice order by the caller.
+    type Gathered: Default + Send;
+
+    fn slices(&self) -> usize;
+
+    /// Reads slice `slice` over `db` in key order, handing each item to `sink`.
+    fn read<D: Db>(
+        &self,
+        db: &D,
+        slice: usize,
+        gathered: &mut Self::Gathered,
+        sink: &mut dyn FnMut(Self::Item) -> Result<(), Stop>,
+    ) -> Result<(), Stop>;
+
+    /// Checks one item, counting what it checked; `buf` is a scratch buffer kept between items.
+    fn check(
+        &self,
+        buf: &mut Vec<u8>,
+        item: &Self::Item,
+        counts: &mut Counts,
+    ) -> Result<(), Box<Broken>>;
+}
+
+/// Runs `pass` over every slice: over this thread's `db` and the `siblings` (connections that
+/// read the same file), one thread each, when there are siblings; otherwise reading on this
+/// thread and checking on `workers` threads. Adds the counts of what was checked before the
+/// first failure to `counts` and returns that failure, or what each slice gathered, in order.
+pub(super) fn run_pass<P: Pass, D: Db>(
+    db: &D,
+    siblings: &mut [Reader],
+    workers: usize,
+    counts: &mut Counts,
+    pass: &P,
+) -> Result<Vec<P::Gathered>, Stop> {
+    let n = pass.slices();
+    if siblings.is_empty() {
+        let mut gathered: Vec<P::Gathered> = (0..n).map(|_| P::Gathered::default()).collect();
+        let mut read = |sink: &mut dyn FnMut(P::Item) -> Result<(), Stop>| {
+            gathered
+                .iter_mut()
+                .enumerate()
+                .try_for_each(|(slice, gathered)| pass.read(db, slice, gathered, sink))
+        };
+        let check =
+            |buf: &mut Vec<u8>, item: &P::Item, counts: &mut Counts| pass.check(buf, item, counts);
+        check_in_order(workers, counts, &mut read, &check)?;
+        return Ok(gathered);
+    }
+    let next = AtomicUsize::new(0);
+    let first_failed = AtomicUsize::new(usize::MAX);
+    let done: Vec<Mutex<Option<SliceDone<P::Gathered>>>> =
+        (0..n).map(|_| Mutex::new(None)).collect();
+    let work = |db: &dyn SliceReader<P>| {
+        let mut buf = Vec::with_capacity(4096);
+        loop {
+            let slice = next.fetch_add(1, Ordering::Relaxed);
+            if slice >= n || slice > first_failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let mut tally = Counts::default();
+            let mut gathered = P::Gathered::default();
+            let result = db.read_slice(pass, slice, &mut gathered, &mut |item| {
+                // A failure in an earlier slice is reported whatever this one holds.
+                if first_failed.load(Ordering::Relaxed) < slice {
+                    return Err(Stop::Halted);
+                }
+                pass.check(&mut buf, &item, &mut tally)
+                    .map_err(Stop::Broken)
+            });
+            if result.is_err() {
+                first_failed.fetch_min(slice, Ordering::Relaxed);
+            }
+            *done[slice].lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((tally, gathered, result));
+        }
+    };
+    std::thread::scope(|scope| {
+        for sibling in siblings.iter_mut() {
+            let work = &work;
+            scope.spawn(move || work(&*sibling));
+        }
+        work(db);
+    });
+    let mut gathered = Vec::with_capacity(n);
+    for slot in done {
+        // A slice is left undone only after an earlier one failed, which returns first.
+        let Some((tally, slice_gathered, result)) =
+            slot.into_inner().unwrap_or_else(|p| p.into_inner())
+        else {
+            return Err(Stop::Halted);
+        };
+        counts.add(&tally);
+        result?;
+        gathered.push(slice_gathered);
+    }
+    Ok(gathered)
+}
+
+/// What a thread made of one slice: its counts, what it gathered, and how it ended.
+type SliceDone<G> = (Counts, G, Result<(), Stop>);
+
+/// A connection a pass can read a slice over, whatever its type: the calling thread's and the
+/// siblings' differ.
+trait SliceReader<P: Pass> {
+    fn read_slice(
+        &self,
+        pass: &P,
+        slice: usize,
+        gathered: &mut P::Gathered,
+        sink: &mut dyn FnMut(P::Item) -> Result<(), Stop>,
+    ) -> Result<(), Stop>;
+}
+
+impl<P: Pass, D: Db> SliceReader<P> for D {
+    fn read_slice(
+        &self,
+        pass: &P,
+        slice: usize,
+        gathered: &mut P::Gathered,
+        sink: &mut dyn FnMut(P::Item) -> Result<(), Stop>,
+    ) -> Result<(), Stop> {
+        pass.read(self, slice, gathered, sink)
+    }
+}
 
 /// How many items one worker checks at a time.
 const BATCH: usize = 256;
