@@ -184,6 +184,10 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     set_common_pragmas(&conn)?;
     migrate(&conn, path)?;
+    // Savepoint journals (one per request in the writer's batch) stay in memory: by default
+    // SQLite spills them past 64 KiB to temporary files, a write system call per journaled page.
+    // Set after the migrations, whose index builds may need to spill a large sort to disk.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 
@@ -247,9 +251,6 @@ fn immutable_uri(path: &Path) -> Option<String> {
 
 fn set_common_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    // Savepoint journals (one per request in the writer's batch) stay in memory: by default
-    // SQLite spills them past 64 KiB to temporary files, a write system call per journaled page.
-    conn.pragma_update(None, "temp_store", "MEMORY")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())

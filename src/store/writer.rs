@@ -12,7 +12,9 @@ use rusqlite::{Connection, OpenFlags};
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,7 +89,7 @@ impl Writer {
                     }
                     if run_batch(&conn, batch, &mut tick) {
                         if let Some(checkpointer) = &checkpointer {
-                            checkpointer.nudge();
+                            checkpointer.after_commit(&conn);
                         }
                     }
                 }
@@ -130,8 +132,8 @@ pub fn write_once<T>(
     Ok(out)
 }
 
-/// Runs `jobs` in one transaction, each in its own savepoint, commits once, then answers each.
-/// Runs `jobs` in one transaction; returns whether it committed.
+/// Runs `jobs` in one transaction, each in its own savepoint, commits once, then answers each;
+/// returns whether it committed.
 fn run_batch(
     conn: &Connection,
     jobs: Vec<Box<dyn Job>>,
@@ -173,16 +175,36 @@ fn run_batch(
 /// How often, at most, the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 
+/// WAL frames (pages) past which the checkpointer makes the WAL start over (16 MiB of 4 KiB
+/// pages), and the size the WAL file is cut back to when it does.
+const WAL_RESTART_FRAMES: i64 = 4096;
+const WAL_SIZE_LIMIT: i64 = 32 * 1024 * 1024;
+
+/// WAL frames past which the checkpointer runs again at once instead of waiting for the next
+/// nudge after `CHECKPOINT_EVERY`: under heavy load it copies continuously, on its own core.
+const WAL_BUSY_FRAMES: i64 = 1024;
+
 /// Copies committed WAL frames back into the database file on a thread and connection of its
 /// own (`PRAGMA wal_checkpoint(PASSIVE)`), so that no commit waits for a checkpoint: SQLite's
 /// automatic checkpoint would run inside the writer's COMMIT, stalling every request of the next
 /// batch while pages are copied and the database file is synced. A passive checkpoint never
 /// blocks the writer or a reader, and never loses a frame: frames it cannot copy yet (a reader
-/// still needs them) stay in the WAL for the next one. The WAL restarts from its beginning once
-/// everything in it has been copied, so it does not grow without bound.
+/// still needs them) stay in the WAL for the next one.
+///
+/// SQLite starts the WAL over only when a write transaction begins while every frame has been
+/// copied, which under steady load almost never happens between two batches: the WAL would grow
+/// for as long as the load lasts (and a checkpoint from this thread that waits for the writer
+/// starves, the writer taking its lock again at once). So once a passive checkpoint finds
+/// `WAL_RESTART_FRAMES` or more, the checkpointer raises a flag and pauses, and the writer,
+/// between two batches, runs `wal_checkpoint(RESTART)` itself: it copies the few frames the
+/// passive checkpoints left, waits for readers of older snapshots, and the next batch starts the
+/// WAL over; `journal_size_limit` then cuts the file back to `WAL_SIZE_LIMIT`. Then the
+/// checkpointer goes on.
 struct Checkpointer {
     nudge: SyncSender<()>,
     thread: JoinHandle<()>,
+    /// Set when the WAL has grown past `WAL_RESTART_FRAMES`.
+    wal_is_large: Arc<AtomicBool>,
 }
 
 impl Checkpointer {
@@ -199,18 +221,33 @@ impl Checkpointer {
         .map_err(std::io::Error::other)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(std::io::Error::other)?;
+        conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
+            .map_err(std::io::Error::other)?;
         let (nudge, nudged) = sync_channel::<()>(1);
+        let wal_is_large = Arc::new(AtomicBool::new(false));
+        let large = wal_is_large.clone();
         let thread = std::thread::Builder::new()
             .name("fedcore-checkpoint".into())
             .spawn(move || {
                 let mut pending = false;
                 while pending || nudged.recv().is_ok() {
-                    let outcome = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                    if let Err(e) = outcome {
-                        let _ = writeln!(std::io::stderr().lock(), "checkpoint: {e}");
+                    let frames = checkpoint(&own, "PASSIVE").unwrap_or(0);
+                    pending = false;
+                    if frames >= WAL_RESTART_FRAMES {
+                        // The writer restarts the WAL between two batches; stay out of its way
+                        // (a checkpoint here would make its restart fail busy) until it has.
+                        large.store(true, Ordering::Release);
+                        while large.load(Ordering::Acquire) {
+                            if nudged.recv().is_err() {
+                                return;
+                            }
+                        }
+                        continue;
+                    }
+                    if frames >= WAL_BUSY_FRAMES {
+                        continue; // Heavy load: copy again at once.
                     }
                     // A quiet period: later nudges wait for its end, a stop does not.
-                    pending = false;
                     let until = Instant::now() + CHECKPOINT_EVERY;
                     loop {
                         match nudged.recv_timeout(until.saturating_duration_since(Instant::now())) {
@@ -221,11 +258,21 @@ impl Checkpointer {
                     }
                 }
             })?;
-        Ok(Some(Checkpointer { nudge, thread }))
+        Ok(Some(Checkpointer {
+            nudge,
+            thread,
+            wal_is_large,
+        }))
     }
 
-    /// Asks for a checkpoint after a commit; nudges coalesce while one is pending.
-    fn nudge(&self) {
+    /// Called by the writer between batches, on its connection `conn`: starts the WAL over when
+    /// it has grown large, then asks for a passive checkpoint (nudges coalesce while one is
+    /// pending).
+    fn after_commit(&self, conn: &Connection) {
+        if self.wal_is_large.load(Ordering::Acquire) {
+            checkpoint(conn, "RESTART");
+            self.wal_is_large.store(false, Ordering::Release);
+        }
         let _ = self.nudge.try_send(());
     }
 
@@ -233,6 +280,19 @@ impl Checkpointer {
     fn stop(self) {
         drop(self.nudge);
         let _ = self.thread.join();
+    }
+}
+
+/// Runs `wal_checkpoint(mode)` on `conn`; returns the frames the WAL held, `None` when the
+/// checkpoint failed (reported; the next one tries again).
+fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
+    let sql = format!("PRAGMA wal_checkpoint({mode})");
+    match conn.query_row(&sql, [], |r| r.get::<_, i64>(1)) {
+        Ok(frames) => Some(frames),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr().lock(), "checkpoint ({mode}): {e}");
+            None
+        }
     }
 }
 
@@ -361,6 +421,67 @@ mod tests {
         for p in [&path, &copy] {
             let _ = std::fs::remove_file(p);
         }
+    }
+
+    /// A job that inserts a blob of `size` bytes.
+    struct BlobJob {
+        size: usize,
+        done: Sender<(i64, Option<String>)>,
+    }
+
+    impl Job for BlobJob {
+        fn run(&mut self, tx: &Tx<'_>, _now: Timestamp) -> Commit {
+            tx.conn
+                .execute("INSERT INTO b (v) VALUES (?1)", [vec![7u8; self.size]])
+                .unwrap();
+            true
+        }
+        fn finish(self: Box<Self>, failure: Option<StoreError>) {
+            let _ = self.done.send((0, failure.map(|e| e.to_string())));
+        }
+    }
+
+    #[test]
+    fn the_wal_stays_bounded_under_steady_load() {
+        let path = temp_db("wal-bound");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.execute_batch("CREATE TABLE b (v BLOB)").unwrap();
+        let (writer, thread) = Writer::start(conn, || Timestamp::from_micros(0), 64).unwrap();
+        let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+        let wal_size = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+        // About 190 MiB through the writer with the queue kept full, so that some batch is always
+        // under way: twelve times the size at which the WAL is made to start over. How far past
+        // that size it gets before a restart depends on how fast the checkpointer keeps up (on a
+        // busy machine, some 50 MiB); without restarts it holds everything written.
+        let (done, results) = channel();
+        let (jobs, size) = (12_000, 16 * 1024);
+        let (mut sent, mut answered) = (0, 0);
+        while answered < jobs {
+            while sent < jobs {
+                match writer.submit(Box::new(BlobJob {
+                    size,
+                    done: done.clone(),
+                })) {
+                    Ok(()) => sent += 1,
+                    Err(_) => break,
+                }
+            }
+            if let Ok((_, failure)) = results.recv_timeout(Duration::from_secs(30)) {
+                assert_eq!(failure, None);
+                answered += 1;
+            }
+        }
+        let written = (jobs * size) as u64;
+        let largest = wal_size();
+        assert!(
+            largest < written / 2,
+            "the WAL grew to {largest} bytes while {written} were written"
+        );
+        drop(writer);
+        thread.join().unwrap();
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&wal);
     }
 
     /// A job that inserts `value` (refused when negative).
