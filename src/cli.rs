@@ -66,9 +66,11 @@ Usage: fedcore serve [--db PATH] [--listen ADDR] [--key PATH] [timeouts]
                             survives a power cut as far as the disk honours fsync; normal: synced
                             at WAL checkpoints only, faster, survives a killed process but may lose
                             the last commits to a power cut
-  --bench-ceiling           also serve POST /bench/ceiling, which inserts one row into a table
-                            of its own (bench_ceiling): the trivial write `fedcore bench`
-                            measures as its ceiling. For benchmark databases only
+  --bench-ceiling           for `fedcore bench` only, on its throwaway databases: also serve
+                            POST /bench/ceiling (role agent), which inserts one row into a table
+                            of its own (bench_ceiling) outside the audit log: the trivial write
+                            the benchmark measures as its ceiling. Never use it on a database
+                            you keep
 
 Every request but GET /health needs `Authorization: Bearer <token>` (see `fedcore token`). On a
 database that has never had a token, serve creates the admin token `admin`, writes it to
@@ -232,8 +234,8 @@ file beside it if missing, appended to otherwise), applying through the engine, 
 the very commands a server applies for the same requests: a run, each of its five steps
 requested then completed; every 10th workflow flagged at `decide`, approved by a second person
 and resumed by an admin; every 20th denied at `decide`, failing closed. About 1000 commands go
-in one transaction, on a clock that advances 250 us per command. Prints runs, audit entries and
-the time taken.
+in one transaction, at the wall clock's time (at least 1 us apart). Prints runs, audit entries
+and the time taken.
 
   --workflows N             how many workflows to add
   --runs-only               stop each workflow once its run is created (PENDING): the quick way
@@ -411,10 +413,10 @@ fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     let mut json = false;
     let seconds = |parser: &mut lexopt::Parser, flag: &str| -> Result<f64, lexopt::Error> {
         let s: f64 = parser.value()?.parse()?;
-        match s.is_finite() && s >= 0.0 {
+        match s.is_finite() && (0.0..=3600.0).contains(&s) {
             true => Ok(s),
             false => Err(lexopt::Error::Custom(
-                format!("{flag} is a number of seconds, not {s}").into(),
+                format!("{flag} is a number of seconds from 0 to 3600, not {s}").into(),
             )),
         }
     };

@@ -225,12 +225,14 @@ fn run_bench(command: BenchCommand) -> ExitCode {
 
 fn print_seeded(db: &std::path::Path, s: &bench::seed::SeedSummary) {
     let seconds = s.elapsed.as_secs_f64();
+    let ended = match s.completed + s.failed {
+        0 => "runs created only".to_string(),
+        _ => format!("{} completed, {} failed", s.completed, s.failed),
+    };
     println!(
-        "seeded {} workflows ({} completed, {} failed) into {} in {seconds:.1} s: \
+        "seeded {} workflows ({ended}) into {} in {seconds:.1} s: \
          {} audit entries added ({:.0}/s); it holds {} runs, {} audit entries",
         s.workflows,
-        s.completed,
-        s.failed,
         db.display(),
         s.added_entries,
         s.added_entries as f64 / seconds.max(1e-9),

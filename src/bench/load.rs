@@ -16,6 +16,7 @@
 //! workflow by table, and, unless skipped, `fedcore verify` over the database the run produced.
 
 use super::client::{request, string_field, Conn};
+use super::seed::Shape;
 use crate::engine::verify;
 use crate::store::{self, Durability};
 use serde::Serialize;
@@ -99,8 +100,9 @@ pub struct Round {
     pub errors: u64,
     pub connections_opened: u64,
     pub connections_unserved: u64,
-    /// Bytes the server passed to write() (WAL, checkpoints, its log) during the workflow phase,
-    /// per run started in it, when the platform tells (Linux: `wchar` in /proc/PID/io).
+    /// Bytes the server passed to write() during the workflow phase (WAL frames, checkpoints, its
+    /// log lines and its HTTP responses), per run started in it, when the platform tells (Linux:
+    /// `wchar` in /proc/PID/io).
     pub server_written_bytes_per_workflow: Option<f64>,
 }
 
@@ -120,6 +122,8 @@ pub struct LoadReport {
     pub durability: &'static str,
     pub cpus: usize,
     pub rounds: Vec<Round>,
+    /// Whether the ceiling was measured (not on a database of the user's own, `--db`).
+    pub ceiling_measured: bool,
     /// Medians over the rounds.
     pub workflows_per_s: f64,
     pub step_requests_per_s: f64,
@@ -135,7 +139,8 @@ pub struct LoadReport {
     pub error_samples: Vec<String>,
     /// The server process's peak resident set (VmHWM), when the platform tells.
     pub server_peak_rss_bytes: Option<u64>,
-    /// Runs in the database (every workflow started, warm-ups and cut-off ones included).
+    /// Runs this benchmark added (every workflow started, warm-ups and cut-off ones included),
+    /// and their audit entries; on a fresh database, all it holds.
     pub runs: u64,
     pub audit_entries: u64,
     /// The database's bytes (every table and index but the ceiling's) per run, and by table.
@@ -158,9 +163,12 @@ pub fn run(options: &LoadOptions) -> Result<LoadReport, LoadError> {
                 db.display()
             )));
         }
-        let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
-        let dir = dir.unwrap_or(Path::new(".")).to_path_buf();
-        let mut report = run_in(&dir, db, options)?;
+        // The server's log goes to a temporary folder, not beside the user's database.
+        let logs = std::env::temp_dir().join(format!("fedcore-bench-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&logs).map_err(io(format!("create {}", logs.display())))?;
+        let result = run_in(&logs, db, options);
+        let _ = std::fs::remove_dir_all(&logs);
+        let mut report = result?;
         report.db_path = Some(db.clone());
         return Ok(report);
     }
@@ -188,14 +196,24 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
         Some(_) => Some(admin_token(db)?),
         None => None,
     };
-    let mut server = Server::start(dir, db, options.durability)?;
+    // On a database of the user's own, no ceiling (its table would stay in the file), and the
+    // sizes reported are what this run added.
+    let ceiling = options.db.is_none();
+    let before = match options.db {
+        Some(_) => Some(store::bench::sizes(db)?),
+        None => None,
+    };
+    let mut server = Server::start(dir, db, options.durability, ceiling)?;
     let workload = Workload::set_up(&server, admin)?;
     let mut rounds = Vec::new();
     let mut error_samples = Vec::new();
     // Run numbers go on across rounds, so the mix holds over the whole database.
     let next_run = AtomicU64::new(1);
     for _ in 0..options.rounds {
-        let ceiling = drive(server.addr, options, &next_run, |w| w.ceiling(&workload));
+        let ceiling = match ceiling {
+            true => drive(server.addr, options, &next_run, |w| w.ceiling(&workload)),
+            false => Tally::default(),
+        };
         let (written, started) = (server.written(), next_run.load(Ordering::Relaxed));
         let flows = drive(server.addr, options, &next_run, |w| w.workflows(&workload));
         let runs_started = next_run.load(Ordering::Relaxed) - started;
@@ -214,7 +232,7 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
     }
     let peak_rss = server.peak_rss();
     server.stop()?;
-    let sizes = store::bench::sizes(db)?;
+    let sizes = store::bench::sizes(db)?.minus(before.as_ref());
     let (runs, audit_entries) = (sizes.runs, sizes.audit_entries);
     let total: u64 = sizes.tables.iter().map(|(_, bytes)| bytes).sum();
     let db_tables = sizes
@@ -247,6 +265,7 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
             Durability::Normal => "normal",
         },
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ceiling_measured: ceiling,
         workflows_per_s: med(|r| r.workflows_per_s),
         step_requests_per_s: med(|r| r.step_requests_per_s),
         ceiling_requests_per_s: med(|r| r.ceiling_requests_per_s),
@@ -284,7 +303,12 @@ struct Server {
 impl Server {
     /// Starts `fedcore serve --bench-ceiling` on a free loopback port, its log in `dir`, and
     /// waits for it to announce its address.
-    fn start(dir: &Path, db: &Path, durability: Durability) -> Result<Server, LoadError> {
+    fn start(
+        dir: &Path,
+        db: &Path,
+        durability: Durability,
+        ceiling: bool,
+    ) -> Result<Server, LoadError> {
         let exe = std::env::current_exe().map_err(io("find the fedcore executable"))?;
         let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path)
@@ -297,7 +321,8 @@ impl Server {
             .arg("serve")
             .arg("--db")
             .arg(db)
-            .args(["--listen", "127.0.0.1:0", "--bench-ceiling"])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(ceiling.then_some("--bench-ceiling"))
             .args(["--durability", durability])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -351,9 +376,15 @@ impl Server {
             .is_ok_and(|s| s.success());
         if !asked {
             let _ = self.child.kill();
+            let _ = self.child.wait();
+            return Err(LoadError::Server(
+                "could not send it SIGTERM (is `kill` installed?); it was killed without its \
+                 last checkpoint"
+                    .into(),
+            ));
         }
         let status = self.child.wait().map_err(io("wait for fedcore serve"))?;
-        match status.success() || !asked {
+        match status.success() {
             true => Ok(()),
             false => Err(LoadError::Server(format!("it stopped with {status}"))),
         }
@@ -486,36 +517,22 @@ enum Kind {
     Ceiling,
 }
 
-/// How run `n` goes: 1 in 20 is denied, 1 in 10 (another one) is flagged and approved.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Fate {
-    Allowed,
-    Flagged,
-    Denied,
-}
-
-impl Fate {
-    fn of(n: u64) -> Fate {
-        match n % 20 {
-            0 => Fate::Denied,
-            5 | 15 => Fate::Flagged,
-            _ => Fate::Allowed,
-        }
-    }
-
+/// How run `n` goes is `seed::Shape::of(n)`, the seeder's mix: 1 in 20 denied, 1 in 10 (another
+/// one) flagged and approved. Here: what its requests carry and expect.
+impl Shape {
     fn deciding_input(self, n: u64) -> String {
         match self {
-            Fate::Allowed => format!(r#"{{"n":{n}}}"#),
-            Fate::Flagged => format!(r#"{{"n":{n},"risk":"high"}}"#),
-            Fate::Denied => format!(r#"{{"n":{n},"risk":"critical"}}"#),
+            Shape::Allowed => format!(r#"{{"n":{n}}}"#),
+            Shape::Flagged => format!(r#"{{"n":{n},"risk":"high"}}"#),
+            Shape::Denied => format!(r#"{{"n":{n},"risk":"critical"}}"#),
         }
     }
 
     fn effect(self) -> &'static str {
         match self {
-            Fate::Allowed => "allow",
-            Fate::Flagged => "flag",
-            Fate::Denied => "deny",
+            Shape::Allowed => "allow",
+            Shape::Flagged => "flag",
+            Shape::Denied => "deny",
         }
     }
 }
@@ -621,12 +638,12 @@ impl Worker<'_> {
             if let Ok(fate) = self.workflow(workload, n) {
                 if self.counts(started.max(self.start), Instant::now()) {
                     match fate {
-                        Fate::Allowed => self.tally.completed += 1,
-                        Fate::Flagged => {
+                        Shape::Allowed => self.tally.completed += 1,
+                        Shape::Flagged => {
                             self.tally.completed += 1;
                             self.tally.flagged += 1;
                         }
-                        Fate::Denied => self.tally.denied += 1,
+                        Shape::Denied => self.tally.denied += 1,
                     }
                 }
             }
@@ -634,8 +651,8 @@ impl Worker<'_> {
     }
 
     /// Runs workflow `n` from creation to its end; checks every answer.
-    fn workflow(&mut self, workload: &Workload, n: u64) -> Result<Fate, Stop> {
-        let fate = Fate::of(n);
+    fn workflow(&mut self, workload: &Workload, n: u64) -> Result<Shape, Stop> {
+        let fate = Shape::of(n);
         let agent = &workload.agent;
         let body =
             format!(r#"{{"workflow_id":"{WORKFLOW}","input":{{"n":{n}}},"actor":"{AGENT}"}}"#);
@@ -666,10 +683,10 @@ impl Worker<'_> {
                     "run {run} step {step}: decision {effect}, expected {expected}"
                 )));
             }
-            if deciding && fate == Fate::Denied {
+            if deciding && fate == Shape::Denied {
                 return Ok(fate);
             }
-            if deciding && fate == Fate::Flagged {
+            if deciding && fate == Shape::Flagged {
                 let gate = gate.map_err(|e| self.tally.error(e))?;
                 let path = format!("/workflows/runs/{run}/gates/{gate}");
                 let approve = request(
@@ -744,7 +761,13 @@ fn drive(
             .collect();
         threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_default())
+            .map(|t| {
+                t.join().unwrap_or_else(|_| {
+                    let mut lost = Tally::default();
+                    let _ = lost.error("a client thread panicked; its requests are lost".into());
+                    lost
+                })
+            })
             .collect()
     });
     let mut all = Tally::default();
@@ -857,6 +880,12 @@ impl LoadReport {
             self.errors,
             self.connections_unserved
         );
+        if !self.ceiling_measured {
+            let _ = writeln!(
+                out,
+                "  (no ceiling on a database of your own: its table would stay in the file)"
+            );
+        }
         for sample in &self.error_samples {
             let _ = writeln!(out, "  error: {sample}");
         }
@@ -889,7 +918,8 @@ impl LoadReport {
         if let Some(written) = self.server_written_bytes_per_workflow {
             let _ = writeln!(
                 out,
-                "server wrote {written:.0} bytes per workflow (WAL frames, checkpoints, log lines)"
+                "server wrote {written:.0} bytes per workflow (WAL frames, checkpoints, log lines, \
+                 HTTP responses)"
             );
         }
         if let (Some(ok), Some(seconds)) = (self.verified, self.verify_seconds) {
@@ -915,11 +945,11 @@ mod tests {
 
     #[test]
     fn the_mix_is_one_in_twenty_denied_and_one_in_ten_flagged() {
-        let fates: Vec<Fate> = (0..200).map(Fate::of).collect();
-        let count = |f: Fate| fates.iter().filter(|&&x| x == f).count();
-        assert_eq!(count(Fate::Denied), 10);
-        assert_eq!(count(Fate::Flagged), 20);
-        assert_eq!(count(Fate::Allowed), 170);
+        let fates: Vec<Shape> = (0..200).map(Shape::of).collect();
+        let count = |f: Shape| fates.iter().filter(|&&x| x == f).count();
+        assert_eq!(count(Shape::Denied), 10);
+        assert_eq!(count(Shape::Flagged), 20);
+        assert_eq!(count(Shape::Allowed), 170);
     }
 
     #[test]

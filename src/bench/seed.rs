@@ -32,9 +32,6 @@ const STEPS: [(&str, &str); 5] = [
 /// A write transaction takes whole workflows until it holds at least this many commands.
 const COMMANDS_PER_TRANSACTION: u64 = 1000;
 
-/// How far the simulated clock moves for each command, in microseconds.
-const TICK_MICROS: i64 = 250;
-
 /// What happens to workflow `i` (counted over the database, from 0) at its `decide` step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -209,7 +206,7 @@ fn committed<T>(result: Result<T, SeedError>) -> (Result<T, SeedError>, bool) {
 }
 
 /// The number of the next workflow (the runs already there), the audit entries already there,
-/// and the time of the last one (the simulated clock never goes back before it).
+/// and the time of the last one (the clock never goes back before it).
 fn start_of(db: &impl Db) -> Result<(u64, i64, Timestamp), SeedError> {
     let (runs, entries) = totals(db)?;
     let last_at = store::audit_page(db, entries - 1, 1)?
@@ -225,7 +222,7 @@ fn totals(db: &impl Db) -> Result<(i64, i64), SeedError> {
 
 struct Seeder<'s> {
     signer: &'s Signer,
-    /// The simulated clock: the time of the last command applied.
+    /// The time of the last command applied.
     clock: Timestamp,
     commands: u64,
     completed: u64,
@@ -235,8 +232,12 @@ struct Seeder<'s> {
 }
 
 impl Seeder<'_> {
+    /// The wall clock, moved on by at least a microsecond per command: never ahead of real time
+    /// by more than the commands of one burst, so a server started on the file afterwards goes
+    /// on from where the log's times end.
     fn tick(&mut self) -> Timestamp {
-        self.clock = Timestamp::from_micros(self.clock.micros() + TICK_MICROS);
+        let next = Timestamp::from_micros(self.clock.micros() + 1);
+        self.clock = crate::http::now().max(next);
         self.clock
     }
 
@@ -255,20 +256,28 @@ impl Seeder<'_> {
     /// itself on a database that never had a token), the agent's and the approver's tokens, the
     /// agent's registration, the policy and the definition. Skipped when the definition exists.
     fn setup(&mut self, tx: &Tx<'_>) -> Result<(), SeedError> {
-        let token = |name: &str, role: Role, actor: &str| Command::CreateToken {
-            name: name.to_string(),
-            role,
-            token_hash: crate::secret::token_hash(&format!("bench-seed-{name}")),
-            actor: actor.to_string(),
+        // Each token gets a fresh secret that is thrown away: the seeder needs no token, and a
+        // seeded file must not let anyone in with a guessable one.
+        let token = |name: &str, role: Role, actor: &str| -> Result<Command, SeedError> {
+            let secret = crate::secret::new_token().map_err(|e| SeedError::Unexpected {
+                what: "asking the system for randomness".into(),
+                outcome: e.to_string(),
+            })?;
+            Ok(Command::CreateToken {
+                name: name.to_string(),
+                role,
+                token_hash: crate::secret::token_hash(&secret),
+                actor: actor.to_string(),
+            })
         };
         if store::count_tokens(tx)?.0 == 0 {
-            self.apply(tx, token(ADMIN, Role::Admin, engine::SYSTEM_ACTOR))?;
+            self.apply(tx, token(ADMIN, Role::Admin, engine::SYSTEM_ACTOR)?)?;
         }
         if store::get_definition(tx, WORKFLOW_ID, None)?.is_some() {
             return Ok(());
         }
-        self.apply(tx, token(AGENT, Role::Agent, ADMIN))?;
-        self.apply(tx, token(APPROVER, Role::Approver, ADMIN))?;
+        self.apply(tx, token(AGENT, Role::Agent, ADMIN)?)?;
+        self.apply(tx, token(APPROVER, Role::Approver, ADMIN)?)?;
         self.apply(
             tx,
             Command::PutAgent {

@@ -53,7 +53,7 @@ pub struct ServeOptions {
     /// The signing key file; `None` for the default beside the database (`<db>.key`).
     pub key: Option<PathBuf>,
     pub durability: store::Durability,
-    /// Serve `POST /bench/ceiling`, the benchmark's trivial write (see `store::ceiling`).
+    /// Serve `POST /bench/ceiling`, the benchmark's trivial write (see `store::bench`).
     pub bench_ceiling: bool,
 }
 
@@ -105,7 +105,7 @@ fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
     let signer = Arc::new(open_signer(&conn, &options.db, options.key.as_deref())?);
     bootstrap(&conn, &options, &signer)?;
     if options.bench_ceiling {
-        store::create_ceiling_table(&conn)?;
+        store::bench::create_ceiling_table(&conn)?;
     }
     let last_checkpoint = Box::new(ShutdownCheckpoint(signer.clone()));
     let (writer, writer_thread) =
@@ -496,13 +496,7 @@ async fn write(
         result: None,
         reply,
     };
-    state
-        .writer
-        .submit(Box::new(job))
-        .map_err(|busy| match busy {
-            store::Busy::Full => ApiError::busy(),
-            store::Busy::Stopped => ApiError::writer_stopped(),
-        })?;
+    submit(state, Box::new(job))?;
     let answer = answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))??;
@@ -518,7 +512,7 @@ struct CeilingJob {
 
 impl store::Job for CeilingJob {
     fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
-        let inserted = store::insert_ceiling_row(tx, now);
+        let inserted = store::bench::insert_ceiling_row(tx, now);
         let commit = inserted.is_ok();
         self.id = Some(inserted);
         commit
@@ -534,17 +528,18 @@ impl store::Job for CeilingJob {
     }
 }
 
+/// Queues `job` for the writer: 503 `busy` when the queue is full.
+fn submit(state: &AppState, job: Box<dyn store::Job>) -> Result<(), ApiError> {
+    state.writer.submit(job).map_err(|busy| match busy {
+        store::Busy::Full => ApiError::busy(),
+        store::Busy::Stopped => ApiError::writer_stopped(),
+    })
+}
+
 /// Inserts one ceiling row through the writer and waits for its commit.
 async fn write_ceiling_row(state: &AppState) -> Result<i64, ApiError> {
     let (reply, answer) = oneshot::channel();
-    let job = CeilingJob { id: None, reply };
-    state
-        .writer
-        .submit(Box::new(job))
-        .map_err(|busy| match busy {
-            store::Busy::Full => ApiError::busy(),
-            store::Busy::Stopped => ApiError::writer_stopped(),
-        })?;
+    submit(state, Box::new(CeilingJob { id: None, reply }))?;
     answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))?

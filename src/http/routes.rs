@@ -75,9 +75,10 @@ pub fn router(state: AppState, bench_ceiling: bool) -> Router {
 
 type Answer = Result<Response, ApiError>;
 
-/// `POST /bench/ceiling` (only under `serve --bench-ceiling`): any authenticated caller inserts
-/// one row; the least a write can cost, for `fedcore bench` to compare against.
-async fn bench_ceiling_row(State(state): State<AppState>, _who: Principal) -> Answer {
+/// `POST /bench/ceiling` (only under `serve --bench-ceiling`): an agent inserts one row; the
+/// least a write can cost, for `fedcore bench` to compare against.
+async fn bench_ceiling_row(State(state): State<AppState>, who: Principal) -> Answer {
+    who.require(Permission::Work)?;
     let id = super::write_ceiling_row(&state).await?;
     reply(StatusCode::CREATED, json!({ "id": id }))
 }

@@ -8,9 +8,10 @@
 //!
 //! And the size accounting of a benchmark's database: bytes per table, indexes included.
 
+use super::Db;
 use super::{StoreError, Tx};
 use crate::model::Timestamp;
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::Connection;
 use std::path::Path;
 
 /// The ceiling's table, left out of `sizes`.
@@ -45,12 +46,41 @@ pub struct Sizes {
     pub tables: Vec<(String, u64)>,
 }
 
-/// Measures the database at `path`, read-only; the ceiling's table is left out.
+impl Sizes {
+    /// What was added since `before` (everything when `None`).
+    pub fn minus(self, before: Option<&Sizes>) -> Sizes {
+        let Some(before) = before else {
+            return self;
+        };
+        let earlier = |table: &str| {
+            before
+                .tables
+                .iter()
+                .find(|(name, _)| name == table)
+                .map_or(0, |(_, bytes)| *bytes)
+        };
+        let mut tables: Vec<(String, u64)> = self
+            .tables
+            .into_iter()
+            .map(|(table, bytes)| {
+                let added = bytes.saturating_sub(earlier(&table));
+                (table, added)
+            })
+            .collect();
+        tables.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Sizes {
+            runs: self.runs.saturating_sub(before.runs),
+            audit_entries: self.audit_entries.saturating_sub(before.audit_entries),
+            tables,
+        }
+    }
+}
+
+/// Measures the database at `path`, read-only (leaving no file behind); the ceiling's table is
+/// left out.
 pub fn sizes(path: &Path) -> Result<Sizes, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
+    let reader = super::open_read_only(path)?;
+    let conn = reader.conn();
     let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
     let runs = count("SELECT count(*) FROM runs")? as u64;
     let audit_entries = count("SELECT count(*) FROM audit_log")? as u64;

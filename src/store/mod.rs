@@ -11,7 +11,6 @@ mod scan;
 mod signatures;
 mod writer;
 
-pub use bench::{create_ceiling_table, insert_ceiling_row};
 pub use queries::*;
 /// The write connection `open_for_writing` returns, named here so no other layer names `rusqlite`.
 pub use rusqlite::Connection;

@@ -71,17 +71,26 @@ fn bench_load_refuses_bad_flags_with_exit_two() {
 }
 
 #[test]
-fn the_ceiling_route_exists_only_when_asked_for_and_needs_a_token() {
+fn the_ceiling_route_exists_only_when_asked_for_and_needs_an_agent_token() {
     let plain = Server::start();
     let mut c = plain.client();
     assert_eq!(c.post("/bench/ceiling", &json!({})).status, 404);
 
     let bench = Server::start_with(&["--bench-ceiling"]);
     let mut c = bench.client();
-    let first = c.post("/bench/ceiling", &json!({}));
+    // The client sends the token of the actor a body names: here an agent, then an auditor.
+    let agent = json!({"actor": "agent-bench"});
+    let first = c.post("/bench/ceiling", &agent);
     assert_eq!(first.status, 201, "{:?}", first.json());
-    let second = c.post("/bench/ceiling", &json!({}));
+    let second = c.post("/bench/ceiling", &agent);
     assert!(second.json()["id"].as_i64() > first.json()["id"].as_i64());
+    let auditor = c.post("/bench/ceiling", &json!({"actor": "auditor-bench"}));
+    assert_eq!(
+        auditor.status,
+        403,
+        "only an agent may write: {:?}",
+        auditor.json()
+    );
     let refused = c.send_unauthenticated("POST", "/bench/ceiling", &[], b"");
     assert_eq!(refused.status, 401);
 }
@@ -117,10 +126,15 @@ fn bench_load_runs_again_on_a_kept_database_and_adds_to_it() {
     assert_eq!(code, 0, "{stdout}\n{stderr}");
     let second: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(second["verified"], true, "{second}");
+    // On a database of one's own, sizes count what the run added, and no ceiling is measured
+    // (its table would stay in the file).
+    assert!(second["runs"].as_u64() > Some(0), "{second}");
     assert!(
-        second["runs"].as_u64() > first["runs"].as_u64(),
-        "the second run adds to the same database: {first} then {second}"
+        second["db_bytes_per_workflow"].as_f64() > Some(0.0),
+        "{second}"
     );
+    assert_eq!(second["ceiling_measured"], false, "{second}");
+    assert_eq!(first["ceiling_measured"], true, "{first}");
 
     let both = [
         "bench",
