@@ -9,13 +9,16 @@
 #    (empty, large, empty, large, empty, large) so a machine that slows down slows both alike
 # 3. bench verify over 1,000,000 audit entries (3 rounds)
 # 4. the peers: DBOS, LangGraph and fedcore in one run (bench/peers/run.sh)
-set -euo pipefail
+# A benchmark that reports errors (exit 1) is recorded and the suite goes on; see its output.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/fedcore-bench-all}
 OUT=$WORK/results-$(date -u +%Y%m%dT%H%M%SZ)
-mkdir -p "$OUT"
-cargo build --release
-BIN=target/release/fedcore
+mkdir -p "$OUT" || exit 2
+cargo build --release || exit 2
+# Wherever cargo puts its builds here (CARGO_TARGET_DIR, build.target-dir).
+BIN=$(cargo metadata --format-version 1 --no-deps |
+    python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/release/fedcore
 
 {
   echo "# machine"
@@ -23,12 +26,16 @@ BIN=target/release/fedcore
   grep -m1 'model name' /proc/cpuinfo || true
   free -g | head -2
   uptime
-  git rev-parse HEAD
+  echo "filesystem of $WORK: $(df -T "$WORK" | awk 'NR==2 {print $2}')"
+  git rev-parse HEAD 2>/dev/null || echo "(not a git checkout)"
 } > "$OUT/machine.txt"
 
 echo "== 1. bench load, full and normal"
-$BIN bench load --conns 32 --rounds 3 | tee "$OUT/load-full.txt"
-$BIN bench load --conns 32 --rounds 3 --durability normal | tee "$OUT/load-normal.txt"
+# Every database goes under $WORK, so that empty and large runs use the same disk.
+$BIN bench load --conns 32 --rounds 3 --keep "$WORK/full" | tee "$OUT/load-full.txt"
+$BIN bench load --conns 32 --rounds 3 --durability normal --keep "$WORK/normal" |
+    tee "$OUT/load-normal.txt"
+rm -rf "$WORK/full" "$WORK/normal"
 
 echo "== 2. a million runs"
 LARGE=$WORK/runs1m.db
@@ -36,7 +43,8 @@ if [ ! -f "$LARGE" ]; then
   $BIN bench seed --db "$LARGE" --workflows 1000000 --runs-only | tee "$OUT/seed-1m.txt"
 fi
 for i in 1 2 3; do
-  $BIN bench load --conns 32 --rounds 1 --no-verify --json > "$OUT/empty-$i.json"
+  $BIN bench load --conns 32 --rounds 1 --no-verify --json --keep "$WORK/empty" > "$OUT/empty-$i.json"
+  rm -rf "$WORK/empty"
   # A copy each time, so every large round starts from the same million runs.
   cp "$LARGE" "$WORK/large.db"; cp "$LARGE.key" "$WORK/large.db.key"
   $BIN bench load --conns 32 --rounds 1 --no-verify --json --db "$WORK/large.db" > "$OUT/large-$i.json"

@@ -14,7 +14,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 rounds=${ROUNDS:-3}
-python=${PYTHON:-python3.11}
+python=${PYTHON:-python3}
 venv="$here/.venv"
 
 if [[ ! -x "$venv/bin/python" ]]; then
@@ -29,7 +29,10 @@ if [[ -n "${FEDCORE_BIN:-}" ]]; then
 else
     echo "building fedcore (release)" >&2
     (cd "$root" && cargo build --release --quiet)
-    fedcore="$root/target/release/fedcore"
+    # Wherever cargo puts its builds here (CARGO_TARGET_DIR, build.target-dir).
+    target=$(cd "$root" && cargo metadata --format-version 1 --no-deps |
+        "$python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    fedcore="$target/release/fedcore"
 fi
 
 mkdir -p "$here/results"
