@@ -8,7 +8,7 @@ use serde_json::Value;
 use std::fmt;
 
 /// A point in time with microsecond precision, written as RFC 3339 UTC with a `Z` suffix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -459,7 +459,7 @@ pub struct GateApproval {
 }
 
 /// One entry of the audit log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
     pub seq: i64,
     pub run_id: Option<String>,

@@ -6,6 +6,7 @@
 //! (`Known`). A broken database is a `Report` with a failure, never an error: `Err` means the
 //! file could not be read at all.
 
+mod digests;
 mod lifecycle;
 mod pipeline;
 
@@ -13,12 +14,12 @@ use super::signing::{self, PublicKey};
 use super::{jcs, policy, receipts};
 use crate::model::*;
 use crate::store::{self, AuditLink, Db, StoreError};
+use digests::{Digest, DigestSet, EvidenceIndex};
 use pipeline::Pass;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 
 /// What to check beyond the file's own consistency.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -471,88 +472,10 @@ struct Known {
     /// The entries that end a run, and so carry a workflow receipt that must be signed:
     /// `(seq, payload_hash)` in `seq` order, gathered while the chain is read.
     receipt_entries: Vec<(i64, String)>,
-}
-
-/// The SHA-256 digests of the stored blobs, so that every "names a blob" check is a lookup in
-/// memory instead of a query: about 40 bytes per blob, filled in the one pass over the evidence
-/// table. Kept in 16 shards by the first hex digit, one per slice of that pass, so the threads
-/// reading the slices build it together. A digest is uniformly random, so its first word serves
-/// as its hash as it is.
-#[derive(Default)]
-struct EvidenceIndex {
-    shards: Vec<Shard>,
-}
-
-type Shard = HashSet<Digest, BuildHasherDefault<FirstWord>>;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Digest([u64; 4]);
-
-impl Hash for Digest {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-    }
-}
-
-/// A `Hasher` for `Digest`: its first word, unchanged.
-#[derive(Default)]
-struct FirstWord(u64);
-
-impl Hasher for FirstWord {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `Digest` is hashed here, through `write_u64`; fold anything else in anyway.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, word: u64) {
-        self.0 = word;
-    }
-}
-
-impl EvidenceIndex {
-    /// The index of the shards the slices of `TextSlice::by_hex_digit` gathered, in order: the
-    /// NULL keys (never a hash), then one slice per first hex digit, which holds exactly the
-    /// hashes that start with it.
-    fn from_slices(slices: Vec<Shard>) -> EvidenceIndex {
-        let shards: Vec<Shard> = slices.into_iter().skip(1).collect();
-        debug_assert_eq!(shards.len(), 16);
-        debug_assert!(shards
-            .iter()
-            .enumerate()
-            .all(|(nibble, shard)| shard.iter().all(|d| Self::shard_of(d) == nibble)));
-        EvidenceIndex { shards }
-    }
-
-    fn shard_of(digest: &Digest) -> usize {
-        (digest.0[0] >> 60) as usize
-    }
-
-    fn contains(&self, hash: &str) -> bool {
-        Self::digest(hash).is_some_and(|digest| {
-            self.shards
-                .get(Self::shard_of(&digest))
-                .is_some_and(|shard| shard.contains(&digest))
-        })
-    }
-
-    /// The words of a hash written as 64 lowercase hex characters; `None` for anything else.
-    fn digest(hash: &str) -> Option<Digest> {
-        let mut bytes = [0u8; 32];
-        if !is_hash(hash) || hex::decode_to_slice(hash, &mut bytes).is_err() {
-            return None;
-        }
-        let mut words = [0u64; 4];
-        for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
-            *word = u64::from_be_bytes(chunk.try_into().ok()?);
-        }
-        Some(Digest(words))
-    }
+    /// How many entries name a run (`run_id` not null), counted while the chain is read.
+    audit_entries_of_runs: u64,
+    /// How many rows the runs pass read as belonging to the runs.
+    run_rows: store::RunRowCounts,
 }
 
 struct Checker<'a, D: Db> {
@@ -635,6 +558,7 @@ impl<D: Db> Checker<'_, D> {
             }
             let mut receipt_entries = slice.receipt_entries;
             self.known.receipt_entries.append(&mut receipt_entries);
+            self.known.audit_entries_of_runs += slice.of_runs;
         }
         match expect_head {
             Some(head) if !head_seen && head.seq > 0 => {
@@ -782,18 +706,32 @@ impl<D: Db> Checker<'_, D> {
             slices: store::run_slices(self.db, self.slice_count())?,
             known: &self.known,
         };
-        pipeline::run_pass(
+        let gathered = pipeline::run_pass(
             self.db,
             &mut self.siblings,
             self.workers,
             &mut self.counts,
             &pass,
         )?;
+        for slice in gathered {
+            self.known.run_rows.add(&slice);
+        }
         Ok(())
     }
 
     /// Rows of a run's tables that name a missing run, and decisions no attempt names.
     fn orphans(&mut self) -> Result<(), Stop> {
+        // The runs pass read every row naming each run. When the tables hold no more rows naming
+        // a run (and no more decisions) than it read (and found named by an attempt of their
+        // run), no row can name a missing run or be a decision nobody names, and the queries
+        // that would find one, each a scan of its table, are not needed.
+        let mut held = store::run_row_counts(self.db)?;
+        // The chain pass read and counted every entry naming a run.
+        held.audit_entries = self.known.audit_entries_of_runs;
+        let accounted = held == self.known.run_rows;
+        if accounted {
+            return Ok(());
+        }
         let Some(orphan) = store::first_orphan(self.db)? else {
             return Ok(());
         };
@@ -1095,7 +1033,7 @@ struct EvidencePass {
 
 impl Pass for EvidencePass {
     type Item = Blob;
-    type Gathered = Shard;
+    type Gathered = DigestSet;
 
     fn slices(&self) -> usize {
         self.slices.len()
@@ -1105,18 +1043,21 @@ impl Pass for EvidencePass {
         &self,
         db: &D,
         slice: usize,
-        shard: &mut Shard,
-        sink: &mut dyn FnMut(Blob) -> Result<(), Stop>,
+        set: &mut DigestSet,
+        sink: &mut dyn FnMut(&mut Blob) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
+        let mut digests = Vec::new();
+        let mut blob = Blob::default();
         store::for_each_evidence_in(db, &self.slices[slice], |hash, body| {
-            if let Some(digest) = EvidenceIndex::digest(hash) {
-                shard.insert(digest);
-            }
-            sink(Blob {
-                hash: hash.to_string(),
-                body: body.to_vec(),
-            })
-        })
+            digests.extend(Digest::parse(hash));
+            blob.hash.clear();
+            blob.hash.push_str(hash);
+            blob.body.clear();
+            blob.body.extend_from_slice(body);
+            sink(&mut blob)
+        })?;
+        *set = DigestSet::new(&digests);
+        Ok(())
     }
 
     fn check(&self, buf: &mut Vec<u8>, blob: &Blob, counts: &mut Counts) -> Checked {
@@ -1141,6 +1082,8 @@ struct ChainGathered {
     catalog_entries: HashMap<String, Vec<(i64, String)>>,
     /// The entries that carry a workflow receipt, as `Known` keeps them.
     receipt_entries: Vec<(i64, String)>,
+    /// How many entries name a run.
+    of_runs: u64,
 }
 
 impl Pass for AuditPass<'_> {
@@ -1156,7 +1099,7 @@ impl Pass for AuditPass<'_> {
         db: &D,
         slice: usize,
         gathered: &mut ChainGathered,
-        sink: &mut dyn FnMut(Linked) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut Linked) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         let slice = self.slices[slice];
         // The seq the slice's first entry must have follows from the entry before it, and its
@@ -1166,8 +1109,10 @@ impl Pass for AuditPass<'_> {
             Some((seq, hash)) => (seq + 1, hash.unwrap_or_default()),
             None => (1, ZERO_HASH.to_string()),
         };
+        let mut linked = Linked::default();
         store::for_each_audit_entry_in(db, slice, |entry| {
             gathered.head_seen |= self.expect_head.is_some_and(|head| head.seq == entry.seq);
+            gathered.of_runs += u64::from(entry.run_id.is_some());
             if CATALOG_ACTIONS.contains(&entry.action.as_str()) {
                 let at = (entry.seq, entry.payload_hash.clone());
                 gathered
@@ -1180,14 +1125,16 @@ impl Pass for AuditPass<'_> {
                 let at = (entry.seq, entry.payload_hash.clone());
                 gathered.receipt_entries.push(at);
             }
-            let this_hash = entry.entry_hash.clone();
-            let linked = Linked {
-                entry,
-                expected_seq,
-                prev_hash: std::mem::replace(&mut prev_hash, this_hash),
-            };
+            linked.expected_seq = expected_seq;
             expected_seq += 1;
-            sink(linked)
+            std::mem::swap(&mut linked.prev_hash, &mut prev_hash);
+            prev_hash.clear();
+            prev_hash.push_str(&entry.entry_hash);
+            // Checked where it lies; the entry checked before is read into next.
+            std::mem::swap(&mut linked.entry, entry);
+            let checked = sink(&mut linked);
+            std::mem::swap(&mut linked.entry, entry);
+            checked
         })
     }
 
@@ -1204,7 +1151,8 @@ struct RunsPass<'k> {
 
 impl Pass for RunsPass<'_> {
     type Item = RunRecord;
-    type Gathered = ();
+    /// The rows read as the runs', for `orphans`.
+    type Gathered = store::RunRowCounts;
 
     fn slices(&self) -> usize {
         self.slices.len()
@@ -1214,11 +1162,21 @@ impl Pass for RunsPass<'_> {
         &self,
         db: &D,
         slice: usize,
-        _: &mut (),
-        sink: &mut dyn FnMut(RunRecord) -> Result<(), Stop>,
+        read: &mut store::RunRowCounts,
+        sink: &mut dyn FnMut(&mut RunRecord) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         store::for_each_run_in(db, &self.slices[slice], |run| {
-            sink(RunRecord::read(db, run)?)
+            let mut record = RunRecord::read(db, run)?;
+            read.audit_entries += record.links.len() as u64;
+            read.decisions += record.decisions.len() as u64;
+            read.steps += record.steps.len() as u64;
+            read.gates += record.gates.len() as u64;
+            read.decision_ids += record
+                .decisions
+                .iter()
+                .filter(|d| record.steps.iter().any(|s| s.decision_id == d.decision_id))
+                .count() as u64;
+            sink(&mut record)
         })
     }
 
@@ -1249,11 +1207,11 @@ impl Pass for SignaturePass<'_> {
         db: &D,
         slice: usize,
         signed: &mut Vec<String>,
-        sink: &mut dyn FnMut(store::SignatureRow) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut store::SignatureRow) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
-        store::for_each_signature_in(db, &self.slices[slice], |sig| {
+        store::for_each_signature_in(db, &self.slices[slice], |mut sig| {
             signed.push(sig.hash.clone());
-            sink(sig)
+            sink(&mut sig)
         })
     }
 
@@ -1283,11 +1241,11 @@ impl Pass for CheckpointPass<'_> {
         db: &D,
         slice: usize,
         _: &mut (),
-        sink: &mut dyn FnMut(Logged) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut Logged) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         store::for_each_checkpoint_in(db, self.slices[slice], |checkpoint| {
             let logged = store::audit_entry_hash(db, checkpoint.seq)?;
-            sink(Logged { checkpoint, logged })
+            sink(&mut Logged { checkpoint, logged })
         })
     }
 
@@ -1297,6 +1255,7 @@ impl Pass for CheckpointPass<'_> {
 }
 
 /// An evidence blob as read: its key and its body.
+#[derive(Default)]
 struct Blob {
     hash: String,
     body: Vec<u8>,
@@ -1358,6 +1317,7 @@ fn check_signature(
 }
 
 /// A checkpoint as read, with the `entry_hash` the log holds at its seq (`None`: no entry).
+#[derive(Default)]
 struct Logged {
     checkpoint: store::CheckpointRow,
     logged: Option<String>,
@@ -1413,6 +1373,7 @@ fn check_checkpoint(
 
 /// An audit entry as read, with what it must follow: the `seq` it must have, and the stored
 /// `entry_hash` of the entry read before it (64 zeros before the first).
+#[derive(Default)]
 struct Linked {
     entry: AuditEntry,
     expected_seq: i64,
@@ -1495,6 +1456,35 @@ struct RunRecord {
     decisions: Vec<Decision>,
     steps: Vec<StepAttempt>,
     gates: Vec<Gate>,
+}
+
+/// Only a place to read a run into (its status is a placeholder until then).
+impl Default for RunRecord {
+    fn default() -> RunRecord {
+        RunRecord {
+            run: Run {
+                run_id: String::new(),
+                workflow_id: String::new(),
+                workflow_version: 0,
+                status: RunStatus::Pending,
+                created_by: String::new(),
+                created_at: Timestamp::default(),
+                updated_at: Timestamp::default(),
+                ended_at: None,
+                input: Value::Null,
+                input_hash: String::new(),
+                next_step_id: None,
+                failure: None,
+                genesis_hash: String::new(),
+                receipt_hash: None,
+                attempt_base: 0,
+            },
+            links: Vec::new(),
+            decisions: Vec::new(),
+            steps: Vec::new(),
+            gates: Vec::new(),
+        }
+    }
 }
 
 impl RunRecord {
@@ -1931,6 +1921,49 @@ mod tests {
                 report.as_ref().map_or(true, |r| !r.is_intact()),
                 "{edit} went unnoticed"
             );
+        }
+        // Rows naming a run that does not exist are read by no run: counted, then named.
+        for (table, id) in [
+            ("decisions", "decision_id"),
+            ("steps", "creation_order"),
+            ("gates", "gate_id"),
+        ] {
+            let copy = dir.join(format!("orphan-{table}.db"));
+            std::fs::copy(&clean, &copy).unwrap();
+            let conn = store::Connection::open(&copy).unwrap();
+            conn.execute_batch("PRAGMA foreign_keys = OFF").unwrap();
+            let columns: Vec<String> = {
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT name FROM pragma_table_info(?1) WHERE name <> 'creation_order'",
+                    )
+                    .unwrap();
+                let names = stmt.query_map([table], |r| r.get(0)).unwrap();
+                names.map(Result::unwrap).collect()
+            };
+            let values: Vec<String> = columns
+                .iter()
+                .map(|c| match c.as_str() {
+                    "run_id" => "'nobody'".to_string(),
+                    c if c == id => "'forged'".to_string(),
+                    c => c.to_string(),
+                })
+                .collect();
+            conn.execute_batch(&format!(
+                "INSERT INTO {table} ({}) SELECT {} FROM {table} LIMIT 1",
+                columns.join(", "),
+                values.join(", ")
+            ))
+            .unwrap();
+            drop(conn);
+            let report = both_ways(&copy).unwrap();
+            let failure = report.failure.expect("an orphan is named");
+            assert_eq!(
+                (failure.table, failure.field),
+                (table, "run_id"),
+                "{failure:?}"
+            );
+            assert_eq!(failure.found.as_deref(), Some("nobody"));
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -1042,6 +1042,59 @@ pub(super) fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     })
 }
 
+/// `audit_from_row` into an entry already there, reusing its strings: the same value, or the
+/// same error (any column that is not what fedcore writes is read again the usual way).
+pub(super) fn audit_into(r: &Row<'_>, e: &mut AuditEntry) -> rusqlite::Result<()> {
+    let read = (|| -> Option<()> {
+        e.seq = r.get_ref(0).ok()?.as_i64().ok()?;
+        opt_text_into(r, 1, &mut e.run_id)?;
+        e.at = r.get(2).ok()?;
+        text_into(r, 3, &mut e.actor)?;
+        text_into(r, 4, &mut e.action)?;
+        text_into(r, 5, &mut e.subject)?;
+        opt_text_into(r, 6, &mut e.from_status)?;
+        opt_text_into(r, 7, &mut e.to_status)?;
+        opt_text_into(r, 8, &mut e.decision)?;
+        opt_text_into(r, 9, &mut e.reason)?;
+        text_into(r, 10, &mut e.message)?;
+        opt_text_into(r, 11, &mut e.evidence_pack_ref)?;
+        text_into(r, 12, &mut e.payload_hash)?;
+        text_into(r, 13, &mut e.prev_hash)?;
+        text_into(r, 14, &mut e.entry_hash)
+    })();
+    if read.is_none() {
+        *e = audit_from_row(r)?;
+    }
+    Ok(())
+}
+
+/// A TEXT column into `into`, as `String`'s `FromSql` reads it; `None` for anything else.
+fn text_into(r: &Row<'_>, index: usize, into: &mut String) -> Option<()> {
+    let text = r.get_ref(index).ok()?.as_str().ok()?;
+    into.clear();
+    into.push_str(text);
+    Some(())
+}
+
+/// A TEXT or NULL column into `into`, as `Option<String>`'s `FromSql` reads it.
+fn opt_text_into(r: &Row<'_>, index: usize, into: &mut Option<String>) -> Option<()> {
+    match r.get_ref(index).ok()? {
+        ValueRef::Null => *into = None,
+        value => text_into_option(value.as_str().ok()?, into),
+    }
+    Some(())
+}
+
+fn text_into_option(text: &str, into: &mut Option<String>) {
+    match into {
+        Some(kept) => {
+            kept.clear();
+            kept.push_str(text);
+        }
+        None => *into = Some(text.to_string()),
+    }
+}
+
 pub fn insert_audit(tx: &Tx<'_>, e: &AuditEntry) -> Result<(), StoreError> {
     tx.conn().prepare_cached(INSERT_AUDIT)?.execute(params![
         e.seq,

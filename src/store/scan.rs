@@ -6,9 +6,9 @@
 //! the ones a database holds.
 
 use super::queries::{
-    audit_from_row, decision_from_row, definition_from_row, fill_approvals, gate_from_row,
-    gate_select, policy_from_row, run_from_row, step_from_row, AUDIT_COLUMNS, DECISION_COLUMNS,
-    DEFINITION_COLUMNS, POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
+    audit_from_row, audit_into, decision_from_row, definition_from_row, fill_approvals,
+    gate_from_row, gate_select, policy_from_row, run_from_row, step_from_row, AUDIT_COLUMNS,
+    DECISION_COLUMNS, DEFINITION_COLUMNS, POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
 };
 use super::{Db, StoreError, MIGRATIONS};
 use crate::model::*;
@@ -194,16 +194,25 @@ fn hash_and_body<'r>(row: &'r Row<'_>) -> rusqlite::Result<(&'r str, &'r [u8])> 
     Ok((row.get_ref(0)?.as_str()?, row.get_ref(1)?.as_bytes()?))
 }
 
-/// Calls `f` with each audit entry of a slice in `seq` order.
+/// Calls `f` with each audit entry of a slice in `seq` order. The entry is read into the same
+/// one each time, reusing its strings; `f` may keep it by swapping another in.
 pub fn for_each_audit_entry_in<E: From<StoreError>>(
     db: &impl Db,
     slice: SeqSlice,
-    f: impl FnMut(AuditEntry) -> Result<(), E>,
+    mut f: impl FnMut(&mut AuditEntry) -> Result<(), E>,
 ) -> Result<(), E> {
     let sql =
         format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq BETWEEN ?1 AND ?2 ORDER BY seq");
-    let params = [slice.first, slice.last];
-    for_each_row(db, &sql, params, "audit_log", key_first, audit_from_row, f)
+    let mut stmt = db.conn().prepare_cached(&sql).map_err(StoreError::from)?;
+    let mut rows = stmt
+        .query([slice.first, slice.last])
+        .map_err(StoreError::from)?;
+    let mut entry = AuditEntry::default();
+    while let Some(row) = rows.next().map_err(StoreError::from)? {
+        audit_into(row, &mut entry).map_err(|e| bad_row("audit_log", row, key_first, e))?;
+        f(&mut entry)?;
+    }
+    Ok(())
 }
 
 /// The `seq` and `entry_hash` of the last audit entry before `seq`; the hash is `None` when it is
@@ -383,6 +392,45 @@ pub fn last_audit_entry(
         )),
         None => Ok(None),
     }
+}
+
+/// Rows of the run tables: those that name a run (`run_id` not null) in the audit log,
+/// decisions, steps and gates, and the decisions with an id. The runs pass of `verify` counts
+/// the same of what it read, with for `decision_ids` only the decisions an attempt of their run
+/// names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunRowCounts {
+    pub audit_entries: u64,
+    pub decisions: u64,
+    pub steps: u64,
+    pub gates: u64,
+    pub decision_ids: u64,
+}
+
+impl RunRowCounts {
+    pub fn add(&mut self, other: &RunRowCounts) {
+        self.audit_entries += other.audit_entries;
+        self.decisions += other.decisions;
+        self.steps += other.steps;
+        self.gates += other.gates;
+        self.decision_ids += other.decision_ids;
+    }
+}
+
+/// What the decisions, steps and gates hold, counted as `RunRowCounts` says (the audit log's
+/// count is left at 0: `verify` counts it while reading the chain).
+pub fn run_row_counts(db: &impl Db) -> Result<RunRowCounts, StoreError> {
+    let count = |sql: &str| -> Result<u64, StoreError> {
+        let n: i64 = db.conn().prepare_cached(sql)?.query_row([], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    Ok(RunRowCounts {
+        audit_entries: 0,
+        decisions: count("SELECT count(*) FROM decisions WHERE run_id IS NOT NULL")?,
+        steps: count("SELECT count(*) FROM steps WHERE run_id IS NOT NULL")?,
+        gates: count("SELECT count(*) FROM gates WHERE run_id IS NOT NULL")?,
+        decision_ids: count("SELECT count(*) FROM decisions WHERE decision_id IS NOT NULL")?,
+    })
 }
 
 /// The first row that names a run that does not exist, or a decision that no step attempt
@@ -592,6 +640,70 @@ fn key_step(row: &Row<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_read_into_the_one_before_is_the_entry_read_afresh() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
+        conn.execute_batch("DROP TRIGGER audit_log_no_update")
+            .unwrap();
+        let insert = |seq: i64, run_id: &str, at: &str, reason: &str, hash: &str| {
+            let sql = format!(
+                "INSERT INTO audit_log (seq, run_id, at, actor, action, subject, reason, message,
+                   payload_hash, prev_hash, entry_hash)
+                 VALUES ({seq}, {run_id}, {at}, 'a', 'x', 's', {reason}, 'm', 'p', 'q', {hash})"
+            );
+            conn.execute_batch(&sql).unwrap();
+        };
+        // Present and absent columns in turn, then values that are not what fedcore writes.
+        insert(
+            1,
+            "'run-1'",
+            "'2026-11-24T10:00:00.000001Z'",
+            "'why'",
+            "'h1'",
+        );
+        insert(2, "NULL", "'2026-11-24T10:00:00.000002Z'", "NULL", "'h2'");
+        insert(
+            3,
+            "'run-3'",
+            "'2026-11-24T10:00:00.000003Z'",
+            "'because'",
+            "'h3'",
+        );
+        insert(4, "x'00'", "'2026-11-24T10:00:00.000004Z'", "NULL", "'h4'");
+        insert(5, "'run-5'", "'2026-11-24 10:00:00Z'", "NULL", "'h5'");
+        insert(6, "'run-6'", "'2026-11-24T10:00:00.000006Z'", "7", "'h6'");
+        insert(
+            7,
+            "'run-7'",
+            "'2026-11-24T10:00:00.000007Z'",
+            "NULL",
+            "x'ff'",
+        );
+        insert(
+            8,
+            "'run-8'",
+            "'2026-11-24T10:00:00.000008Z'",
+            "'again'",
+            "'h8'",
+        );
+        let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log ORDER BY seq");
+        let mut stmt = conn.prepare(&sql).unwrap();
+        let mut rows = stmt.query([]).unwrap();
+        let mut reused = AuditEntry::default();
+        let mut seen = 0;
+        while let Some(row) = rows.next().unwrap() {
+            let afresh = audit_from_row(row).map_err(|e| e.to_string());
+            let into = audit_into(row, &mut reused).map_err(|e| e.to_string());
+            match afresh {
+                Ok(entry) => assert_eq!((into, &reused), (Ok(()), &entry)),
+                Err(why) => assert_eq!(into, Err(why)),
+            }
+            seen += 1;
+        }
+        assert_eq!(seen, 8);
+    }
 
     #[test]
     fn the_schema_declares_its_triggers_each_a_whole_statement() {

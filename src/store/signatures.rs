@@ -20,7 +20,7 @@ pub struct KeyRow {
 }
 
 /// A row of `signatures`: a signature over the 32 raw bytes of `hash`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SignatureRow {
     pub hash: String,
     pub key_id: String,
@@ -29,7 +29,7 @@ pub struct SignatureRow {
 }
 
 /// A row of `checkpoints`: the signed note of the audit head at `seq`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckpointRow {
     pub seq: i64,
     pub entry_hash: String,

@@ -15,8 +15,10 @@ use std::sync::Mutex;
 
 /// One pass over a table: how many slices its keys are cut into, how one slice is read (and
 /// what reading it gathers besides the items, such as an index), and the check of each item.
+/// Items are read into one the reader keeps and reuses: a thread that checks what it reads
+/// checks it there, allocating nothing per row; handed to another thread, it is taken.
 pub(super) trait Pass: Sync {
-    type Item: Send;
+    type Item: Default + Send;
     /// What reading one slice gathers for later passes; merged in slice order by the caller.
     type Gathered: Default + Send;
 
@@ -28,7 +30,7 @@ pub(super) trait Pass: Sync {
         db: &D,
         slice: usize,
         gathered: &mut Self::Gathered,
-        sink: &mut dyn FnMut(Self::Item) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut Self::Item) -> Result<(), Stop>,
     ) -> Result<(), Stop>;
 
     /// Checks one item, counting what it checked; `buf` is a scratch buffer kept between items.
@@ -55,10 +57,11 @@ pub(super) fn run_pass<P: Pass, D: Db>(
     if siblings.is_empty() {
         let mut gathered: Vec<P::Gathered> = (0..n).map(|_| P::Gathered::default()).collect();
         let mut read = |sink: &mut dyn FnMut(P::Item) -> Result<(), Stop>| {
+            let mut take = |item: &mut P::Item| sink(std::mem::take(item));
             gathered
                 .iter_mut()
                 .enumerate()
-                .try_for_each(|(slice, gathered)| pass.read(db, slice, gathered, sink))
+                .try_for_each(|(slice, gathered)| pass.read(db, slice, gathered, &mut take))
         };
         let check =
             |buf: &mut Vec<u8>, item: &P::Item, counts: &mut Counts| pass.check(buf, item, counts);
@@ -83,8 +86,7 @@ pub(super) fn run_pass<P: Pass, D: Db>(
                 if first_failed.load(Ordering::Relaxed) < slice {
                     return Err(Stop::Halted);
                 }
-                pass.check(&mut buf, &item, &mut tally)
-                    .map_err(Stop::Broken)
+                pass.check(&mut buf, item, &mut tally).map_err(Stop::Broken)
             });
             if result.is_err() {
                 first_failed.fetch_min(slice, Ordering::Relaxed);
@@ -126,7 +128,7 @@ trait SliceReader<P: Pass> {
         pass: &P,
         slice: usize,
         gathered: &mut P::Gathered,
-        sink: &mut dyn FnMut(P::Item) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut P::Item) -> Result<(), Stop>,
     ) -> Result<(), Stop>;
 }
 
@@ -136,7 +138,7 @@ impl<P: Pass, D: Db> SliceReader<P> for D {
         pass: &P,
         slice: usize,
         gathered: &mut P::Gathered,
-        sink: &mut dyn FnMut(P::Item) -> Result<(), Stop>,
+        sink: &mut dyn FnMut(&mut P::Item) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
         pass.read(self, slice, gathered, sink)
     }
