@@ -1165,8 +1165,7 @@ impl Pass for RunsPass<'_> {
         read: &mut store::RunRowCounts,
         sink: &mut dyn FnMut(&mut RunRecord) -> Result<(), Stop>,
     ) -> Result<(), Stop> {
-        store::for_each_run_in(db, &self.slices[slice], |run| {
-            let mut record = RunRecord::read(db, run)?;
+        store::for_each_run_with_rows_in(db, &self.slices[slice], |record| {
             read.audit_entries += record.links.len() as u64;
             read.decisions += record.decisions.len() as u64;
             read.steps += record.steps.len() as u64;
@@ -1176,7 +1175,7 @@ impl Pass for RunsPass<'_> {
                 .iter()
                 .filter(|d| record.steps.iter().any(|s| s.decision_id == d.decision_id))
                 .count() as u64;
-            sink(&mut record)
+            sink(record)
         })
     }
 
@@ -1450,69 +1449,7 @@ fn check_entry(
 }
 
 /// A run with everything of it that `verify` checks, each list in the order it happened.
-struct RunRecord {
-    run: Run,
-    links: Vec<AuditLink>,
-    decisions: Vec<Decision>,
-    steps: Vec<StepAttempt>,
-    gates: Vec<Gate>,
-}
-
-/// Only a place to read a run into (its status is a placeholder until then).
-impl Default for RunRecord {
-    fn default() -> RunRecord {
-        RunRecord {
-            run: Run {
-                run_id: String::new(),
-                workflow_id: String::new(),
-                workflow_version: 0,
-                status: RunStatus::Pending,
-                created_by: String::new(),
-                created_at: Timestamp::default(),
-                updated_at: Timestamp::default(),
-                ended_at: None,
-                input: Value::Null,
-                input_hash: String::new(),
-                next_step_id: None,
-                failure: None,
-                genesis_hash: String::new(),
-                receipt_hash: None,
-                attempt_base: 0,
-            },
-            links: Vec::new(),
-            decisions: Vec::new(),
-            steps: Vec::new(),
-            gates: Vec::new(),
-        }
-    }
-}
-
-impl RunRecord {
-    fn read(db: &impl Db, run: Run) -> Result<RunRecord, StoreError> {
-        let mut record = RunRecord {
-            links: Vec::new(),
-            decisions: Vec::new(),
-            steps: Vec::new(),
-            gates: Vec::new(),
-            run,
-        };
-        let run_id = record.run.run_id.as_str();
-        store::audit_links_of_run(db, run_id, &mut record.links)?;
-        store::for_each_decision_of_run(db, run_id, |d| {
-            record.decisions.push(d);
-            Ok::<(), StoreError>(())
-        })?;
-        store::for_each_step_of_run(db, run_id, |s| {
-            record.steps.push(s);
-            Ok::<(), StoreError>(())
-        })?;
-        store::for_each_gate_of_run(db, run_id, |g| {
-            record.gates.push(g);
-            Ok::<(), StoreError>(())
-        })?;
-        Ok(record)
-    }
-}
+type RunRecord = store::RunRows;
 
 /// One run: genesis, decisions, the receipt chain of its attempts, gates and workflow receipt,
 /// each tied to the audit entry that carries it.
@@ -1922,6 +1859,26 @@ mod tests {
                 "{edit} went unnoticed"
             );
         }
+        // A run removed from the middle: the rows naming it lie between those of the runs
+        // before and after it, are passed over by both, and are named as naming no run.
+        let copy = dir.join("run-removed.db");
+        std::fs::copy(&clean, &copy).unwrap();
+        let conn = store::Connection::open(&copy).unwrap();
+        conn.execute_batch(
+            "PRAGMA foreign_keys = OFF; DROP TRIGGER runs_no_delete;
+             DELETE FROM runs WHERE run_id = (SELECT run_id FROM runs ORDER BY run_id LIMIT 1 OFFSET 10)",
+        )
+        .unwrap();
+        drop(conn);
+        let failure = both_ways(&copy)
+            .unwrap()
+            .failure
+            .expect("the rows are named");
+        assert_eq!(
+            (failure.table, failure.field),
+            ("audit_log", "run_id"),
+            "{failure:?}"
+        );
         // Rows naming a run that does not exist are read by no run: counted, then named.
         for (table, id) in [
             ("decisions", "decision_id"),

@@ -267,110 +267,216 @@ pub fn for_each_decision<E: From<StoreError>>(
     for_each_row(db, &sql, [], "decisions", key_first, decision_from_row, f)
 }
 
-/// Calls `f` with each decision of a run in the order they were made.
-pub fn for_each_decision_of_run<E: From<StoreError>>(
-    db: &impl Db,
-    run_id: &str,
-    f: impl FnMut(Decision) -> Result<(), E>,
-) -> Result<(), E> {
-    let sql = format!(
-        "SELECT {DECISION_COLUMNS} FROM decisions WHERE run_id = ?1 ORDER BY creation_order"
-    );
-    for_each_row(
-        db,
-        &sql,
-        [run_id],
-        "decisions",
-        key_first,
-        decision_from_row,
-        f,
-    )
-}
-
-/// Calls `f` with each run of a slice in `run_id` order (UUIDv7, so creation order). A run whose
-/// input blob is missing is still visited, with `input` null; `verify` reports the missing blob.
-pub fn for_each_run_in<E: From<StoreError>>(
-    db: &impl Db,
-    slice: &TextSlice,
-    f: impl FnMut(Run) -> Result<(), E>,
-) -> Result<(), E> {
-    let (condition, bound) = slice.condition("r.run_id");
-    let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN evidence e ON e.hash = r.input_hash
-         WHERE {condition} ORDER BY r.run_id"
-    );
-    let params = rusqlite::params_from_iter(bound);
-    for_each_row(db, &sql, params, "runs", key_first, run_from_row, f)
-}
-
-/// Calls `f` with each attempt of a run in the order they were created.
-pub fn for_each_step_of_run<E: From<StoreError>>(
-    db: &impl Db,
-    run_id: &str,
-    f: impl FnMut(StepAttempt) -> Result<(), E>,
-) -> Result<(), E> {
-    let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY creation_order");
-    for_each_row(db, &sql, [run_id], "steps", key_step, step_from_row, f)
-}
-
-/// Calls `f` with each gate of a run in the order they were requested.
-pub fn for_each_gate_of_run<E: From<StoreError>>(
-    db: &impl Db,
-    run_id: &str,
-    mut f: impl FnMut(Gate) -> Result<(), E>,
-) -> Result<(), E> {
-    let version = schema_version(db)?;
-    let sql = format!(
-        "SELECT {} FROM gates WHERE run_id = ?1 ORDER BY creation_order",
-        gate_select(version)
-    );
-    for_each_row(
-        db,
-        &sql,
-        [run_id],
-        "gates",
-        key_first,
-        gate_from_row,
-        |mut gate| {
-            fill_approvals(db, &mut gate)?;
-            f(gate)
-        },
-    )
-}
-
 /// The schema version a database was written with (`PRAGMA user_version`).
 pub fn schema_version(db: &impl Db) -> Result<i64, StoreError> {
     Ok(db.schema_version())
 }
 
-/// Replaces `out` with the audit links of one run, in `seq` order.
-pub fn audit_links_of_run(
+/// A run with every row that names it, each list in the order it happened: its audit entries
+/// (as links) by `seq`, its decisions, attempts and gates by creation order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRows {
+    pub run: Run,
+    pub links: Vec<AuditLink>,
+    pub decisions: Vec<Decision>,
+    pub steps: Vec<StepAttempt>,
+    pub gates: Vec<Gate>,
+}
+
+/// Calls `f` with each run of a slice in `run_id` order, with the rows that name it. Each table
+/// is read in one pass over the slice, by `run_id` then `seq` or creation order (the indexes by
+/// run give that order), rather than with a query per run, and the runs and those passes are
+/// walked together. A row is decoded only when it names the run at hand, so a row naming a run
+/// that is not there is passed over, as a query per run would never read it (`first_orphan`
+/// finds it); a row that names the run and cannot be read is `BadRow`, as it was.
+pub fn for_each_run_with_rows_in<E: From<StoreError>>(
     db: &impl Db,
-    run_id: &str,
-    out: &mut Vec<AuditLink>,
-) -> Result<(), StoreError> {
-    out.clear();
-    let mut stmt = db.conn().prepare_cached(
-        "SELECT seq, action, subject, payload_hash, from_status, to_status, reason
-         FROM audit_log WHERE run_id = ?1 ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([run_id])?;
-    while let Some(row) = rows.next()? {
-        let link = (|| {
-            Ok(AuditLink {
-                seq: row.get(0)?,
-                action: row.get(1)?,
-                subject: row.get(2)?,
-                payload_hash: row.get(3)?,
-                from_status: row.get(4)?,
-                to_status: row.get(5)?,
-                reason: row.get(6)?,
-            })
-        })()
-        .map_err(|e| bad_row("audit_log", row, key_first, e))?;
-        out.push(link);
+    slice: &TextSlice,
+    mut f: impl FnMut(&mut RunRows) -> Result<(), E>,
+) -> Result<(), E> {
+    let (condition, bound) = slice.condition("run_id");
+    // NULL run ids name no run: their slice has only runs that cannot be read, and no rows of
+    // theirs are looked for (that would scan each table).
+    let linked = !matches!(slice, TextSlice::Null);
+    let sql = |columns: &str, table: &str, then: &str| {
+        format!("SELECT {columns} FROM {table} WHERE {condition} ORDER BY run_id, {then}")
+    };
+    let conn = db.conn();
+    let prepare = |sql: String| conn.prepare_cached(&sql).map_err(StoreError::from);
+    let version = schema_version(db)?;
+    let mut links = prepare(sql(LINK_COLUMNS, "audit_log", "seq"))?;
+    let mut decisions = prepare(sql(DECISION_COLUMNS, "decisions", "creation_order"))?;
+    let mut steps = prepare(sql(STEP_COLUMNS, "steps", "creation_order"))?;
+    let mut gates = prepare(sql(&gate_select(version), "gates", "creation_order"))?;
+    let params = || rusqlite::params_from_iter(bound.iter());
+    let query = |stmt| query_if(linked, stmt, &bound);
+    let mut links = Linked::new(query(&mut links)?, 7, "audit_log", key_first, link_from_row);
+    let mut decisions = Linked::new(
+        query(&mut decisions)?,
+        1,
+        "decisions",
+        key_first,
+        decision_from_row,
+    );
+    let mut steps = Linked::new(query(&mut steps)?, 0, "steps", key_step, step_from_row);
+    let mut gates = Linked::new(query(&mut gates)?, 1, "gates", key_first, gate_from_row);
+    let runs = format!(
+        "SELECT {RUN_COLUMNS} FROM runs r LEFT JOIN evidence e ON e.hash = r.input_hash
+         WHERE {} ORDER BY r.run_id",
+        slice.condition("r.run_id").0
+    );
+    let mut rows = RunRows::default();
+    for_each_row(
+        db,
+        &runs,
+        params(),
+        "runs",
+        key_first,
+        run_from_row,
+        |run| {
+            rows.run = run;
+            let run_id = rows.run.run_id.as_str();
+            links.take_for(run_id, &mut rows.links)?;
+            decisions.take_for(run_id, &mut rows.decisions)?;
+            steps.take_for(run_id, &mut rows.steps)?;
+            gates.take_for(run_id, &mut rows.gates)?;
+            for gate in &mut rows.gates {
+                fill_approvals(db, gate)?;
+            }
+            f(&mut rows)
+        },
+    )
+}
+
+/// The rows of `stmt` for `bound`, or none when `run` is false.
+fn query_if<'s>(
+    run: bool,
+    stmt: &'s mut rusqlite::CachedStatement<'_>,
+    bound: &[&str],
+) -> Result<Option<rusqlite::Rows<'s>>, StoreError> {
+    Ok(match run {
+        true => Some(stmt.query(rusqlite::params_from_iter(bound.iter()))?),
+        false => None,
+    })
+}
+
+/// Only a place to read a run into (its status is a placeholder until then).
+impl Default for RunRows {
+    fn default() -> RunRows {
+        RunRows::empty(Run {
+            run_id: String::new(),
+            workflow_id: String::new(),
+            workflow_version: 0,
+            status: RunStatus::Pending,
+            created_by: String::new(),
+            created_at: Timestamp::default(),
+            updated_at: Timestamp::default(),
+            ended_at: None,
+            input: serde_json::Value::Null,
+            input_hash: String::new(),
+            next_step_id: None,
+            failure: None,
+            genesis_hash: String::new(),
+            receipt_hash: None,
+            attempt_base: 0,
+        })
     }
-    Ok(())
+}
+
+impl RunRows {
+    fn empty(run: Run) -> RunRows {
+        RunRows {
+            run,
+            links: Vec::new(),
+            decisions: Vec::new(),
+            steps: Vec::new(),
+            gates: Vec::new(),
+        }
+    }
+}
+
+/// The columns of an audit link, and last the run it names.
+const LINK_COLUMNS: &str =
+    "seq, action, subject, payload_hash, from_status, to_status, reason, run_id";
+
+fn link_from_row(row: &Row<'_>) -> rusqlite::Result<AuditLink> {
+    Ok(AuditLink {
+        seq: row.get(0)?,
+        action: row.get(1)?,
+        subject: row.get(2)?,
+        payload_hash: row.get(3)?,
+        from_status: row.get(4)?,
+        to_status: row.get(5)?,
+        reason: row.get(6)?,
+    })
+}
+
+/// The rows of one table that name runs, in `run_id` order, walked alongside the runs.
+struct Linked<'s, T> {
+    rows: Option<rusqlite::Rows<'s>>,
+    /// The row read and not yet taken: the run id it names (`None`: not text, naming no run)
+    /// and the row decoded, or why it cannot be.
+    pending: Option<(Option<String>, Result<T, StoreError>)>,
+    run_id_column: usize,
+    table: &'static str,
+    key: fn(&Row<'_>) -> String,
+    from_row: fn(&Row<'_>) -> rusqlite::Result<T>,
+}
+
+impl<'s, T> Linked<'s, T> {
+    fn new(
+        rows: Option<rusqlite::Rows<'s>>,
+        run_id_column: usize,
+        table: &'static str,
+        key: fn(&Row<'_>) -> String,
+        from_row: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Linked<'s, T> {
+        Linked {
+            rows,
+            pending: None,
+            run_id_column,
+            table,
+            key,
+            from_row,
+        }
+    }
+
+    /// Replaces `out` with the rows that name `run_id`, passing over the rows before them (which
+    /// name no run being read) and leaving the rows after them for the runs after it.
+    fn take_for(&mut self, run_id: &str, out: &mut Vec<T>) -> Result<(), StoreError> {
+        out.clear();
+        loop {
+            if self.pending.is_none() {
+                let Some(rows) = &mut self.rows else {
+                    return Ok(());
+                };
+                let Some(row) = rows.next()? else {
+                    self.rows = None;
+                    return Ok(());
+                };
+                let names = row
+                    .get_ref(self.run_id_column)?
+                    .as_str()
+                    .ok()
+                    .map(str::to_string);
+                let read = (self.from_row)(row).map_err(|e| bad_row(self.table, row, self.key, e));
+                self.pending = Some((names, read));
+            }
+            match self
+                .pending
+                .as_ref()
+                .and_then(|(names, _)| names.as_deref())
+            {
+                Some(names) if names == run_id => {
+                    if let Some((_, read)) = self.pending.take() {
+                        out.push(read?);
+                    }
+                }
+                Some(names) if names > run_id => return Ok(()),
+                _ => self.pending = None,
+            }
+        }
+    }
 }
 
 /// The last entry of a run with this action and subject.
