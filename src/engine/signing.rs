@@ -6,10 +6,8 @@
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
-use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
-use curve25519_dalek::scalar::Scalar;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// The signature algorithm byte of Ed25519 in C2SP signed notes.
@@ -109,52 +107,12 @@ pub struct PublicKey {
     pub name: String,
     pub key_id: [u8; 4],
     key: VerifyingKey,
-    /// The public key's point negated, and whether it is of small order, for `verifies`.
-    minus_point: EdwardsPoint,
-    weak: bool,
 }
 
 impl PublicKey {
     fn new(name: String, key: VerifyingKey) -> PublicKey {
         let key_id = key_id(&name, &key);
-        PublicKey {
-            name,
-            key_id,
-            minus_point: -key.to_edwards(),
-            weak: key.is_weak(),
-            key,
-        }
-    }
-
-    /// Whether `signature` signs `message` under this key, decided exactly as ed25519-dalek's
-    /// `verify_strict` decides it, one square root cheaper. `verify_strict` accepts when `s` is
-    /// canonical, `R` decompresses to a point, neither `R` nor the key `A` is of small order, and
-    /// `compress([s]B - [k]A) == R` with `k = SHA-512(R || A || message)`. Here `P = [s]B - [k]A`
-    /// is computed and compressed first: when that equals `R`'s bytes, `R` is the canonical
-    /// encoding of `P`, so it decompresses, to `P`, and `R` is of small order exactly when `P` is.
-    /// So checking `P` instead of decompressing `R` (the square root) accepts the same signatures;
-    /// a test holds the two to each other over valid, edited and forged signatures. `verify`
-    /// checks ~90k signatures on a database of a million entries.
-    fn verifies(&self, message: &[u8], signature: &Signature) -> bool {
-        let bytes = signature.to_bytes();
-        let mut r = [0u8; 32];
-        let mut s = [0u8; 32];
-        r.copy_from_slice(&bytes[..32]);
-        s.copy_from_slice(&bytes[32..]);
-        let Some(s) = Option::<Scalar>::from(Scalar::from_canonical_bytes(s)) else {
-            return false;
-        };
-        if self.weak {
-            return false;
-        }
-        let k = Scalar::from_hash(
-            Sha512::new()
-                .chain_update(r)
-                .chain_update(self.key.as_bytes())
-                .chain_update(message),
-        );
-        let p = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &self.minus_point, &s);
-        p.compress() == CompressedEdwardsY(r) && !p.is_small_order()
+        PublicKey { name, key_id, key }
     }
 
     /// The key named `name` with the 32-byte public key written as 64 hex chars.
@@ -199,13 +157,14 @@ impl PublicKey {
         let (Ok(bytes), Some(signature)) = (hash_bytes(hash), parse_signature(signature)) else {
             return false;
         };
-        self.verifies(&bytes, &signature)
+        self.key.verify_strict(&bytes, &signature).is_ok()
     }
 
     /// Whether `signature` signs `sign_key_record(first_seq)` under this key.
     pub fn verifies_key_record(&self, first_seq: i64, signature: &str) -> bool {
         let statement = key_record_statement(&self.name, first_seq);
-        parse_signature(signature).is_some_and(|s| self.verifies(statement.as_bytes(), &s))
+        parse_signature(signature)
+            .is_some_and(|s| self.key.verify_strict(statement.as_bytes(), &s).is_ok())
     }
 
     /// Opens a checkpoint note signed by this key: its signature line must name this key and
@@ -231,7 +190,7 @@ impl PublicKey {
                 continue;
             }
             let signature = Signature::from_slice(&signed[4..]).map_err(|e| e.to_string())?;
-            if !self.verifies(text.as_bytes(), &signature) {
+            if self.key.verify_strict(text.as_bytes(), &signature).is_err() {
                 return Err(format!("the signature of {} does not verify", self.name));
             }
             verified = true;
@@ -422,79 +381,6 @@ mod tests {
         assert!(signer(4).public_key().open_checkpoint(&note).is_err());
         let forged = note.replacen("\n42\n", "\n43\n", 1);
         assert!(s.public_key().open_checkpoint(&forged).is_err());
-    }
-
-    /// `verifies` against ed25519-dalek's `verify_strict` over valid signatures, one-bit edits
-    /// of them, a non-canonical `s`, `R` moved by a point of small order or written in a
-    /// non-canonical form, and a key of small order with the signature that satisfies its
-    /// equation.
-    #[test]
-    fn verifying_accepts_exactly_what_verify_strict_accepts() {
-        use curve25519_dalek::constants::EIGHT_TORSION;
-        let agree = |key: &PublicKey, message: &[u8], bytes: [u8; 64]| {
-            let signature = Signature::from_bytes(&bytes);
-            let strict = key.key.verify_strict(message, &signature).is_ok();
-            assert_eq!(key.verifies(message, &signature), strict, "{bytes:02x?}");
-            strict
-        };
-        let s = signer(9);
-        let key = s.public_key();
-        for message in [&b"one"[..], &[0x5a; 32][..]] {
-            let signed = s.key.sign(message).to_bytes();
-            assert!(agree(key, message, signed));
-            // Both ends of R and s and a spread between (every bit is slow in a debug build).
-            let bits = (0..8)
-                .chain(248..264)
-                .chain(504..512)
-                .chain((0..512).step_by(13));
-            for bit in bits {
-                let mut edited = signed;
-                edited[bit / 8] ^= 1 << (bit % 8);
-                assert!(!agree(key, message, edited), "bit {bit}");
-            }
-            assert!(!agree(key, b"another", signed));
-            // s + l: the same scalar, not written canonically.
-            let mut plus_order = signed;
-            // l = 2^252 + 27742317777372353535851937790883648493, little-endian.
-            let mut l = [0u8; 32];
-            l[..16].copy_from_slice(&[
-                0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
-                0xde, 0x14,
-            ]);
-            l[31] = 0x10;
-            let mut carry = 0u16;
-            for i in 0..32 {
-                let sum = u16::from(plus_order[32 + i]) + u16::from(l[i]) + carry;
-                plus_order[32 + i] = sum as u8;
-                carry = sum >> 8;
-            }
-            assert!(!agree(key, message, plus_order));
-            let r = CompressedEdwardsY(signed[..32].try_into().unwrap())
-                .decompress()
-                .unwrap();
-            for torsion in EIGHT_TORSION.iter().skip(1) {
-                let mut moved = signed;
-                moved[..32].copy_from_slice((r + torsion).compress().as_bytes());
-                assert!(!agree(key, message, moved));
-            }
-            // y = p + 1, which decompresses as y = 1.
-            let mut non_canonical = signed;
-            non_canonical[..32].copy_from_slice(&{
-                let mut y = [0xffu8; 32];
-                y[0] = 0xee;
-                y[31] = 0x7f;
-                y
-            });
-            agree(key, message, non_canonical);
-        }
-        // The identity as the key: [0]B - [k]A = identity = R holds for any k, and only the
-        // small-order rule refuses it.
-        let mut identity = [0u8; 32];
-        identity[0] = 1;
-        let weak = PublicKey::from_hex("weak", &hex::encode(identity)).unwrap();
-        let mut forged = [0u8; 64];
-        forged[..32].copy_from_slice(&identity);
-        assert!(!agree(&weak, b"anything", forged));
     }
 
     /// The key id rule of C2SP signed-note, checked against a key of Go's note package:
