@@ -1,6 +1,7 @@
 //! The command line: commands and flags, parsed with lexopt, and their help texts. Nothing here
 //! opens a database or a socket.
 
+use crate::bench::load::LoadOptions;
 use crate::engine::verify::Head;
 use crate::model::Role;
 use crate::store::Durability;
@@ -27,6 +28,8 @@ Usage:
   fedcore key show [--db PATH] [--key PATH]   print the public signing key
   fedcore checkpoint [--db PATH]              print the latest signed checkpoint of the audit log
   fedcore proof [--out DIR]                   run the PT-004 proof and write its report (default REPORT/PROOFS)
+  fedcore bench load [--conns N] [--seconds S] [--rounds R] [--json]
+                                              benchmark a server on a throwaway database over HTTP
   fedcore token create --name NAME --role agent|approver|admin|auditor [--db PATH]
                                               create a bearer token and print it, once
   fedcore token revoke --name NAME [--db PATH]
@@ -63,6 +66,11 @@ Usage: fedcore serve [--db PATH] [--listen ADDR] [--key PATH] [timeouts]
                             survives a power cut as far as the disk honours fsync; normal: synced
                             at WAL checkpoints only, faster, survives a killed process but may lose
                             the last commits to a power cut
+  --bench-ceiling           for `fedcore bench` only, on its throwaway databases: also serve
+                            POST /bench/ceiling (role agent), which inserts one row into a table
+                            of its own (bench_ceiling) outside the audit log: the trivial write
+                            the benchmark measures as its ceiling. Never use it on a database
+                            you keep
 
 Every request but GET /health needs `Authorization: Bearer <token>` (see `fedcore token`). On a
 database that has never had a token, serve creates the admin token `admin`, writes it to
@@ -191,20 +199,47 @@ holds it. Exit 2 when the database has no checkpoint.
 ";
 
 pub const BENCH_USAGE: &str = "\
-fedcore bench: build benchmark databases and time fedcore over them
+fedcore bench: benchmarks anyone can rerun (see BENCHMARKS.md)
 
-Usage: fedcore bench seed --db PATH --workflows N [--durability full|normal]
+Usage: fedcore bench load [--conns N] [--seconds S] [--warmup S] [--rounds R]
+                          [--durability full|normal] [--keep DIR | --db PATH] [--no-verify]
+                          [--json]
+       fedcore bench seed --db PATH --workflows N [--runs-only] [--durability full|normal]
        fedcore bench verify [--entries N] [--db PATH] [--rounds R]
 
+load starts `fedcore serve --bench-ceiling` as a child process on a throwaway database and drives
+it from N client threads, each over its own keep-alive connection. Each round has two phases:
+  ceiling    every thread loops POST /bench/ceiling: one authenticated row insert through the
+             same writer and commit as any write, the most this server and machine can answer
+  workflows  every thread runs governed workflows: create a run, then five steps each requested
+             (policy-checked) and completed; 1 run in 10 is flagged (approved by a second actor,
+             resumed by an admin), 1 in 20 is denied and fails closed. Every answer is checked
+Only requests that start and end inside the window after the warm-up count.
+
+  --conns N                 client threads and connections (default 32)
+  --seconds S               measured window of each phase (default 10)
+  --warmup S                warm-up before each window (default 2)
+  --rounds R                rounds; the report gives medians (default 3)
+  --durability full|normal  the server's durability (default full)
+  --keep DIR                put the database in DIR and keep it (default: a temporary folder)
+  --db PATH                 run against this existing database instead (kept; e.g. one built by
+                            `fedcore bench seed`), to measure a request's cost on a large file
+  --no-verify               skip `fedcore verify` over the database afterwards
+  --json                    print one JSON object instead of the text report
+
+Reports workflows/s, step requests/s, p50/p99/max step latency, the ceiling and the ratio to it,
+errors, connections never answered, the server's peak RSS and the database's bytes per workflow.
 seed adds N workflows of the PT-004 definition to the database at PATH (created with its key
 file beside it if missing, appended to otherwise), applying through the engine, without HTTP,
 the very commands a server applies for the same requests: a run, each of its five steps
 requested then completed; every 10th workflow flagged at `decide`, approved by a second person
 and resumed by an admin; every 20th denied at `decide`, failing closed. About 1000 commands go
-in one transaction, on a clock that advances 250 us per command. Prints runs, audit entries and
-the time taken.
+in one transaction, at the wall clock's time (at least 1 us apart). Prints runs, audit entries
+and the time taken.
 
   --workflows N             how many workflows to add
+  --runs-only               stop each workflow once its run is created (PENDING): the quick way
+                            to a database holding a million runs
   --durability full|normal  how commits reach the disk (default normal: a benchmark fixture)
 
 verify times `fedcore verify` end to end (open read-only, every check) R times over a database
@@ -216,7 +251,9 @@ with --db it uses PATH, seeding (appending) only when PATH holds fewer than N en
   --db PATH     database to reuse
   --rounds R    how many times to verify (default 3)
 
-Exit status: 0 done, 2 when the database cannot be seeded or verified, or is not intact.
+Exit status of load: 0 clean, 1 errors or unanswered connections or a database that does not
+verify, 2 could not run. Of seed and verify: 0 done, 2 when the database cannot be seeded or
+verified, or is not intact.
 ";
 
 /// A parsed command line.
@@ -237,10 +274,16 @@ pub enum Cli {
 /// `fedcore bench …`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BenchCommand {
+    Load {
+        options: LoadOptions,
+        json: bool,
+    },
     Seed {
         db: PathBuf,
         workflows: u64,
         durability: Durability,
+        /// Create the runs only (`--runs-only`).
+        runs_only: bool,
     },
     Verify {
         entries: u64,
@@ -279,6 +322,8 @@ pub struct ServeArgs {
     pub shutdown_grace: Duration,
     pub key: Option<PathBuf>,
     pub durability: Durability,
+    /// Serve `POST /bench/ceiling` (for `fedcore bench` only).
+    pub bench_ceiling: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -344,6 +389,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         shutdown_grace: Duration::from_secs(10),
         key: None,
         durability: Durability::Full,
+        bench_ceiling: false,
     };
     while let Some(arg) = parser.next()? {
         match arg {
@@ -352,6 +398,7 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("listen") => args.listen = parser.value()?.parse()?,
             Long("key") => args.key = Some(parser.value()?.into()),
             Long("durability") => args.durability = durability(parser)?,
+            Long("bench-ceiling") => args.bench_ceiling = true,
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
             Long("request-timeout-ms") => args.request_timeout = millis(parser)?,
             Long("shutdown-grace-ms") => args.shutdown_grace = millis(parser)?,
@@ -359,6 +406,55 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         }
     }
     Ok(Cli::Serve(args))
+}
+
+fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
+    let mut options = LoadOptions::default();
+    let mut json = false;
+    let seconds = |parser: &mut lexopt::Parser, flag: &str| -> Result<f64, lexopt::Error> {
+        let s: f64 = parser.value()?.parse()?;
+        match s.is_finite() && (0.0..=3600.0).contains(&s) {
+            true => Ok(s),
+            false => Err(lexopt::Error::Custom(
+                format!("{flag} is a number of seconds from 0 to 3600, not {s}").into(),
+            )),
+        }
+    };
+    let at_least_one = |parser: &mut lexopt::Parser, flag: &str| -> Result<usize, lexopt::Error> {
+        let n: usize = parser.value()?.parse()?;
+        match n {
+            0 => Err(lexopt::Error::Custom(
+                format!("{flag} must be at least 1").into(),
+            )),
+            n => Ok(n),
+        }
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
+            Long("conns") => options.conns = at_least_one(parser, "--conns")?,
+            Long("rounds") => options.rounds = at_least_one(parser, "--rounds")?,
+            Long("seconds") => options.seconds = seconds(parser, "--seconds")?,
+            Long("warmup") => options.warmup = seconds(parser, "--warmup")?,
+            Long("durability") => options.durability = durability(parser)?,
+            Long("keep") => options.keep = Some(parser.value()?.into()),
+            Long("db") => options.db = Some(parser.value()?.into()),
+            Long("no-verify") => options.verify = false,
+            Long("json") => json = true,
+            other => return Err(other.unexpected()),
+        }
+    }
+    if options.keep.is_some() && options.db.is_some() {
+        return Err(lexopt::Error::Custom(
+            "--keep and --db exclude each other (--db is kept)".into(),
+        ));
+    }
+    if options.seconds <= 0.0 {
+        return Err(lexopt::Error::Custom(
+            "--seconds must be more than 0".into(),
+        ));
+    }
+    Ok(Cli::Bench(BenchCommand::Load { options, json }))
 }
 
 fn parse_export(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
@@ -506,14 +602,18 @@ fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         Some(Value(action)) => action.string()?,
         Some(other) => return Err(other.unexpected()),
     };
+    if action == "load" {
+        return parse_bench_load(parser);
+    }
     let (mut db, mut workflows, mut durability_given) = (None, None, None);
-    let (mut entries, mut rounds) = (1_000_000u64, 3usize);
+    let (mut entries, mut rounds, mut runs_only) = (1_000_000u64, 3usize, false);
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
             Long("db") => db = Some(PathBuf::from(parser.value()?)),
             Long("workflows") if action == "seed" => workflows = Some(parser.value()?.parse()?),
             Long("durability") if action == "seed" => durability_given = Some(durability(parser)?),
+            Long("runs-only") if action == "seed" => runs_only = true,
             Long("entries") if action == "verify" => entries = parser.value()?.parse()?,
             Long("rounds") if action == "verify" => rounds = parser.value()?.parse()?,
             other => return Err(other.unexpected()),
@@ -527,6 +627,7 @@ fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             db: db.ok_or_else(|| missing("--db"))?,
             workflows: workflows.ok_or_else(|| missing("--workflows"))?,
             durability: durability_given.unwrap_or(Durability::Normal),
+            runs_only,
         },
         "verify" if rounds == 0 => {
             return Err(lexopt::Error::Custom("--rounds must be at least 1".into()))
@@ -538,7 +639,7 @@ fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         },
         _ => {
             return Err(lexopt::Error::Custom(
-                format!("bench wants seed or verify\n\n{BENCH_USAGE}").into(),
+                format!("bench wants load, seed or verify\n\n{BENCH_USAGE}").into(),
             ))
         }
     };
@@ -662,7 +763,8 @@ mod tests {
             Cli::Bench(BenchCommand::Seed {
                 db: PathBuf::from("b.db"),
                 workflows: 10,
-                durability: Durability::Normal
+                durability: Durability::Normal,
+                runs_only: false
             })
         );
         assert!(parse_strs(&["bench", "seed", "--db", "b.db"]).is_err());
@@ -695,7 +797,11 @@ mod tests {
         );
         assert!(parse_strs(&["bench", "verify", "--rounds", "0"]).is_err());
         assert!(parse_strs(&["bench", "verify", "--workflows", "3"]).is_err());
-        assert!(parse_strs(&["bench", "load"]).is_err());
+        assert!(parse_strs(&["bench", "unload"]).is_err());
+        assert!(matches!(
+            parse_strs(&["bench", "load", "--conns", "8"]).unwrap(),
+            Cli::Bench(BenchCommand::Load { options, json: false }) if options.conns == 8
+        ));
         assert_eq!(parse_strs(&["bench"]).unwrap(), Cli::Help(BENCH_USAGE));
         assert_eq!(
             parse_strs(&["bench", "verify", "--help"]).unwrap(),

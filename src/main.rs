@@ -56,6 +56,7 @@ fn main() -> ExitCode {
                 },
                 key: args.key,
                 durability: args.durability,
+                bench_ceiling: args.bench_ceiling,
             };
             match http::serve(options) {
                 Ok(()) => {
@@ -131,6 +132,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// `bench load`: exit 0 clean, 1 when anything went wrong under load, 2 when it could not run.
+fn run_bench_load(options: &fedcore::bench::load::LoadOptions, json: bool) -> ExitCode {
+    match fedcore::bench::load::run(options) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("fedcore bench load: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{}", report.to_text());
+            }
+            ExitCode::from(if report.clean() { 0 } else { 1 })
+        }
+        Err(e) => {
+            eprintln!("fedcore bench load: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// Exit 0 intact, 1 broken, 2 could not check.
 fn run_verify(args: VerifyArgs, pubkey: Option<PublicKey>) -> ExitCode {
     let options = verify::Options {
@@ -154,16 +179,22 @@ fn run_verify(args: VerifyArgs, pubkey: Option<PublicKey>) -> ExitCode {
     }
 }
 
-/// `bench seed` and `bench verify`: exit 0 done, 2 when a database cannot be seeded or verified.
+/// `bench load` (see `run_bench_load`); `bench seed` and `bench verify`: exit 0 done, 2 when a
+/// database cannot be seeded or verified.
 fn run_bench(command: BenchCommand) -> ExitCode {
     let done = match command {
+        BenchCommand::Load { options, json } => return run_bench_load(&options, json),
         BenchCommand::Seed {
             db,
             workflows,
             durability,
-        } => bench::seed::seed(&db, workflows, durability)
-            .map(|seeded| print_seeded(&db, &seeded))
-            .map_err(|e| format!("fedcore bench seed: {e}")),
+            runs_only,
+        } => match runs_only {
+            true => bench::seed::seed_runs(&db, workflows, durability),
+            false => bench::seed::seed(&db, workflows, durability),
+        }
+        .map(|seeded| print_seeded(&db, &seeded))
+        .map_err(|e| format!("fedcore bench seed: {e}")),
         BenchCommand::Verify {
             entries,
             db: Some(db),
@@ -194,12 +225,14 @@ fn run_bench(command: BenchCommand) -> ExitCode {
 
 fn print_seeded(db: &std::path::Path, s: &bench::seed::SeedSummary) {
     let seconds = s.elapsed.as_secs_f64();
+    let ended = match s.completed + s.failed {
+        0 => "runs created only".to_string(),
+        _ => format!("{} completed, {} failed", s.completed, s.failed),
+    };
     println!(
-        "seeded {} workflows ({} completed, {} failed) into {} in {seconds:.1} s: \
+        "seeded {} workflows ({ended}) into {} in {seconds:.1} s: \
          {} audit entries added ({:.0}/s); it holds {} runs, {} audit entries",
         s.workflows,
-        s.completed,
-        s.failed,
         db.display(),
         s.added_entries,
         s.added_entries as f64 / seconds.max(1e-9),

@@ -1,5 +1,8 @@
-//! Benchmarks run by `fedcore bench`: databases built fast through the real engine (`seed`) and
-//! the timings taken over them (`verify`).
+//! Benchmarks anyone can rerun (`fedcore bench`, see BENCHMARKS.md): `load` drives a real server
+//! over HTTP; `seed` builds large databases fast through the real engine; `verify` times
+//! `fedcore verify` over one.
 
+mod client;
+pub mod load;
 pub mod seed;
 pub mod verify;

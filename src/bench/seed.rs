@@ -32,9 +32,6 @@ const STEPS: [(&str, &str); 5] = [
 /// A write transaction takes whole workflows until it holds at least this many commands.
 const COMMANDS_PER_TRANSACTION: u64 = 1000;
 
-/// How far the simulated clock moves for each command, in microseconds.
-const TICK_MICROS: i64 = 250;
-
 /// What happens to workflow `i` (counted over the database, from 0) at its `decide` step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -137,6 +134,22 @@ pub enum SeedError {
 /// when it has none. Workflow numbers continue from the runs already there, so appending keeps
 /// the mix. Ends with a signed checkpoint of the head, as a server does when it stops.
 pub fn seed(db: &Path, workflows: u64, durability: Durability) -> Result<SeedSummary, SeedError> {
+    seed_with(db, workflows, durability, false)
+}
+
+/// As `seed`, but each workflow stops once its run is created (PENDING, one `run.created`
+/// entry): the quickest way to a database holding many runs, for measuring what a request costs
+/// on one (a million whole workflows would take about 35 GB).
+pub fn seed_runs(db: &Path, runs: u64, durability: Durability) -> Result<SeedSummary, SeedError> {
+    seed_with(db, runs, durability, true)
+}
+
+fn seed_with(
+    db: &Path,
+    workflows: u64,
+    durability: Durability,
+    runs_only: bool,
+) -> Result<SeedSummary, SeedError> {
     let started = Instant::now();
     let conn = store::open_for_writing(db)?;
     store::set_durability(&conn, durability)?;
@@ -148,6 +161,7 @@ pub fn seed(db: &Path, workflows: u64, durability: Durability) -> Result<SeedSum
         commands: 0,
         completed: 0,
         failed: 0,
+        runs_only,
     };
     store::write_once(&conn, |tx| committed(seeder.setup(tx)))??;
     let end = first + workflows;
@@ -192,7 +206,7 @@ fn committed<T>(result: Result<T, SeedError>) -> (Result<T, SeedError>, bool) {
 }
 
 /// The number of the next workflow (the runs already there), the audit entries already there,
-/// and the time of the last one (the simulated clock never goes back before it).
+/// and the time of the last one (the clock never goes back before it).
 fn start_of(db: &impl Db) -> Result<(u64, i64, Timestamp), SeedError> {
     let (runs, entries) = totals(db)?;
     let last_at = store::audit_page(db, entries - 1, 1)?
@@ -208,16 +222,22 @@ fn totals(db: &impl Db) -> Result<(i64, i64), SeedError> {
 
 struct Seeder<'s> {
     signer: &'s Signer,
-    /// The simulated clock: the time of the last command applied.
+    /// The time of the last command applied.
     clock: Timestamp,
     commands: u64,
     completed: u64,
     failed: u64,
+    /// Stop each workflow once its run is created.
+    runs_only: bool,
 }
 
 impl Seeder<'_> {
+    /// The wall clock, moved on by at least a microsecond per command: never ahead of real time
+    /// by more than the commands of one burst, so a server started on the file afterwards goes
+    /// on from where the log's times end.
     fn tick(&mut self) -> Timestamp {
-        self.clock = Timestamp::from_micros(self.clock.micros() + TICK_MICROS);
+        let next = Timestamp::from_micros(self.clock.micros() + 1);
+        self.clock = crate::http::now().max(next);
         self.clock
     }
 
@@ -236,20 +256,28 @@ impl Seeder<'_> {
     /// itself on a database that never had a token), the agent's and the approver's tokens, the
     /// agent's registration, the policy and the definition. Skipped when the definition exists.
     fn setup(&mut self, tx: &Tx<'_>) -> Result<(), SeedError> {
-        let token = |name: &str, role: Role, actor: &str| Command::CreateToken {
-            name: name.to_string(),
-            role,
-            token_hash: crate::secret::token_hash(&format!("bench-seed-{name}")),
-            actor: actor.to_string(),
+        // Each token gets a fresh secret that is thrown away: the seeder needs no token, and a
+        // seeded file must not let anyone in with a guessable one.
+        let token = |name: &str, role: Role, actor: &str| -> Result<Command, SeedError> {
+            let secret = crate::secret::new_token().map_err(|e| SeedError::Unexpected {
+                what: "asking the system for randomness".into(),
+                outcome: e.to_string(),
+            })?;
+            Ok(Command::CreateToken {
+                name: name.to_string(),
+                role,
+                token_hash: crate::secret::token_hash(&secret),
+                actor: actor.to_string(),
+            })
         };
         if store::count_tokens(tx)?.0 == 0 {
-            self.apply(tx, token(ADMIN, Role::Admin, engine::SYSTEM_ACTOR))?;
+            self.apply(tx, token(ADMIN, Role::Admin, engine::SYSTEM_ACTOR)?)?;
         }
         if store::get_definition(tx, WORKFLOW_ID, None)?.is_some() {
             return Ok(());
         }
-        self.apply(tx, token(AGENT, Role::Agent, ADMIN))?;
-        self.apply(tx, token(APPROVER, Role::Approver, ADMIN))?;
+        self.apply(tx, token(AGENT, Role::Agent, ADMIN)?)?;
+        self.apply(tx, token(APPROVER, Role::Approver, ADMIN)?)?;
         self.apply(
             tx,
             Command::PutAgent {
@@ -311,6 +339,9 @@ impl Seeder<'_> {
         let Outcome::Run(run) = created else {
             return Err(unexpected("creating a run", created));
         };
+        if self.runs_only {
+            return Ok(());
+        }
         let run_id = run.run_id;
         let mut status = run.status;
         for (step_id, _) in STEPS {
@@ -462,6 +493,27 @@ mod tests {
         assert_eq!(report.counts.runs, 60);
         assert_eq!(report.counts.gates, 6);
         assert!(report.signing_key.is_some(), "expected the runs signed");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn runs_only_adds_pending_runs_that_verify_and_whole_workflows_can_follow() {
+        let dir = temp_dir("runs-only");
+        let db = dir.join("seed.db");
+        let created = seed_runs(&db, 30, Durability::Normal).unwrap();
+        assert_eq!(
+            (created.completed, created.failed, created.runs),
+            (0, 0, 30)
+        );
+        assert_eq!(created.audit_entries, SETUP_ENTRIES + 30);
+        assert_eq!(runs_with(&db, RunStatus::Pending), 30);
+        // Whole workflows appended after them keep their own numbering: 30..40 hold one flagged
+        // (35) and no denied one.
+        let after = seed(&db, 10, Durability::Normal).unwrap();
+        assert_eq!((after.completed, after.failed, after.runs), (10, 0, 40));
+        let report = verify::verify_file(&db, &verify::Options::default()).unwrap();
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.counts.runs, 40);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

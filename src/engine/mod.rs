@@ -343,9 +343,10 @@ pub fn apply(
     signer: &Signer,
     command: &Command,
 ) -> (Result<Outcome, Error>, bool) {
-    let applied = apply_inner(tx, now, signer, command).and_then(|(result, commit)| {
+    let applied = Ctx::new(tx, now, signer).and_then(|mut ctx| {
+        let (result, commit) = apply_inner(&mut ctx, command)?;
         if commit {
-            checkpoint_if_due(tx, now, signer)?;
+            checkpoint_if_due(&ctx)?;
         }
         Ok((result, commit))
     });
@@ -364,6 +365,17 @@ pub fn write_checkpoint(tx: &Tx<'_>, now: Timestamp, signer: &Signer) -> Result<
     if store::last_checkpoint(tx)?.is_some_and(|c| c.seq >= seq) {
         return Ok(());
     }
+    sign_checkpoint(tx, now, signer, seq, entry_hash)
+}
+
+/// Writes the signed checkpoint of the entry `seq`, whose hash is `entry_hash`.
+fn sign_checkpoint(
+    tx: &Tx<'_>,
+    now: Timestamp,
+    signer: &Signer,
+    seq: i64,
+    entry_hash: String,
+) -> Result<(), Error> {
     let at = now.to_string();
     let note = signer.checkpoint_note(seq, &entry_hash, &at)?;
     store::insert_checkpoint(
@@ -379,36 +391,35 @@ pub fn write_checkpoint(tx: &Tx<'_>, now: Timestamp, signer: &Signer) -> Result<
     Ok(())
 }
 
-/// A checkpoint is due when a run ended in this transaction, or when the log grew by
-/// `CHECKPOINT_INTERVAL` entries since the last one.
-fn checkpoint_if_due(tx: &Tx<'_>, now: Timestamp, signer: &Signer) -> Result<(), Error> {
-    let Some((seq, _)) = store::audit_head(tx)? else {
+/// A checkpoint is due when a run ended in this command, or when the log grew by
+/// `CHECKPOINT_INTERVAL` entries since the last one. Both are known without reading the entries
+/// written since: the command holds its head, and notes a run's end as it writes it.
+fn checkpoint_if_due(ctx: &Ctx<'_, '_>) -> Result<(), Error> {
+    let (seq, entry_hash) = &ctx.head;
+    if *seq == 0 {
         return Ok(());
-    };
-    let last = store::last_checkpoint(tx)?.map_or(0, |c| c.seq);
-    // Every committed run end gets its checkpoint, so one after the last checkpoint is this
-    // transaction's.
-    if seq - last >= CHECKPOINT_INTERVAL || store::run_ended_after(tx, last)? {
-        write_checkpoint(tx, now, signer)?;
+    }
+    let last = store::last_checkpoint(ctx.tx)?.map_or(0, |c| c.seq);
+    if *seq > last && (seq - last >= CHECKPOINT_INTERVAL || ctx.run_ended) {
+        sign_checkpoint(ctx.tx, ctx.now, ctx.signer, *seq, entry_hash.clone())?;
     }
     Ok(())
 }
 
 fn apply_inner(
-    tx: &Tx<'_>,
-    now: Timestamp,
-    signer: &Signer,
+    ctx: &mut Ctx<'_, '_>,
     command: &Command,
 ) -> Result<(Result<Outcome, Error>, bool), Error> {
-    let mut ctx = Ctx::new(tx, now, signer)?;
+    let tx = ctx.tx;
     // Deadlines are enforced whenever anyone touches a run: an expired gate fails the run before
     // the request is looked at, and that is kept even when the request itself is refused.
     if let Some(run_id) = command.run_id() {
-        runs::expire_gates_of_run(&mut ctx, run_id)?;
+        runs::expire_gates_of_run(ctx, run_id)?;
     }
     tx.savepoint("command")?;
-    let head = ctx.head.clone();
-    let result = execute(&mut ctx, command);
+    // What the command's savepoint undoes, the context forgets too.
+    let before = (ctx.head.clone(), ctx.run_ended);
+    let result = execute(ctx, command);
     match result {
         Ok(outcome) => {
             tx.release_savepoint("command")?;
@@ -416,12 +427,13 @@ fn apply_inner(
         }
         Err(e) if e.is_refusal() && run_exists(tx, command.run_id())? => {
             tx.rollback_to_savepoint("command")?;
-            ctx.head = head;
-            record_refusal(&mut ctx, command, &e)?;
+            (ctx.head, ctx.run_ended) = before;
+            record_refusal(ctx, command, &e)?;
             Ok((Err(e), true))
         }
         Err(e) => {
             tx.rollback_to_savepoint("command")?;
+            (ctx.head, ctx.run_ended) = before;
             Ok((Err(e), ctx.wrote_before_command))
         }
     }
@@ -535,6 +547,8 @@ pub(crate) struct Ctx<'a, 'c> {
     /// Whether something was written before the command's own savepoint (an expiry) that must
     /// be committed even if the command fails.
     wrote_before_command: bool,
+    /// Whether a run ended in this command (its end then gets a signed checkpoint).
+    run_ended: bool,
 }
 
 /// An audit entry before it is numbered and hashed.
@@ -562,6 +576,7 @@ impl<'a, 'c> Ctx<'a, 'c> {
             signer,
             head,
             wrote_before_command: false,
+            run_ended: false,
         })
     }
 

@@ -146,6 +146,7 @@ pub fn entry_object(e: &AuditEntry) -> Value {
     })
 }
 
+/// `H(entry_object(e))`.
 pub fn entry_hash(e: &AuditEntry) -> Result<String, JcsError> {
     let mut bytes = Vec::with_capacity(512);
     write_entry(e, &mut bytes);

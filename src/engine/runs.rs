@@ -3,10 +3,13 @@
 //! goes through `RunStatus::transition` or `StepStatus::can_become`, writes its receipt when it
 //! finishes something, and leaves an audit entry.
 
-use super::{policy, receipts, Ctx, Draft, Error, Outcome, StepResult, SYSTEM_ACTOR};
+use super::{jcs, policy, receipts, Ctx, Draft, Error, Outcome, StepResult, SYSTEM_ACTOR};
 use crate::model::*;
 use crate::store;
 use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 fn load_run(ctx: &Ctx<'_, '_>, run_id: &str) -> Result<Run, Error> {
     store::get_run(ctx.tx, run_id)?
@@ -292,6 +295,7 @@ fn end_run(
         decision: None,
         evidence: run.receipt_hash.clone(),
     })?;
+    ctx.run_ended = true;
     Ok(())
 }
 
@@ -397,6 +401,45 @@ pub(super) fn create_run(
     Ok(Outcome::Run(run))
 }
 
+thread_local! {
+    /// The parsed rules of the policy versions decided with on this thread (the writer's), by
+    /// `policy_hash`. A hash names one policy document, rules included, and rules are kept only
+    /// after the document they were read with hashed to its stored `policy_hash`; so an entry is
+    /// right for every row with that hash, whether or not the transaction that read it commits.
+    static POLICY_RULES: RefCell<HashMap<String, Rc<Vec<policy::Rule>>>> = RefCell::default();
+}
+
+/// How many policy versions `POLICY_RULES` keeps before it starts afresh.
+const MAX_CACHED_POLICIES: usize = 256;
+
+/// The parsed rules of `policy`: kept ones when `latest_policy_unless_known` left them out,
+/// else parsed from the row (and kept when the document hashes to its `policy_hash`).
+fn policy_rules(ctx: &Ctx<'_, '_>, policy: &Policy) -> Result<Rc<Vec<policy::Rule>>, Error> {
+    let kept = POLICY_RULES.with(|rules| rules.borrow().get(&policy.policy_hash).cloned());
+    if let Some(rules) = kept {
+        return Ok(rules);
+    }
+    let policy_id = &policy.policy_id;
+    let corrupt = |e: String| store::StoreError::Corrupt(format!("stored policy {policy_id}: {e}"));
+    let mut read = policy.clone();
+    if read.rules.is_null() {
+        // Forgotten since the row was read (cannot happen on one thread); read it whole.
+        read = store::get_policy(ctx.tx, policy_id, Some(policy.version))?
+            .ok_or_else(|| corrupt("missing".to_string()))?;
+    }
+    let rules = Rc::new(policy::parse_rules(&read.rules).map_err(|e| corrupt(e.to_string()))?);
+    if jcs::hash(&receipts::policy_document(&read))? == read.policy_hash {
+        POLICY_RULES.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            if kept.len() >= MAX_CACHED_POLICIES {
+                kept.clear();
+            }
+            kept.insert(read.policy_hash.clone(), rules.clone());
+        });
+    }
+    Ok(rules)
+}
+
 pub(super) fn request_step(
     ctx: &mut Ctx<'_, '_>,
     run_id: &str,
@@ -457,10 +500,10 @@ pub(super) fn request_step(
 
     // Evaluate the policy in force now on the evidence the decision is made from.
     let policy_id = step.policy_id.as_deref().unwrap_or(&def.policy_id);
-    let policy = store::get_policy(ctx.tx, policy_id, None)?
+    let known = |hash: &str| POLICY_RULES.with(|rules| rules.borrow().contains_key(hash));
+    let policy = store::latest_policy_unless_known(ctx.tx, policy_id, known)?
         .ok_or_else(|| store::StoreError::Corrupt(format!("policy {policy_id} is missing")))?;
-    let rules = policy::parse_rules(&policy.rules)
-        .map_err(|e| store::StoreError::Corrupt(format!("stored policy {policy_id}: {e}")))?;
+    let rules = policy_rules(ctx, &policy)?;
     let agent = match store::get_agent(ctx.tx, actor)? {
         Some(agent) => {
             serde_json::to_value(agent).map_err(|e| store::StoreError::Corrupt(e.to_string()))?

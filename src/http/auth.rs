@@ -13,11 +13,9 @@ use crate::secret;
 use crate::store;
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::StatusCode;
 use axum::http::{header, HeaderMap};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 /// The holder of the token a request was authenticated with.
 #[derive(Debug, Clone)]
@@ -139,7 +137,7 @@ pub async fn write_as(
     permission: Permission,
     command: Command,
     idempotency: Option<Idempotency>,
-    encode: impl Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send + 'static,
+    encode: impl Fn(Outcome) -> super::Encoded + Send + 'static,
 ) -> Result<Response, ApiError> {
     match who.require(permission) {
         Ok(()) => write(state, command, idempotency, encode).await,

@@ -8,6 +8,9 @@ mod error;
 mod request;
 mod routes;
 pub mod server;
+mod wire;
+#[cfg(test)]
+mod workload;
 
 pub use error::ApiError;
 
@@ -18,7 +21,6 @@ use crate::store::{self, ReadPool, StoreError, Tx, Writer};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use request::Idempotency;
-use serde_json::Value;
 use server::ServerConfig;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,8 @@ pub struct ServeOptions {
     /// The signing key file; `None` for the default beside the database (`<db>.key`).
     pub key: Option<PathBuf>,
     pub durability: store::Durability,
+    /// Serve `POST /bench/ceiling`, the benchmark's trivial write (see `store::bench`).
+    pub bench_ceiling: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +104,9 @@ fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
     store::set_durability(&conn, options.durability)?;
     let signer = Arc::new(open_signer(&conn, &options.db, options.key.as_deref())?);
     bootstrap(&conn, &options, &signer)?;
+    if options.bench_ceiling {
+        store::bench::create_ceiling_table(&conn)?;
+    }
     let last_checkpoint = Box::new(ShutdownCheckpoint(signer.clone()));
     let (writer, writer_thread) =
         Writer::start_with_last_job(conn, now, WRITER_QUEUE, Some(last_checkpoint))?;
@@ -118,7 +125,13 @@ fn serve_until<F: std::future::Future<Output = ()> + Send + 'static>(
         let shutdown = shutdown();
         on_ready(listener.local_addr()?);
         let sweeper = tokio::spawn(sweep_expired_gates(state.clone()));
-        let result = server::serve(listener, routes::router(state), options.server, shutdown).await;
+        let result = server::serve(
+            listener,
+            routes::router(state, options.bench_ceiling),
+            options.server,
+            shutdown,
+        )
+        .await;
         sweeper.abort();
         result
     });
@@ -327,7 +340,7 @@ async fn sweep_expired_gates(state: AppState) {
         .await;
         if let Ok(false) = due {
             let done = write(&state, Command::ExpireGates, None, |_| {
-                Ok((StatusCode::OK, Value::Null))
+                Ok((StatusCode::OK, Vec::new()))
             })
             .await;
             if let Err(e) = done {
@@ -341,7 +354,10 @@ async fn sweep_expired_gates(state: AppState) {
 const IDEMPOTENCY_SECONDS: i64 = 24 * 3600;
 
 /// Turns a command's outcome into the status and JSON body of its answer.
-pub(crate) type Encoder = Box<dyn Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send>;
+pub(crate) type Encoder = Box<dyn Fn(Outcome) -> Encoded + Send>;
+
+/// An encoder's result: the status and the JSON bytes of an answer.
+pub(crate) type Encoded = Result<(StatusCode, Vec<u8>), ApiError>;
 
 /// An answer as sent: status, JSON body bytes, and whether it replays an earlier one.
 struct Answer {
@@ -411,8 +427,7 @@ impl CommandJob {
         }
         let (result, commit) = engine::apply(tx, now, &self.signer, &self.command);
         let answer = result.map_err(ApiError::from).and_then(|outcome| {
-            let (status, value) = (self.encode)(outcome)?;
-            let body = serde_json::to_vec(&value).map_err(ApiError::internal)?;
+            let (status, body) = (self.encode)(outcome)?;
             Ok(Answer {
                 status,
                 body,
@@ -469,7 +484,7 @@ async fn write(
     state: &AppState,
     command: Command,
     idempotency: Option<Idempotency>,
-    encode: impl Fn(Outcome) -> Result<(StatusCode, Value), ApiError> + Send + 'static,
+    encode: impl Fn(Outcome) -> Encoded + Send + 'static,
 ) -> Result<Response, ApiError> {
     let encode: Encoder = Box::new(encode);
     let (reply, answer) = oneshot::channel();
@@ -481,17 +496,53 @@ async fn write(
         result: None,
         reply,
     };
-    state
-        .writer
-        .submit(Box::new(job))
-        .map_err(|busy| match busy {
-            store::Busy::Full => ApiError::busy(),
-            store::Busy::Stopped => ApiError::writer_stopped(),
-        })?;
+    submit(state, Box::new(job))?;
     let answer = answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))??;
     Ok(answer.into_response())
+}
+
+/// The benchmark's ceiling write: one row inserted in its own savepoint of the writer's batch,
+/// answered after the commit, exactly as a command's job is.
+struct CeilingJob {
+    id: Option<Result<i64, StoreError>>,
+    reply: oneshot::Sender<Result<i64, ApiError>>,
+}
+
+impl store::Job for CeilingJob {
+    fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
+        let inserted = store::bench::insert_ceiling_row(tx, now);
+        let commit = inserted.is_ok();
+        self.id = Some(inserted);
+        commit
+    }
+
+    fn finish(self: Box<Self>, failure: Option<StoreError>) {
+        let answer = match (failure, self.id) {
+            (Some(e), _) | (None, Some(Err(e))) => Err(ApiError::internal(e)),
+            (None, Some(Ok(id))) => Ok(id),
+            (None, None) => Err(ApiError::internal("the operation produced no result")),
+        };
+        let _ = self.reply.send(answer);
+    }
+}
+
+/// Queues `job` for the writer: 503 `busy` when the queue is full.
+fn submit(state: &AppState, job: Box<dyn store::Job>) -> Result<(), ApiError> {
+    state.writer.submit(job).map_err(|busy| match busy {
+        store::Busy::Full => ApiError::busy(),
+        store::Busy::Stopped => ApiError::writer_stopped(),
+    })
+}
+
+/// Inserts one ceiling row through the writer and waits for its commit.
+async fn write_ceiling_row(state: &AppState) -> Result<i64, ApiError> {
+    let (reply, answer) = oneshot::channel();
+    submit(state, Box::new(CeilingJob { id: None, reply }))?;
+    answer
+        .await
+        .map_err(|_| ApiError::internal("the writer dropped a job"))?
 }
 
 /// Runs a read on the blocking pool over a read connection, in one snapshot.

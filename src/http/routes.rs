@@ -5,7 +5,11 @@
 use super::auth::{self, write_as, Principal};
 use super::error::ApiError;
 use super::request::{Body, Params, QueryPairs};
-use super::{read, AppState};
+use super::wire::{
+    DecisionJson, GateJson, GateResolvedJson, RunJson, StepFinishedJson, StepJson,
+    StepRequestedJson,
+};
+use super::{read, AppState, Encoded};
 use crate::engine::views::{self, RunFilter, RunView};
 use crate::engine::{Command, Outcome, StepResult};
 use crate::model::*;
@@ -20,8 +24,13 @@ use axum::{Json, Router};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+pub fn router(state: AppState, bench_ceiling: bool) -> Router {
+    let routes = Router::new();
+    let routes = match bench_ceiling {
+        true => routes.route("/bench/ceiling", post(bench_ceiling_row)),
+        false => routes,
+    };
+    routes
         .route("/health", get(health))
         .route("/policies/{policy_id}", put(put_policy).get(get_policy))
         .route(
@@ -66,17 +75,91 @@ pub fn router(state: AppState) -> Router {
 
 type Answer = Result<Response, ApiError>;
 
+/// `POST /bench/ceiling` (only under `serve --bench-ceiling`): an agent inserts one row; the
+/// least a write can cost, for `fedcore bench` to compare against.
+async fn bench_ceiling_row(State(state): State<AppState>, who: Principal) -> Answer {
+    who.require(Permission::Work)?;
+    let id = super::write_ceiling_row(&state).await?;
+    reply(StatusCode::CREATED, json!({ "id": id }))
+}
+
 fn json_of(value: &impl Serialize) -> Result<Value, ApiError> {
     serde_json::to_value(value).map_err(ApiError::internal)
 }
 
-/// An encoder's result: the status and body of an answer.
-fn encoded(status: StatusCode, value: Value) -> Result<(StatusCode, Value), ApiError> {
-    Ok((status, value))
+/// An encoder's result: the status and the JSON bytes of `value`.
+fn encoded(status: StatusCode, value: &impl Serialize) -> Encoded {
+    let body = serde_json::to_vec(value).map_err(ApiError::internal)?;
+    Ok((status, body))
 }
 
 fn reply(status: StatusCode, value: Value) -> Answer {
     Ok((status, Json(value)).into_response())
+}
+
+/// `POST /workflows/runs`: the new run.
+pub(super) fn created_run(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::Run(run) => encoded(StatusCode::CREATED, &RunJson(&run)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `PATCH …/status`: the run as changed.
+pub(super) fn changed_run(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::Run(run) => encoded(StatusCode::OK, &RunJson(&run)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST …/steps`: `{"decision", "gate", "run", "step"}`.
+pub(super) fn requested_step(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::StepRequested {
+            step,
+            decision,
+            run,
+            gate,
+        } => encoded(
+            StatusCode::CREATED,
+            &StepRequestedJson {
+                decision: DecisionJson(&decision),
+                gate: gate.as_ref().map(GateJson),
+                run: RunJson(&run),
+                step: StepJson(&step),
+            },
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `PATCH …/steps/{step_id}`: `{"run", "step"}`.
+pub(super) fn finished_step(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::StepFinished { step, run } => encoded(
+            StatusCode::OK,
+            &StepFinishedJson {
+                run: RunJson(&run),
+                step: StepJson(&step),
+            },
+        ),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `PATCH …/gates/{gate_id}`: `{"gate", "run"}`.
+pub(super) fn resolved_gate(outcome: Outcome) -> Encoded {
+    match outcome {
+        Outcome::GateResolved { gate, run } => encoded(
+            StatusCode::OK,
+            &GateResolvedJson {
+                gate: GateJson(&gate),
+                run: RunJson(&run),
+            },
+        ),
+        other => Err(unexpected(other)),
+    }
 }
 
 fn unexpected(outcome: Outcome) -> ApiError {
@@ -114,7 +197,7 @@ async fn put_policy(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::Policy(p) => encoded(StatusCode::CREATED, json_of(&p)?),
+            Outcome::Policy(p) => encoded(StatusCode::CREATED, &json_of(&p)?),
             other => Err(unexpected(other)),
         },
     )
@@ -149,7 +232,7 @@ async fn put_definition(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::Definition(d) => encoded(StatusCode::CREATED, json_of(&d)?),
+            Outcome::Definition(d) => encoded(StatusCode::CREATED, &json_of(&d)?),
             other => Err(unexpected(other)),
         },
     )
@@ -187,7 +270,7 @@ async fn put_agent(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::Agent(a) => encoded(StatusCode::OK, json_of(&a)?),
+            Outcome::Agent(a) => encoded(StatusCode::OK, &json_of(&a)?),
             other => Err(unexpected(other)),
         },
     )
@@ -219,10 +302,7 @@ async fn create_run(State(state): State<AppState>, who: Principal, mut body: Bod
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::Run(run) => encoded(StatusCode::CREATED, json_of(&run)?),
-            other => Err(unexpected(other)),
-        },
+        created_run,
     )
     .await
 }
@@ -315,10 +395,7 @@ async fn change_status(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::Run(run) => encoded(StatusCode::OK, json_of(&run)?),
-            other => Err(unexpected(other)),
-        },
+        changed_run,
     )
     .await
 }
@@ -344,18 +421,7 @@ async fn request_step(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-        Outcome::StepRequested {
-            step,
-            decision,
-            run,
-            gate,
-        } => encoded(
-            StatusCode::CREATED,
-            json!({"step": json_of(&step)?, "decision": json_of(&decision)?, "run": json_of(&run)?, "gate": json_of(&gate)?}),
-        ),
-            other => Err(unexpected(other)),
-        },
+        requested_step,
     )
     .await
 }
@@ -408,13 +474,7 @@ async fn finish_step(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::StepFinished { step, run } => encoded(
-                StatusCode::OK,
-                json!({"step": json_of(&step)?, "run": json_of(&run)?}),
-            ),
-            other => Err(unexpected(other)),
-        },
+        finished_step,
     )
     .await
 }
@@ -448,7 +508,7 @@ async fn request_gate(
         },
         idempotency,
         |outcome| match outcome {
-            Outcome::GateOpened(gate) => encoded(StatusCode::CREATED, json_of(&gate)?),
+            Outcome::GateOpened(gate) => encoded(StatusCode::CREATED, &GateJson(&gate)),
             other => Err(unexpected(other)),
         },
     )
@@ -487,13 +547,7 @@ async fn resolve_gate(
             actor,
         },
         idempotency,
-        |outcome| match outcome {
-            Outcome::GateResolved { gate, run } => encoded(
-                StatusCode::OK,
-                json!({"gate": json_of(&gate)?, "run": json_of(&run)?}),
-            ),
-            other => Err(unexpected(other)),
-        },
+        resolved_gate,
     )
     .await
 }
@@ -565,7 +619,7 @@ async fn create_token(State(state): State<AppState>, who: Principal, mut body: B
     write_as(&state, &who, Permission::Administer, command, None, move |outcome| match outcome {
         Outcome::Token(t) => encoded(
             StatusCode::CREATED,
-            json!({"token": token, "token_id": t.token_id, "name": t.name, "role": t.role, "created_at": t.created_at}),
+            &json!({"token": token, "token_id": t.token_id, "name": t.name, "role": t.role, "created_at": t.created_at}),
         ),
         other => Err(unexpected(other)),
     })
@@ -589,7 +643,7 @@ async fn revoke_tokens(
         None,
         |outcome| match outcome {
             Outcome::TokensRevoked(tokens) => {
-                encoded(StatusCode::OK, json!({"revoked": json_of(&tokens)?}))
+                encoded(StatusCode::OK, &json!({"revoked": json_of(&tokens)?}))
             }
             other => Err(unexpected(other)),
         },

@@ -140,6 +140,7 @@ pub fn run(out: &Path) -> Result<Proof, ProofError> {
         server: ServerConfig::default(),
         key: Some(key_file.clone()),
         durability: store::Durability::Full,
+        bench_ceiling: false,
     })?;
     let admin_file = crate::http::admin_token_path(&db);
     let admin_token = std::fs::read_to_string(&admin_file)

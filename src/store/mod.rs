@@ -3,6 +3,9 @@
 //! writer thread, and the row ↔ model functions. This is the only module that names `rusqlite`.
 
 pub mod attack;
+pub mod bench;
+#[cfg(test)]
+mod plans;
 mod queries;
 mod scan;
 mod signatures;
@@ -31,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../schema.sql"),
     include_str!("../../migrations/002_trust.sql"),
     include_str!("../../migrations/003_signing.sql"),
+    include_str!("../../migrations/004_plans.sql"),
 ];
 
 /// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.
@@ -133,9 +137,6 @@ fn savepoint_name(name: &str) -> &str {
     name
 }
 
-/// Opens (creating if needed) the database at `path` for writing: checks that it is a fedcore
-/// database (or a new, empty file) *before* changing anything, sets the pragmas, and applies
-/// pending migrations in one exclusive transaction.
 /// How a commit reaches the disk. `Full` (the default) syncs the WAL on every commit: an
 /// acknowledged write survives a power cut as far as the disk honours fsync. `Normal` syncs only
 /// at WAL checkpoints: faster, and an acknowledged write still survives the process being killed,
@@ -167,6 +168,9 @@ pub fn set_durability(conn: &Connection, durability: Durability) -> Result<(), S
     Ok(())
 }
 
+/// Opens (creating if needed) the database at `path` for writing: checks that it is a fedcore
+/// database (or a new, empty file) *before* changing anything, sets the pragmas, and applies
+/// pending migrations in one exclusive transaction.
 pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(
         path,
@@ -179,6 +183,10 @@ pub fn open_for_writing(path: &Path) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     set_common_pragmas(&conn)?;
     migrate(&conn, path)?;
+    // Savepoint journals (one per request in the writer's batch) stay in memory: by default
+    // SQLite spills them past 64 KiB to temporary files, a write system call per journaled page.
+    // Set after the migrations, whose index builds may need to spill a large sort to disk.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(conn)
 }
 

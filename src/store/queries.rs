@@ -79,13 +79,69 @@ fn opt_json_text<T: serde::Serialize>(value: &Option<T>) -> Result<Option<String
     value.as_ref().map(json_text).transpose()
 }
 
+// Every statement is a named `const` (or, where the file's schema version decides a column, a
+// function choosing between consts), so that `store::plans` checks the query plan of exactly the
+// text that runs. Column lists are macros so that `concat!` can build whole statements at
+// compile time.
+
+macro_rules! policy_columns {
+    () => {
+        "policy_id, version, tier, default_effect, rules, policy_hash"
+    };
+}
+macro_rules! definition_columns {
+    () => {
+        "workflow_id, version, policy_id, steps, definition_hash"
+    };
+}
+macro_rules! token_columns {
+    () => {
+        "token_id, name, role, created_at, created_by, revoked_at, revoked_by"
+    };
+}
+macro_rules! run_columns {
+    () => {
+        "r.run_id, r.workflow_id, r.workflow_version, r.status, r.created_by,
+    r.created_at, r.updated_at, r.ended_at, e.body, r.input_hash, r.next_step_id, r.failure,
+    r.genesis_hash, r.receipt_hash, r.attempt_base"
+    };
+}
+macro_rules! step_columns {
+    () => {
+        "run_id, step_id, step_type, step_index, attempt, status, actor,
+    started_at, ended_at, input_hash, output_hash, error, decision_id, decision_hash,
+    prev_receipt_hash, receipt_hash"
+    };
+}
+macro_rules! decision_columns {
+    () => {
+        "decision_id, run_id, step_id, attempt, effect, reason, policy_id,
+    policy_version, policy_hash, tier, rules_triggered, input_hash, actor, decided_at, decision_hash"
+    };
+}
+macro_rules! gate_columns {
+    () => {
+        "gate_id, run_id, step_id, attempt, status, reason, decision_id,
+    requested_by, requested_at, expires_at, resolved_by, resolved_at, comment, receipt_hash"
+    };
+}
+macro_rules! audit_columns {
+    () => {
+        "seq, run_id, at, actor, action, subject, from_status, to_status,
+    decision, reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash"
+    };
+}
+
 // ---------------------------------------------------------------------------------------------
 // Evidence
+
+pub(super) const PUT_EVIDENCE: &str = "INSERT OR IGNORE INTO evidence (hash, body) VALUES (?1, ?2)";
+pub(super) const GET_EVIDENCE: &str = "SELECT body FROM evidence WHERE hash = ?1";
 
 /// Stores `body` under `hash` unless a blob with that hash is already there.
 pub fn put_evidence(tx: &Tx<'_>, hash: &str, body: &[u8]) -> Result<(), StoreError> {
     tx.conn()
-        .prepare_cached("INSERT OR IGNORE INTO evidence (hash, body) VALUES (?1, ?2)")?
+        .prepare_cached(PUT_EVIDENCE)?
         .execute(params![hash, body])?;
     Ok(())
 }
@@ -93,7 +149,7 @@ pub fn put_evidence(tx: &Tx<'_>, hash: &str, body: &[u8]) -> Result<(), StoreErr
 pub fn get_evidence(db: &impl Db, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
     Ok(db
         .conn()
-        .prepare_cached("SELECT body FROM evidence WHERE hash = ?1")?
+        .prepare_cached(GET_EVIDENCE)?
         .query_row([hash], |r| r.get(0))
         .optional()?)
 }
@@ -101,18 +157,36 @@ pub fn get_evidence(db: &impl Db, hash: &str) -> Result<Option<Vec<u8>>, StoreEr
 // ---------------------------------------------------------------------------------------------
 // Policies and workflow definitions
 
+pub(super) const INSERT_POLICY: &str =
+    "INSERT INTO policies (policy_id, version, tier, default_effect, rules, policy_hash, created_at, created_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
 pub fn insert_policy(tx: &Tx<'_>, p: &Policy, at: Timestamp, by: &str) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "INSERT INTO policies (policy_id, version, tier, default_effect, rules, policy_hash, created_at, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![p.policy_id, p.version, p.tier, p.default_effect, json_text(&p.rules)?, p.policy_hash, at, by])?;
+    tx.conn().prepare_cached(INSERT_POLICY)?.execute(params![
+        p.policy_id,
+        p.version,
+        p.tier,
+        p.default_effect,
+        json_text(&p.rules)?,
+        p.policy_hash,
+        at,
+        by
+    ])?;
     Ok(())
 }
 
-pub(super) const POLICY_COLUMNS: &str =
-    "policy_id, version, tier, default_effect, rules, policy_hash";
+pub(super) const POLICY_COLUMNS: &str = policy_columns!();
+
+pub(super) const LATEST_POLICY: &str = concat!(
+    "SELECT ",
+    policy_columns!(),
+    " FROM policies WHERE policy_id = ?1 ORDER BY version DESC LIMIT 1"
+);
+pub(super) const POLICY_VERSION: &str = concat!(
+    "SELECT ",
+    policy_columns!(),
+    " FROM policies WHERE policy_id = ?1 AND version = ?2"
+);
 
 pub(super) fn policy_from_row(r: &Row<'_>) -> rusqlite::Result<Policy> {
     Ok(Policy {
@@ -131,15 +205,45 @@ pub fn get_policy(
     policy_id: &str,
     version: Option<i64>,
 ) -> Result<Option<Policy>, StoreError> {
-    let sql = format!(
-        "SELECT {POLICY_COLUMNS} FROM policies
-         WHERE policy_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
-    );
-    Ok(db
+    let mut stmt = match version {
+        None => db.conn().prepare_cached(LATEST_POLICY)?,
+        Some(_) => db.conn().prepare_cached(POLICY_VERSION)?,
+    };
+    let found = match version {
+        None => stmt.query_row(params![policy_id], policy_from_row),
+        Some(version) => stmt.query_row(params![policy_id, version], policy_from_row),
+    };
+    Ok(found.optional()?)
+}
+
+/// The latest version of a policy, like `get_policy(db, policy_id, None)`, except that its
+/// `rules` are read and parsed only when `known(policy_hash)` is false, and are `null` when it
+/// is true: a caller that keeps the parsed rules of a hash need not parse them on every step.
+pub fn latest_policy_unless_known(
+    db: &impl Db,
+    policy_id: &str,
+    known: impl Fn(&str) -> bool,
+) -> Result<Option<Policy>, StoreError> {
+    let found = db
         .conn()
-        .prepare_cached(&sql)?
-        .query_row(params![policy_id, version], policy_from_row)
-        .optional()?)
+        .prepare_cached(LATEST_POLICY)?
+        .query_row(params![policy_id], |r| {
+            let policy_hash: String = r.get(5)?;
+            let rules = match known(&policy_hash) {
+                true => Value::Null,
+                false => r.get::<_, Json<Value>>(4)?.0,
+            };
+            Ok(Policy {
+                policy_id: r.get(0)?,
+                version: r.get(1)?,
+                tier: r.get(2)?,
+                default_effect: r.get(3)?,
+                rules,
+                policy_hash,
+            })
+        })
+        .optional()?;
+    Ok(found)
 }
 
 pub fn insert_definition(
@@ -149,16 +253,35 @@ pub fn insert_definition(
     by: &str,
 ) -> Result<(), StoreError> {
     tx.conn()
-        .prepare_cached(
-            "INSERT INTO workflows (workflow_id, version, policy_id, steps, definition_hash, created_at, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![d.workflow_id, d.version, d.policy_id, json_text(&d.steps)?, d.definition_hash, at, by])?;
+        .prepare_cached(INSERT_DEFINITION)?
+        .execute(params![
+            d.workflow_id,
+            d.version,
+            d.policy_id,
+            json_text(&d.steps)?,
+            d.definition_hash,
+            at,
+            by
+        ])?;
     Ok(())
 }
 
-pub(super) const DEFINITION_COLUMNS: &str =
-    "workflow_id, version, policy_id, steps, definition_hash";
+pub(super) const INSERT_DEFINITION: &str =
+    "INSERT INTO workflows (workflow_id, version, policy_id, steps, definition_hash, created_at, created_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
+pub(super) const DEFINITION_COLUMNS: &str = definition_columns!();
+
+pub(super) const LATEST_DEFINITION: &str = concat!(
+    "SELECT ",
+    definition_columns!(),
+    " FROM workflows WHERE workflow_id = ?1 ORDER BY version DESC LIMIT 1"
+);
+pub(super) const DEFINITION_VERSION: &str = concat!(
+    "SELECT ",
+    definition_columns!(),
+    " FROM workflows WHERE workflow_id = ?1 AND version = ?2"
+);
 
 pub(super) fn definition_from_row(r: &Row<'_>) -> rusqlite::Result<Definition> {
     Ok(Definition {
@@ -176,37 +299,38 @@ pub fn get_definition(
     workflow_id: &str,
     version: Option<i64>,
 ) -> Result<Option<Definition>, StoreError> {
-    let sql = format!(
-        "SELECT {DEFINITION_COLUMNS} FROM workflows
-         WHERE workflow_id = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1"
-    );
-    Ok(db
-        .conn()
-        .prepare_cached(&sql)?
-        .query_row(params![workflow_id, version], definition_from_row)
-        .optional()?)
+    let mut stmt = match version {
+        None => db.conn().prepare_cached(LATEST_DEFINITION)?,
+        Some(_) => db.conn().prepare_cached(DEFINITION_VERSION)?,
+    };
+    let found = match version {
+        None => stmt.query_row(params![workflow_id], definition_from_row),
+        Some(version) => stmt.query_row(params![workflow_id, version], definition_from_row),
+    };
+    Ok(found.optional()?)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Agents
 
+pub(super) const UPSERT_AGENT: &str =
+    "INSERT INTO agents (agent_id, status, capabilities, tier, updated_at, updated_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+     ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status,
+       capabilities = excluded.capabilities, tier = excluded.tier,
+       updated_at = excluded.updated_at, updated_by = excluded.updated_by";
+pub(super) const GET_AGENT: &str =
+    "SELECT agent_id, status, capabilities, tier FROM agents WHERE agent_id = ?1";
+
 pub fn upsert_agent(tx: &Tx<'_>, a: &Agent, at: Timestamp, by: &str) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "INSERT INTO agents (agent_id, status, capabilities, tier, updated_at, updated_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (agent_id) DO UPDATE SET status = excluded.status,
-               capabilities = excluded.capabilities, tier = excluded.tier,
-               updated_at = excluded.updated_at, updated_by = excluded.updated_by",
-        )?
-        .execute(params![
-            a.agent_id,
-            a.status,
-            json_text(&a.capabilities)?,
-            a.tier,
-            at,
-            by
-        ])?;
+    tx.conn().prepare_cached(UPSERT_AGENT)?.execute(params![
+        a.agent_id,
+        a.status,
+        json_text(&a.capabilities)?,
+        a.tier,
+        at,
+        by
+    ])?;
     Ok(())
 }
 
@@ -222,9 +346,7 @@ fn agent_from_row(r: &Row<'_>) -> rusqlite::Result<Agent> {
 pub fn get_agent(db: &impl Db, agent_id: &str) -> Result<Option<Agent>, StoreError> {
     Ok(db
         .conn()
-        .prepare_cached(
-            "SELECT agent_id, status, capabilities, tier FROM agents WHERE agent_id = ?1",
-        )?
+        .prepare_cached(GET_AGENT)?
         .query_row([agent_id], agent_from_row)
         .optional()?)
 }
@@ -240,7 +362,18 @@ pub fn list_agents(db: &impl Db) -> Result<Vec<Agent>, StoreError> {
 // ---------------------------------------------------------------------------------------------
 // Tokens. The secret is never stored; `token_hash` is its SHA-256 and is only ever compared.
 
-const TOKEN_COLUMNS: &str = "token_id, name, role, created_at, created_by, revoked_at, revoked_by";
+const TOKEN_COLUMNS: &str = token_columns!();
+
+pub(super) const INSERT_TOKEN: &str =
+    "INSERT INTO tokens (token_id, name, role, token_hash, created_at, created_by)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+pub(super) const LIVE_TOKEN_BY_HASH: &str = concat!(
+    "SELECT ",
+    token_columns!(),
+    " FROM tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
+);
+pub(super) const REVOKE_TOKEN: &str = "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3
+     WHERE token_id = ?1 AND revoked_at IS NULL";
 
 fn token_from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
     Ok(Token {
@@ -255,30 +388,23 @@ fn token_from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
 }
 
 pub fn insert_token(tx: &Tx<'_>, t: &Token, token_hash: &str) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "INSERT INTO tokens (token_id, name, role, token_hash, created_at, created_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            t.token_id,
-            t.name,
-            t.role,
-            token_hash,
-            t.created_at,
-            t.created_by
-        ])?;
+    tx.conn().prepare_cached(INSERT_TOKEN)?.execute(params![
+        t.token_id,
+        t.name,
+        t.role,
+        token_hash,
+        t.created_at,
+        t.created_by
+    ])?;
     Ok(())
 }
 
 /// The live (not revoked) token whose secret hashes to `token_hash`: the lookup every
 /// authenticated request makes, one probe of the UNIQUE index on `token_hash`.
 pub fn live_token_by_hash(db: &impl Db, token_hash: &str) -> Result<Option<Token>, StoreError> {
-    let sql =
-        format!("SELECT {TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?1 AND revoked_at IS NULL");
     Ok(db
         .conn()
-        .prepare_cached(&sql)?
+        .prepare_cached(LIVE_TOKEN_BY_HASH)?
         .query_row([token_hash], token_from_row)
         .optional()?)
 }
@@ -301,10 +427,7 @@ pub fn revoke_token(
     by: &str,
 ) -> Result<(), StoreError> {
     tx.conn()
-        .prepare_cached(
-            "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3
-             WHERE token_id = ?1 AND revoked_at IS NULL",
-        )?
+        .prepare_cached(REVOKE_TOKEN)?
         .execute(params![token_id, at, by])?;
     Ok(())
 }
@@ -329,10 +452,52 @@ pub fn count_tokens(db: &impl Db) -> Result<(i64, i64), StoreError> {
 // ---------------------------------------------------------------------------------------------
 // Runs
 
-pub(super) const RUN_COLUMNS: &str =
-    "r.run_id, r.workflow_id, r.workflow_version, r.status, r.created_by,
-    r.created_at, r.updated_at, r.ended_at, e.body, r.input_hash, r.next_step_id, r.failure,
-    r.genesis_hash, r.receipt_hash, r.attempt_base";
+pub(super) const RUN_COLUMNS: &str = run_columns!();
+
+pub(super) const INSERT_RUN: &str =
+    "INSERT INTO runs (run_id, workflow_id, workflow_version, status, created_by, created_at,
+       updated_at, ended_at, input_hash, next_step_id, failure, genesis_hash, receipt_hash, attempt_base)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+pub(super) const UPDATE_RUN: &str =
+    "UPDATE runs SET status = ?2, updated_at = ?3, ended_at = ?4, next_step_id = ?5,
+       failure = ?6, receipt_hash = ?7, attempt_base = ?8 WHERE run_id = ?1";
+pub(super) const GET_RUN: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash WHERE r.run_id = ?1"
+);
+// One page of runs: one statement per combination of filters, so that each is one range of one
+// index in run_id order (`?3` is the cursor, '' for the first page; `?4` the limit). They number
+// their parameters alike, `?1` status and `?2` workflow_id; a filter a statement does not name is
+// bound and unused.
+pub(super) const LIST_RUNS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
+pub(super) const LIST_RUNS_BY_STATUS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.status = ?1 AND r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
+pub(super) const LIST_RUNS_OF_WORKFLOW: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.workflow_id = ?2 AND r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
+pub(super) const LIST_RUNS_OF_WORKFLOW_BY_STATUS: &str = concat!(
+    "SELECT ",
+    run_columns!(),
+    " FROM runs r JOIN evidence e ON e.hash = r.input_hash
+     WHERE r.workflow_id = ?2 AND r.status = ?1 AND r.run_id > ?3
+     ORDER BY r.run_id LIMIT ?4"
+);
 
 pub(super) fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
     // The input blob, joined in; a scan that left-joins it sees null when the blob is missing.
@@ -363,56 +528,44 @@ pub(super) fn run_from_row(r: &Row<'_>) -> rusqlite::Result<Run> {
 }
 
 pub fn insert_run(tx: &Tx<'_>, run: &Run) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "INSERT INTO runs (run_id, workflow_id, workflow_version, status, created_by, created_at,
-               updated_at, ended_at, input_hash, next_step_id, failure, genesis_hash, receipt_hash, attempt_base)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-        )?
-        .execute(params![
-            run.run_id,
-            run.workflow_id,
-            run.workflow_version,
-            run.status,
-            run.created_by,
-            run.created_at,
-            run.updated_at,
-            run.ended_at,
-            run.input_hash,
-            run.next_step_id,
-            opt_json_text(&run.failure)?,
-            run.genesis_hash,
-            run.receipt_hash,
-            run.attempt_base,
-        ])?;
+    tx.conn().prepare_cached(INSERT_RUN)?.execute(params![
+        run.run_id,
+        run.workflow_id,
+        run.workflow_version,
+        run.status,
+        run.created_by,
+        run.created_at,
+        run.updated_at,
+        run.ended_at,
+        run.input_hash,
+        run.next_step_id,
+        opt_json_text(&run.failure)?,
+        run.genesis_hash,
+        run.receipt_hash,
+        run.attempt_base,
+    ])?;
     Ok(())
 }
 
 /// Writes the mutable fields of a run in one statement.
 pub fn update_run(tx: &Tx<'_>, run: &Run) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "UPDATE runs SET status = ?2, updated_at = ?3, ended_at = ?4, next_step_id = ?5,
-               failure = ?6, receipt_hash = ?7, attempt_base = ?8 WHERE run_id = ?1",
-        )?
-        .execute(params![
-            run.run_id,
-            run.status,
-            run.updated_at,
-            run.ended_at,
-            run.next_step_id,
-            opt_json_text(&run.failure)?,
-            run.receipt_hash,
-            run.attempt_base,
-        ])?;
+    tx.conn().prepare_cached(UPDATE_RUN)?.execute(params![
+        run.run_id,
+        run.status,
+        run.updated_at,
+        run.ended_at,
+        run.next_step_id,
+        opt_json_text(&run.failure)?,
+        run.receipt_hash,
+        run.attempt_base,
+    ])?;
     Ok(())
 }
 
 pub fn get_run(db: &impl Db, run_id: &str) -> Result<Option<Run>, StoreError> {
-    let sql = format!("SELECT {RUN_COLUMNS} FROM runs r JOIN evidence e ON e.hash = r.input_hash WHERE r.run_id = ?1");
     Ok(db
         .conn()
-        .prepare_cached(&sql)?
+        .prepare_cached(GET_RUN)?
         .query_row([run_id], run_from_row)
         .optional()?)
 }
@@ -433,13 +586,15 @@ pub fn list_runs(
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<Run>, StoreError> {
-    let sql = format!(
-        "SELECT {RUN_COLUMNS} FROM runs r JOIN evidence e ON e.hash = r.input_hash
-         WHERE (?1 IS NULL OR r.status = ?1) AND (?2 IS NULL OR r.workflow_id = ?2)
-           AND (?3 IS NULL OR r.run_id > ?3)
-         ORDER BY r.run_id LIMIT ?4"
-    );
-    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let sql = match (status, workflow_id) {
+        (None, None) => LIST_RUNS,
+        (Some(_), None) => LIST_RUNS_BY_STATUS,
+        (None, Some(_)) => LIST_RUNS_OF_WORKFLOW,
+        (Some(_), Some(_)) => LIST_RUNS_OF_WORKFLOW_BY_STATUS,
+    };
+    // Every run_id (a UUID) sorts after the empty text.
+    let after = after.unwrap_or("");
+    let mut stmt = db.conn().prepare_cached(sql)?;
     let rows = stmt.query_map(params![status, workflow_id, after, limit], run_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -447,10 +602,34 @@ pub fn list_runs(
 // ---------------------------------------------------------------------------------------------
 // Step attempts
 
-pub(super) const STEP_COLUMNS: &str =
-    "run_id, step_id, step_type, step_index, attempt, status, actor,
-    started_at, ended_at, input_hash, output_hash, error, decision_id, decision_hash,
-    prev_receipt_hash, receipt_hash";
+pub(super) const STEP_COLUMNS: &str = step_columns!();
+
+pub(super) const INSERT_STEP: &str = concat!(
+    "INSERT INTO steps (",
+    step_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+);
+pub(super) const UPDATE_STEP: &str =
+    "UPDATE steps SET status = ?4, ended_at = ?5, output_hash = ?6, error = ?7,
+       prev_receipt_hash = ?8, receipt_hash = ?9
+     WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3";
+pub(super) const STEPS_OF_RUN: &str = concat!(
+    "SELECT ",
+    step_columns!(),
+    " FROM steps WHERE run_id = ?1 ORDER BY creation_order"
+);
+pub(super) const LAST_STEP: &str = concat!(
+    "SELECT ",
+    step_columns!(),
+    " FROM steps WHERE run_id = ?1 ORDER BY creation_order DESC LIMIT 1"
+);
+pub(super) const MAX_ATTEMPT: &str =
+    "SELECT coalesce(max(attempt), 0) FROM steps WHERE run_id = ?1 AND step_id = ?2";
+pub(super) const LAST_STEP_RECEIPT: &str =
+    "SELECT receipt_hash FROM steps WHERE run_id = ?1 AND receipt_hash IS NOT NULL
+     ORDER BY creation_order DESC LIMIT 1";
+pub(super) const STEP_RECEIPTS: &str =
+    "SELECT receipt_hash FROM steps WHERE run_id = ?1 AND receipt_hash IS NOT NULL ORDER BY creation_order";
 
 pub(super) fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepAttempt> {
     Ok(StepAttempt {
@@ -474,8 +653,7 @@ pub(super) fn step_from_row(r: &Row<'_>) -> rusqlite::Result<StepAttempt> {
 }
 
 pub fn insert_step(tx: &Tx<'_>, s: &StepAttempt) -> Result<(), StoreError> {
-    let sql = format!("INSERT INTO steps ({STEP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)");
-    tx.conn().prepare_cached(&sql)?.execute(params![
+    tx.conn().prepare_cached(INSERT_STEP)?.execute(params![
         s.run_id,
         s.step_id,
         s.step_type,
@@ -498,42 +676,32 @@ pub fn insert_step(tx: &Tx<'_>, s: &StepAttempt) -> Result<(), StoreError> {
 
 /// Writes the mutable fields of an attempt in one statement.
 pub fn update_step(tx: &Tx<'_>, s: &StepAttempt) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "UPDATE steps SET status = ?4, ended_at = ?5, output_hash = ?6, error = ?7,
-               prev_receipt_hash = ?8, receipt_hash = ?9
-             WHERE run_id = ?1 AND step_id = ?2 AND attempt = ?3",
-        )?
-        .execute(params![
-            s.run_id,
-            s.step_id,
-            s.attempt,
-            s.status,
-            s.ended_at,
-            s.output_hash,
-            opt_json_text(&s.error)?,
-            s.prev_receipt_hash,
-            s.receipt_hash,
-        ])?;
+    tx.conn().prepare_cached(UPDATE_STEP)?.execute(params![
+        s.run_id,
+        s.step_id,
+        s.attempt,
+        s.status,
+        s.ended_at,
+        s.output_hash,
+        opt_json_text(&s.error)?,
+        s.prev_receipt_hash,
+        s.receipt_hash,
+    ])?;
     Ok(())
 }
 
 /// Every attempt of a run in the order they were created.
 pub fn steps_of_run(db: &impl Db, run_id: &str) -> Result<Vec<StepAttempt>, StoreError> {
-    let sql = format!("SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY creation_order");
-    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let mut stmt = db.conn().prepare_cached(STEPS_OF_RUN)?;
     let rows = stmt.query_map([run_id], step_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The run's most recent attempt, open or not.
 pub fn last_step(db: &impl Db, run_id: &str) -> Result<Option<StepAttempt>, StoreError> {
-    let sql = format!(
-        "SELECT {STEP_COLUMNS} FROM steps WHERE run_id = ?1 ORDER BY creation_order DESC LIMIT 1"
-    );
     Ok(db
         .conn()
-        .prepare_cached(&sql)?
+        .prepare_cached(LAST_STEP)?
         .query_row([run_id], step_from_row)
         .optional()?)
 }
@@ -542,9 +710,7 @@ pub fn last_step(db: &impl Db, run_id: &str) -> Result<Option<StepAttempt>, Stor
 pub fn max_attempt(db: &impl Db, run_id: &str, step_id: &str) -> Result<i64, StoreError> {
     Ok(db
         .conn()
-        .prepare_cached(
-            "SELECT coalesce(max(attempt), 0) FROM steps WHERE run_id = ?1 AND step_id = ?2",
-        )?
+        .prepare_cached(MAX_ATTEMPT)?
         .query_row([run_id, step_id], |r| r.get(0))?)
 }
 
@@ -552,19 +718,14 @@ pub fn max_attempt(db: &impl Db, run_id: &str, step_id: &str) -> Result<i64, Sto
 pub fn last_step_receipt(db: &impl Db, run_id: &str) -> Result<Option<String>, StoreError> {
     Ok(db
         .conn()
-        .prepare_cached(
-            "SELECT receipt_hash FROM steps WHERE run_id = ?1 AND receipt_hash IS NOT NULL
-             ORDER BY creation_order DESC LIMIT 1",
-        )?
+        .prepare_cached(LAST_STEP_RECEIPT)?
         .query_row([run_id], |r| r.get(0))
         .optional()?)
 }
 
 /// Receipt hashes of the run's finished attempts in the order they finished.
 pub fn step_receipts(db: &impl Db, run_id: &str) -> Result<Vec<String>, StoreError> {
-    let mut stmt = db.conn().prepare_cached(
-        "SELECT receipt_hash FROM steps WHERE run_id = ?1 AND receipt_hash IS NOT NULL ORDER BY creation_order",
-    )?;
+    let mut stmt = db.conn().prepare_cached(STEP_RECEIPTS)?;
     let rows = stmt.query_map([run_id], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -572,8 +733,18 @@ pub fn step_receipts(db: &impl Db, run_id: &str) -> Result<Vec<String>, StoreErr
 // ---------------------------------------------------------------------------------------------
 // Decisions
 
-pub(super) const DECISION_COLUMNS: &str = "decision_id, run_id, step_id, attempt, effect, reason, policy_id,
-    policy_version, policy_hash, tier, rules_triggered, input_hash, actor, decided_at, decision_hash";
+pub(super) const DECISION_COLUMNS: &str = decision_columns!();
+
+pub(super) const INSERT_DECISION: &str = concat!(
+    "INSERT INTO decisions (",
+    decision_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+);
+pub(super) const DECISIONS_OF_RUN: &str = concat!(
+    "SELECT ",
+    decision_columns!(),
+    " FROM decisions WHERE run_id = ?1 ORDER BY creation_order"
+);
 
 pub(super) fn decision_from_row(r: &Row<'_>) -> rusqlite::Result<Decision> {
     Ok(Decision {
@@ -596,8 +767,7 @@ pub(super) fn decision_from_row(r: &Row<'_>) -> rusqlite::Result<Decision> {
 }
 
 pub fn insert_decision(tx: &Tx<'_>, d: &Decision) -> Result<(), StoreError> {
-    let sql = format!("INSERT INTO decisions ({DECISION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
-    tx.conn().prepare_cached(&sql)?.execute(params![
+    tx.conn().prepare_cached(INSERT_DECISION)?.execute(params![
         d.decision_id,
         d.run_id,
         d.step_id,
@@ -619,10 +789,7 @@ pub fn insert_decision(tx: &Tx<'_>, d: &Decision) -> Result<(), StoreError> {
 
 /// Every decision of a run in the order it was made.
 pub fn decisions_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Decision>, StoreError> {
-    let sql = format!(
-        "SELECT {DECISION_COLUMNS} FROM decisions WHERE run_id = ?1 ORDER BY creation_order"
-    );
-    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let mut stmt = db.conn().prepare_cached(DECISIONS_OF_RUN)?;
     let rows = stmt.query_map([run_id], decision_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -630,9 +797,63 @@ pub fn decisions_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Decision>, Sto
 // ---------------------------------------------------------------------------------------------
 // Gates
 
-pub(super) const GATE_COLUMNS: &str =
-    "gate_id, run_id, step_id, attempt, status, reason, decision_id,
-    requested_by, requested_at, expires_at, resolved_by, resolved_at, comment, receipt_hash";
+pub(super) const GATE_COLUMNS: &str = gate_columns!();
+
+pub(super) const INSERT_GATE: &str = concat!(
+    "INSERT INTO gates (",
+    gate_columns!(),
+    ", approvals_required) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+);
+pub(super) const UPDATE_GATE: &str =
+    "UPDATE gates SET status = ?2, resolved_by = ?3, resolved_at = ?4, comment = ?5,
+       receipt_hash = ?6 WHERE gate_id = ?1";
+pub(super) const APPROVALS_OF_GATE: &str =
+    "SELECT approver, approved_at, comment FROM gate_approvals WHERE gate_id = ?1
+     ORDER BY approved_at, approver";
+pub(super) const INSERT_APPROVAL: &str =
+    "INSERT INTO gate_approvals (gate_id, approver, approved_at, comment) VALUES (?1, ?2, ?3, ?4)";
+pub(super) const RUNS_WITH_EXPIRED_GATES: &str =
+    "SELECT DISTINCT run_id FROM gates WHERE status = 'PENDING' AND expires_at IS NOT NULL
+       AND expires_at <= ?1 LIMIT ?2";
+
+/// One gate by id, for a file of schema version `schema_version` (see `gate_select`).
+pub(super) fn gate_by_id_sql(schema_version: i64) -> &'static str {
+    const CURRENT: &str = concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", approvals_required FROM gates WHERE gate_id = ?1"
+    );
+    const VERSION_1: &str = concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", 1 FROM gates WHERE gate_id = ?1"
+    );
+    if schema_version >= 2 {
+        CURRENT
+    } else {
+        VERSION_1
+    }
+}
+
+/// The gates of a run in the order they were requested, for a file of schema version
+/// `schema_version` (see `gate_select`).
+pub(super) fn gates_of_run_sql(schema_version: i64) -> &'static str {
+    const CURRENT: &str = concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", approvals_required FROM gates WHERE run_id = ?1 ORDER BY creation_order"
+    );
+    const VERSION_1: &str = concat!(
+        "SELECT ",
+        gate_columns!(),
+        ", 1 FROM gates WHERE run_id = ?1 ORDER BY creation_order"
+    );
+    if schema_version >= 2 {
+        CURRENT
+    } else {
+        VERSION_1
+    }
+}
 
 /// What `gate_from_row` reads: the migration-1 columns, then `approvals_required` (migration 2;
 /// a database of schema version 1 is read with the constant 1 in its place).
@@ -676,10 +897,7 @@ pub(super) fn fill_approvals(db: &impl Db, gate: &mut Gate) -> Result<(), StoreE
 
 /// The approvals of a gate in the order they were given.
 pub fn approvals_of_gate(db: &impl Db, gate_id: &str) -> Result<Vec<GateApproval>, StoreError> {
-    let mut stmt = db.conn().prepare_cached(
-        "SELECT approver, approved_at, comment FROM gate_approvals WHERE gate_id = ?1
-         ORDER BY approved_at, approver",
-    )?;
+    let mut stmt = db.conn().prepare_cached(APPROVALS_OF_GATE)?;
     let rows = stmt.query_map([gate_id], |r| {
         Ok(GateApproval {
             approver: r.get(0)?,
@@ -696,15 +914,17 @@ pub fn insert_approval(
     gate_id: &str,
     approval: &GateApproval,
 ) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached("INSERT INTO gate_approvals (gate_id, approver, approved_at, comment) VALUES (?1, ?2, ?3, ?4)")?
-        .execute(params![gate_id, approval.approver, approval.approved_at, approval.comment])?;
+    tx.conn().prepare_cached(INSERT_APPROVAL)?.execute(params![
+        gate_id,
+        approval.approver,
+        approval.approved_at,
+        approval.comment
+    ])?;
     Ok(())
 }
 
 pub fn insert_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
-    let sql = format!("INSERT INTO gates ({GATE_COLUMNS}, approvals_required) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
-    tx.conn().prepare_cached(&sql)?.execute(params![
+    tx.conn().prepare_cached(INSERT_GATE)?.execute(params![
         g.gate_id,
         g.run_id,
         g.step_id,
@@ -726,30 +946,21 @@ pub fn insert_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
 
 /// Writes the resolution of a gate in one statement.
 pub fn update_gate(tx: &Tx<'_>, g: &Gate) -> Result<(), StoreError> {
-    tx.conn()
-        .prepare_cached(
-            "UPDATE gates SET status = ?2, resolved_by = ?3, resolved_at = ?4, comment = ?5,
-               receipt_hash = ?6 WHERE gate_id = ?1",
-        )?
-        .execute(params![
-            g.gate_id,
-            g.status,
-            g.resolved_by,
-            g.resolved_at,
-            g.comment,
-            g.receipt_hash
-        ])?;
+    tx.conn().prepare_cached(UPDATE_GATE)?.execute(params![
+        g.gate_id,
+        g.status,
+        g.resolved_by,
+        g.resolved_at,
+        g.comment,
+        g.receipt_hash
+    ])?;
     Ok(())
 }
 
 pub fn get_gate(db: &impl Db, gate_id: &str) -> Result<Option<Gate>, StoreError> {
-    let sql = format!(
-        "SELECT {} FROM gates WHERE gate_id = ?1",
-        gate_select(super::scan::schema_version(db)?)
-    );
     let gate = db
         .conn()
-        .prepare_cached(&sql)?
+        .prepare_cached(gate_by_id_sql(db.schema_version()))?
         .query_row([gate_id], gate_from_row)
         .optional()?;
     match gate {
@@ -763,11 +974,9 @@ pub fn get_gate(db: &impl Db, gate_id: &str) -> Result<Option<Gate>, StoreError>
 
 /// Every gate of a run in the order it was requested.
 pub fn gates_of_run(db: &impl Db, run_id: &str) -> Result<Vec<Gate>, StoreError> {
-    let sql = format!(
-        "SELECT {} FROM gates WHERE run_id = ?1 ORDER BY creation_order",
-        gate_select(super::scan::schema_version(db)?)
-    );
-    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let mut stmt = db
+        .conn()
+        .prepare_cached(gates_of_run_sql(db.schema_version()))?;
     let mut gates: Vec<Gate> = stmt
         .query_map([run_id], gate_from_row)?
         .collect::<Result<_, _>>()?;
@@ -783,10 +992,7 @@ pub fn runs_with_expired_gates(
     now: Timestamp,
     limit: i64,
 ) -> Result<Vec<String>, StoreError> {
-    let mut stmt = db.conn().prepare_cached(
-        "SELECT DISTINCT run_id FROM gates WHERE status = 'PENDING' AND expires_at IS NOT NULL
-           AND expires_at <= ?1 LIMIT ?2",
-    )?;
+    let mut stmt = db.conn().prepare_cached(RUNS_WITH_EXPIRED_GATES)?;
     let rows = stmt.query_map(params![now, limit], |r| r.get(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -794,9 +1000,27 @@ pub fn runs_with_expired_gates(
 // ---------------------------------------------------------------------------------------------
 // Audit log
 
-pub(super) const AUDIT_COLUMNS: &str =
-    "seq, run_id, at, actor, action, subject, from_status, to_status,
-    decision, reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash";
+pub(super) const AUDIT_COLUMNS: &str = audit_columns!();
+
+pub(super) const INSERT_AUDIT: &str = concat!(
+    "INSERT INTO audit_log (",
+    audit_columns!(),
+    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+);
+/// The head is the entry at the largest seq: one probe for `max(seq)` (the last key of the table's
+/// b-tree) and one for its row.
+pub(super) const AUDIT_HEAD: &str =
+    "SELECT seq, entry_hash FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log)";
+pub(super) const AUDIT_PAGE: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+);
+pub(super) const AUDIT_OF_RUN: &str = concat!(
+    "SELECT ",
+    audit_columns!(),
+    " FROM audit_log WHERE run_id = ?1 ORDER BY seq"
+);
 
 pub(super) fn audit_from_row(r: &Row<'_>) -> rusqlite::Result<AuditEntry> {
     Ok(AuditEntry {
@@ -872,8 +1096,7 @@ fn text_into_option(text: &str, into: &mut Option<String>) {
 }
 
 pub fn insert_audit(tx: &Tx<'_>, e: &AuditEntry) -> Result<(), StoreError> {
-    let sql = format!("INSERT INTO audit_log ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)");
-    tx.conn().prepare_cached(&sql)?.execute(params![
+    tx.conn().prepare_cached(INSERT_AUDIT)?.execute(params![
         e.seq,
         e.run_id,
         e.at,
@@ -897,23 +1120,21 @@ pub fn insert_audit(tx: &Tx<'_>, e: &AuditEntry) -> Result<(), StoreError> {
 pub fn audit_head(db: &impl Db) -> Result<Option<(i64, String)>, StoreError> {
     Ok(db
         .conn()
-        .prepare_cached("SELECT seq, entry_hash FROM audit_log ORDER BY seq DESC LIMIT 1")?
+        .prepare_cached(AUDIT_HEAD)?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?)
 }
 
 /// Entries with `seq > after_seq`, in order, at most `limit`.
 pub fn audit_page(db: &impl Db, after_seq: i64, limit: i64) -> Result<Vec<AuditEntry>, StoreError> {
-    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2");
-    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let mut stmt = db.conn().prepare_cached(AUDIT_PAGE)?;
     let rows = stmt.query_map(params![after_seq, limit], audit_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Every entry of one run, in order.
 pub fn audit_of_run(db: &impl Db, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-    let sql = format!("SELECT {AUDIT_COLUMNS} FROM audit_log WHERE run_id = ?1 ORDER BY seq");
-    let mut stmt = db.conn().prepare_cached(&sql)?;
+    let mut stmt = db.conn().prepare_cached(AUDIT_OF_RUN)?;
     let rows = stmt.query_map([run_id], audit_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
@@ -951,6 +1172,49 @@ mod tests {
             assert_eq!(read(other), None, "{other}");
         }
     }
+    #[test]
+    fn a_write_forgets_at_most_a_batch_of_expired_keys_oldest_first() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        super::super::migrate(&conn, std::path::Path::new(":memory:")).unwrap();
+        let tx = Tx { conn: &conn };
+        let answer = StoredAnswer {
+            request_hash: "h".to_string(),
+            status: 200,
+            response: b"{}".to_vec(),
+        };
+        let at = Timestamp::from_micros;
+        let n_expired = PURGE_BATCH + 50;
+        for i in 0..n_expired {
+            put_idempotency(&tx, "a", &format!("old-{i}"), &answer, at(i + 1), at(0)).unwrap();
+        }
+        let oldest_left = |conn: &rusqlite::Connection| -> (i64, Option<String>) {
+            conn.query_row(
+                "SELECT count(*), (SELECT key FROM idempotency WHERE key LIKE 'old-%'
+                   ORDER BY created_at LIMIT 1)
+                 FROM idempotency WHERE key LIKE 'old-%'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+        };
+        let keep_since = at(1_000_000);
+        put_idempotency(&tx, "a", "new-1", &answer, keep_since, keep_since).unwrap();
+        assert_eq!(
+            oldest_left(&conn),
+            (50, Some(format!("old-{PURGE_BATCH}"))),
+            "expected one write to forget the {PURGE_BATCH} oldest expired keys"
+        );
+        put_idempotency(&tx, "a", "new-2", &answer, keep_since, keep_since).unwrap();
+        assert_eq!(
+            oldest_left(&conn),
+            (0, None),
+            "expected the rest forgotten next"
+        );
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM idempotency", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(kept, 2, "expected the keys in time kept");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -964,6 +1228,15 @@ pub struct StoredAnswer {
     pub response: Vec<u8>,
 }
 
+pub(super) const GET_IDEMPOTENCY: &str =
+    "SELECT request_hash, status, response FROM idempotency WHERE actor = ?1 AND key = ?2";
+/// The oldest `?2` keys first used before `?1`, found through `idempotency_by_age`.
+pub(super) const PURGE_IDEMPOTENCY: &str = "DELETE FROM idempotency WHERE (actor, key) IN
+       (SELECT actor, key FROM idempotency WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)";
+pub(super) const PUT_IDEMPOTENCY: &str =
+    "INSERT INTO idempotency (actor, key, request_hash, status, response, created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
 pub fn get_idempotency(
     db: &impl Db,
     actor: &str,
@@ -971,9 +1244,7 @@ pub fn get_idempotency(
 ) -> Result<Option<StoredAnswer>, StoreError> {
     Ok(db
         .conn()
-        .prepare_cached(
-            "SELECT request_hash, status, response FROM idempotency WHERE actor = ?1 AND key = ?2",
-        )?
+        .prepare_cached(GET_IDEMPOTENCY)?
         .query_row([actor, key], |r| {
             Ok(StoredAnswer {
                 request_hash: r.get(0)?,
@@ -984,7 +1255,13 @@ pub fn get_idempotency(
         .optional()?)
 }
 
-/// Keeps `answer` under `(actor, key)`, and forgets keys first used before `keep_since`.
+/// The most expired keys one write forgets. Every write under a key adds one and forgets up to
+/// this many, so a backlog (after a long stop, say) drains within a few requests, while no
+/// request pays for all of it.
+const PURGE_BATCH: i64 = 100;
+
+/// Keeps `answer` under `(actor, key)`, and forgets (up to `PURGE_BATCH` of) the keys first used
+/// before `keep_since`, oldest first.
 pub fn put_idempotency(
     tx: &Tx<'_>,
     actor: &str,
@@ -994,20 +1271,15 @@ pub fn put_idempotency(
     keep_since: Timestamp,
 ) -> Result<(), StoreError> {
     tx.conn()
-        .prepare_cached("DELETE FROM idempotency WHERE created_at < ?1")?
-        .execute([keep_since])?;
-    tx.conn()
-        .prepare_cached(
-            "INSERT INTO idempotency (actor, key, request_hash, status, response, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        )?
-        .execute(params![
-            actor,
-            key,
-            answer.request_hash,
-            answer.status,
-            answer.response,
-            now
-        ])?;
+        .prepare_cached(PURGE_IDEMPOTENCY)?
+        .execute(params![keep_since, PURGE_BATCH])?;
+    tx.conn().prepare_cached(PUT_IDEMPOTENCY)?.execute(params![
+        actor,
+        key,
+        answer.request_hash,
+        answer.status,
+        answer.response,
+        now
+    ])?;
     Ok(())
 }

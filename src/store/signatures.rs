@@ -107,6 +107,16 @@ fn read_keys(conn: &Connection) -> Result<Vec<KeyRow>, StoreError> {
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+pub(super) const INSERT_SIGNATURE: &str =
+    "INSERT OR IGNORE INTO signatures (hash, key_id, signature, signed_at)
+     VALUES (?1, ?2, ?3, ?4)";
+pub(super) const SIGNATURE_OF: &str =
+    "SELECT hash, key_id, signature, signed_at FROM signatures WHERE hash = ?1";
+pub(super) const INSERT_CHECKPOINT: &str =
+    "INSERT INTO checkpoints (seq, entry_hash, at, key_id, note) VALUES (?1, ?2, ?3, ?4, ?5)";
+pub(super) const LAST_CHECKPOINT: &str = "SELECT seq, entry_hash, at, key_id, note FROM checkpoints
+     WHERE seq = (SELECT max(seq) FROM checkpoints)";
+
 /// Stores the signature of a receipt hash. The same hash signed twice by one key is the same
 /// signature (Ed25519 is deterministic), so a second insert is a no-op.
 pub fn insert_signature(
@@ -117,10 +127,7 @@ pub fn insert_signature(
     at: Timestamp,
 ) -> Result<(), StoreError> {
     tx.conn
-        .prepare_cached(
-            "INSERT OR IGNORE INTO signatures (hash, key_id, signature, signed_at)
-             VALUES (?1, ?2, ?3, ?4)",
-        )?
+        .prepare_cached(INSERT_SIGNATURE)?
         .execute(params![hash, key_id, signature, at])?;
     Ok(())
 }
@@ -132,9 +139,7 @@ pub fn signature_of(db: &impl Db, hash: &str) -> Result<Option<SignatureRow>, St
     }
     Ok(db
         .conn()
-        .prepare_cached(
-            "SELECT hash, key_id, signature, signed_at FROM signatures WHERE hash = ?1",
-        )?
+        .prepare_cached(SIGNATURE_OF)?
         .query_row([hash], signature_from_row)
         .optional()?)
 }
@@ -184,12 +189,13 @@ fn signature_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SignatureRow> {
 }
 
 pub fn insert_checkpoint(tx: &Tx<'_>, c: &CheckpointRow) -> Result<(), StoreError> {
-    tx.conn
-        .prepare_cached(
-            "INSERT INTO checkpoints (seq, entry_hash, at, key_id, note)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(params![c.seq, c.entry_hash, c.at, c.key_id, c.note])?;
+    tx.conn.prepare_cached(INSERT_CHECKPOINT)?.execute(params![
+        c.seq,
+        c.entry_hash,
+        c.at,
+        c.key_id,
+        c.note
+    ])?;
     Ok(())
 }
 
@@ -200,9 +206,7 @@ pub fn last_checkpoint(db: &impl Db) -> Result<Option<CheckpointRow>, StoreError
     }
     Ok(db
         .conn()
-        .prepare_cached(
-            "SELECT seq, entry_hash, at, key_id, note FROM checkpoints ORDER BY seq DESC LIMIT 1",
-        )?
+        .prepare_cached(LAST_CHECKPOINT)?
         .query_row([], checkpoint_from_row)
         .optional()?)
 }
@@ -273,18 +277,4 @@ pub fn audit_entry_hash(db: &impl Db, seq: i64) -> Result<Option<String>, StoreE
         .prepare_cached("SELECT entry_hash FROM audit_log WHERE seq = ?1")?
         .query_row([seq], |r| r.get(0))
         .optional()?)
-}
-
-/// Whether an entry after `seq` ends a run (and so carries a workflow receipt).
-pub fn run_ended_after(db: &impl Db, seq: i64) -> Result<bool, StoreError> {
-    Ok(db
-        .conn()
-        .prepare_cached(
-            "SELECT 1 FROM audit_log
-             WHERE seq > ?1 AND action IN ('run.completed', 'run.failed', 'run.cancelled')
-             LIMIT 1",
-        )?
-        .query_row([seq], |_| Ok(()))
-        .optional()?
-        .is_some())
 }

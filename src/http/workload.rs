@@ -1,0 +1,291 @@
+//! The workflows of `fedcore bench load`, run in process through the writer's jobs: each command
+//! is a `CommandJob` in its own savepoint of its own transaction, encoded as the route encodes
+//! it, at a clock that moves by a millisecond per command. No HTTP, no threads, no wall clock,
+//! so that the writer's cost per workflow can be counted exactly:
+//!
+//! ```text
+//! FEDCORE_WORKLOAD_RUNS=200 valgrind --tool=callgrind \
+//!     --toggle-collect='fedcore::http::workload::Harness::apply' \
+//!     target/release/deps/fedcore-… the_benchmark_workflows_run_through_the_writer_jobs
+//! ```
+//!
+//! Only `Harness::apply` (transaction, engine, encoding) is counted: the setup and the checks
+//! of the answers are not.
+
+use super::{routes, CommandJob, Encoder};
+use crate::engine::signing::Signer;
+use crate::engine::{Command, StepResult};
+use crate::model::{RunStatus, Timestamp};
+use crate::store;
+use axum::http::StatusCode;
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+const AGENT: &str = "bench-agent";
+const APPROVER: &str = "bench-approver";
+const ADMIN: &str = "admin";
+const WORKFLOW: &str = "bench_5step";
+const STEPS: [&str; 5] = ["observe", "decide", "gate", "act", "transform"];
+const DECIDING_STEP: &str = "decide";
+
+/// A write connection over a database in its own temporary folder, and the writer's clock.
+struct Harness {
+    dir: PathBuf,
+    conn: store::WriteConnection,
+    signer: Arc<Signer>,
+    micros: i64,
+}
+
+impl Harness {
+    fn new(name: &str) -> Harness {
+        let dir = std::env::temp_dir().join(format!("fedcore-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("work.db");
+        let conn = store::open_for_writing(&db).unwrap();
+        store::set_durability(&conn, store::Durability::Normal).unwrap();
+        // As on the writer thread, no commit copies the WAL back into the file.
+        conn.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
+        let signer = super::open_signer(&conn, &db, Some(&dir.join("work.key"))).unwrap();
+        Harness {
+            dir,
+            conn,
+            signer: Arc::new(signer),
+            micros: 1_795_428_000_000_000,
+        }
+    }
+
+    /// Runs `command` as the writer runs a job, and answers with its status and body.
+    #[inline(never)]
+    fn apply(&mut self, command: Command, encode: Encoder) -> (StatusCode, Vec<u8>) {
+        self.micros += 1000;
+        let now = Timestamp::from_micros(self.micros);
+        let (reply, _answer) = oneshot::channel();
+        let job = CommandJob {
+            command,
+            signer: self.signer.clone(),
+            idempotency: None,
+            encode,
+            result: None,
+            reply,
+        };
+        let answer = store::write_once(&self.conn, |tx| {
+            tx.savepoint("job").unwrap();
+            let (answer, commit) = job.execute(tx, now);
+            match commit {
+                true => tx.release_savepoint("job").unwrap(),
+                false => tx.rollback_to_savepoint("job").unwrap(),
+            }
+            (answer, commit)
+        })
+        .unwrap();
+        match answer {
+            Ok(answer) => (answer.status, answer.body),
+            Err(e) => (e.status, serde_json::to_vec(&e.body()).unwrap()),
+        }
+    }
+
+    /// Applies `command` and checks the status of its answer, which it returns parsed.
+    fn expect(&mut self, command: Command, encode: Encoder, status: StatusCode) -> Value {
+        let (got, body) = self.apply(command, encode);
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got, status, "{body}");
+        body
+    }
+
+    /// The agent, the policy and the five-step definition of the benchmark.
+    fn set_up(&mut self) {
+        let doc = |value: Value| -> Map<String, Value> {
+            match value {
+                Value::Object(map) => map,
+                _ => unreachable!(),
+            }
+        };
+        let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))) };
+        self.expect(
+            Command::PutAgent {
+                agent_id: AGENT.into(),
+                doc: doc(
+                    json!({"status":"active","capabilities":["observe","deploy"],"tier":"T2"}),
+                ),
+                actor: ADMIN.into(),
+            },
+            any(),
+            StatusCode::OK,
+        );
+        self.expect(
+            Command::PutPolicy {
+                policy_id: "bench_policy".into(),
+                doc: doc(json!({"tier":"T2","default_effect":"deny","rules":[
+                  {"rule_id":"deny-critical","effect":"deny","reason":"critical-risk actions are forbidden",
+                   "when":{"path":"input.risk","eq":"critical"}},
+                  {"rule_id":"flag-high","effect":"flag","reason":"high-risk actions need a human",
+                   "when":{"any":[{"path":"input.risk","eq":"high"},{"path":"input.amount","gt":10000}]}},
+                  {"rule_id":"allow-registered","effect":"allow","reason":"registered active agent",
+                   "when":{"path":"agent.status","eq":"active"}}]})),
+                actor: ADMIN.into(),
+            },
+            any(),
+            StatusCode::OK,
+        );
+        let steps: Vec<Value> = STEPS
+            .iter()
+            .map(|s| json!({"step_id": s, "step_type": s.to_uppercase()}))
+            .collect();
+        self.expect(
+            Command::PutDefinition {
+                workflow_id: WORKFLOW.into(),
+                doc: doc(json!({"policy_id": "bench_policy", "steps": steps})),
+                actor: ADMIN.into(),
+            },
+            any(),
+            StatusCode::OK,
+        );
+    }
+
+    /// Workflow `n` as the benchmark runs it: 1 in 20 denied at `decide`, 1 in 10 flagged there
+    /// (approved, then resumed), the others allowed throughout. Returns the effect at `decide`.
+    fn workflow(&mut self, n: u64) -> &'static str {
+        let fate = match n % 20 {
+            0 => "deny",
+            5 | 15 => "flag",
+            _ => "allow",
+        };
+        let created = self.expect(
+            Command::CreateRun {
+                workflow_id: WORKFLOW.into(),
+                input: json!({ "n": n }),
+                actor: AGENT.into(),
+            },
+            Box::new(routes::created_run),
+            StatusCode::CREATED,
+        );
+        let run_id = created["run_id"].as_str().unwrap().to_string();
+        for step in STEPS {
+            let deciding = step == DECIDING_STEP;
+            let input = match (deciding, fate) {
+                (true, "flag") => json!({"n": n, "risk": "high"}),
+                (true, "deny") => json!({"n": n, "risk": "critical"}),
+                _ => json!({ "n": n }),
+            };
+            let answer = self.expect(
+                Command::RequestStep {
+                    run_id: run_id.clone(),
+                    step_id: step.into(),
+                    input,
+                    actor: AGENT.into(),
+                },
+                Box::new(routes::requested_step),
+                StatusCode::CREATED,
+            );
+            let expected = if deciding { fate } else { "allow" };
+            assert_eq!(answer["decision"]["effect"], expected, "{answer}");
+            if deciding && fate == "deny" {
+                assert_eq!(answer["run"]["status"], "FAILED");
+                return fate;
+            }
+            if deciding && fate == "flag" {
+                let gate_id = answer["gate"]["gate_id"].as_str().unwrap().to_string();
+                self.expect(
+                    Command::ResolveGate {
+                        run_id: run_id.clone(),
+                        gate_id,
+                        approve: true,
+                        comment: None,
+                        actor: APPROVER.into(),
+                    },
+                    Box::new(routes::resolved_gate),
+                    StatusCode::OK,
+                );
+                self.expect(
+                    Command::ChangeStatus {
+                        run_id: run_id.clone(),
+                        status: RunStatus::Running,
+                        reason: None,
+                        actor: ADMIN.into(),
+                    },
+                    Box::new(routes::changed_run),
+                    StatusCode::OK,
+                );
+            }
+            let finished = self.expect(
+                Command::FinishStep {
+                    run_id: run_id.clone(),
+                    step_id: step.into(),
+                    result: StepResult::Completed {
+                        output: json!({ "n": n }),
+                    },
+                    actor: AGENT.into(),
+                },
+                Box::new(routes::finished_step),
+                StatusCode::OK,
+            );
+            assert_eq!(finished["step"]["status"], "COMPLETED");
+        }
+        fate
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_benchmark_workflows_run_through_the_writer_jobs() {
+    let runs: u64 = std::env::var("FEDCORE_WORKLOAD_RUNS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20);
+    let mut harness = Harness::new("workload");
+    harness.set_up();
+    let fates: Vec<&str> = (0..runs).map(|n| harness.workflow(n)).collect();
+    let count = |fate| fates.iter().filter(|f| **f == fate).count() as u64;
+    assert_eq!(count("deny"), runs.div_ceil(20));
+}
+
+#[test]
+fn a_new_policy_version_decides_the_next_step_though_the_last_one_was_kept() {
+    let mut harness = Harness::new("policy-version");
+    harness.set_up();
+    assert_eq!(harness.workflow(1), "allow");
+    let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))) };
+    let doc = json!({"tier": "T3", "default_effect": "deny", "rules": []});
+    let Value::Object(doc) = doc else {
+        unreachable!()
+    };
+    harness.expect(
+        Command::PutPolicy {
+            policy_id: "bench_policy".into(),
+            doc,
+            actor: ADMIN.into(),
+        },
+        any(),
+        StatusCode::OK,
+    );
+    let created = harness.expect(
+        Command::CreateRun {
+            workflow_id: WORKFLOW.into(),
+            input: json!({"n": 2}),
+            actor: AGENT.into(),
+        },
+        Box::new(routes::created_run),
+        StatusCode::CREATED,
+    );
+    let answer = harness.expect(
+        Command::RequestStep {
+            run_id: created["run_id"].as_str().unwrap().to_string(),
+            step_id: STEPS[0].into(),
+            input: json!({"n": 2}),
+            actor: AGENT.into(),
+        },
+        Box::new(routes::requested_step),
+        StatusCode::CREATED,
+    );
+    assert_eq!(answer["decision"]["effect"], "deny", "{answer}");
+    assert_eq!(answer["decision"]["policy_version"], 2, "{answer}");
+    assert_eq!(answer["decision"]["tier"], "T3", "{answer}");
+}
