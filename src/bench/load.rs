@@ -521,19 +521,7 @@ enum Kind {
 /// one) flagged and approved. Here: what its requests carry and expect.
 impl Shape {
     fn deciding_input(self, n: u64) -> String {
-        match self {
-            Shape::Allowed => format!(r#"{{"n":{n}}}"#),
-            Shape::Flagged => format!(r#"{{"n":{n},"risk":"high"}}"#),
-            Shape::Denied => format!(r#"{{"n":{n},"risk":"critical"}}"#),
-        }
-    }
-
-    fn effect(self) -> &'static str {
-        match self {
-            Shape::Allowed => "allow",
-            Shape::Flagged => "flag",
-            Shape::Denied => "deny",
-        }
+        format!(r#"{{"n":{n},"risk":"{}"}}"#, self.risk())
     }
 }
 

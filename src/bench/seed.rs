@@ -56,11 +56,20 @@ impl Shape {
     }
 
     /// The `risk` of the `decide` step's input that gives this shape under the policy.
-    fn risk(self) -> &'static str {
+    pub fn risk(self) -> &'static str {
         match self {
             Shape::Allowed => "low",
             Shape::Flagged => "high",
             Shape::Denied => "critical",
+        }
+    }
+
+    /// The policy's effect at `decide` for this shape.
+    pub fn effect(self) -> &'static str {
+        match self {
+            Shape::Allowed => "allow",
+            Shape::Flagged => "flag",
+            Shape::Denied => "deny",
         }
     }
 }

@@ -13,6 +13,7 @@
 //! of the answers are not.
 
 use super::{routes, CommandJob, Encoder};
+use crate::bench::seed::Shape;
 use crate::engine::signing::Signer;
 use crate::engine::{Command, StepResult};
 use crate::model::{RunStatus, Timestamp};
@@ -148,11 +149,8 @@ impl Harness {
     /// Workflow `n` as the benchmark runs it: 1 in 20 denied at `decide`, 1 in 10 flagged there
     /// (approved, then resumed), the others allowed throughout. Returns the effect at `decide`.
     fn workflow(&mut self, n: u64) -> &'static str {
-        let fate = match n % 20 {
-            0 => "deny",
-            5 | 15 => "flag",
-            _ => "allow",
-        };
+        let shape = Shape::of(n);
+        let fate = shape.effect();
         let created = self.expect(
             Command::CreateRun {
                 workflow_id: WORKFLOW.into(),
@@ -165,10 +163,9 @@ impl Harness {
         let run_id = created["run_id"].as_str().unwrap().to_string();
         for step in STEPS {
             let deciding = step == DECIDING_STEP;
-            let input = match (deciding, fate) {
-                (true, "flag") => json!({"n": n, "risk": "high"}),
-                (true, "deny") => json!({"n": n, "risk": "critical"}),
-                _ => json!({ "n": n }),
+            let input = match deciding {
+                true => json!({"n": n, "risk": shape.risk()}),
+                false => json!({ "n": n }),
             };
             let answer = self.expect(
                 Command::RequestStep {
