@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/002_trust.sql"),
     include_str!("../../migrations/003_signing.sql"),
     include_str!("../../migrations/004_plans.sql"),
+    include_str!("../../migrations/005_audit_log_without_entry_hash_index.sql"),
 ];
 
 /// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.

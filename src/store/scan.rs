@@ -650,7 +650,9 @@ fn created_objects(migration: &str) -> Vec<(&str, Option<&str>)> {
     objects
 }
 
-/// The triggers the first `n_migrations` migrations declare.
+/// The triggers the first `n_migrations` migrations declare, each once. A migration that
+/// rebuilds a table creates its triggers again (dropping a table drops its triggers): the later
+/// statement is the one the database holds, in the place of the first.
 fn declared_triggers(n_migrations: usize) -> Vec<TriggerSql> {
     const START: &str = "CREATE TRIGGER ";
     const END: &str = "END;";
@@ -664,10 +666,17 @@ fn declared_triggers(n_migrations: usize) -> Vec<TriggerSql> {
             };
             let sql = &statement[..end + END.len() - 1];
             let name = sql[START.len()..].split_whitespace().next().unwrap_or("");
-            triggers.push(TriggerSql {
+            let trigger = TriggerSql {
                 name: name.to_string(),
                 sql: sql.to_string(),
-            });
+            };
+            match triggers
+                .iter_mut()
+                .find(|t: &&mut TriggerSql| t.name == name)
+            {
+                Some(earlier) => *earlier = trigger,
+                None => triggers.push(trigger),
+            }
             rest = &statement[end + END.len()..];
         }
     }
@@ -823,11 +832,16 @@ mod tests {
             20,
             "migration 2 adds tokens and gate approvals"
         );
-        let triggers = declared_triggers(MIGRATIONS.len());
         assert_eq!(
-            triggers.len(),
+            declared_triggers(3).len(),
             26,
             "migration 3 adds signing keys, signatures and checkpoints"
+        );
+        let triggers = declared_triggers(MIGRATIONS.len());
+        assert_eq!(
+            triggers,
+            declared_triggers(3),
+            "later migrations add no trigger; one that creates a trigger again keeps its text"
         );
         assert_eq!(triggers[0].name, "audit_log_no_update");
         for trigger in &triggers {

@@ -13,6 +13,7 @@ mod export;
 mod gates;
 mod idempotency;
 mod lifecycle;
+mod migrations;
 mod proof;
 mod races;
 mod receipts;
