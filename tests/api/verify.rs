@@ -429,6 +429,37 @@ fn two_audit_entries_swapped_are_named_at_the_first_of_them() {
 }
 
 #[test]
+fn an_entry_appended_again_under_the_next_seq_is_named_by_its_seq() {
+    // Nothing in the table makes entry_hash unique (migration 5 dropped that index): a copy of
+    // the last entry, appended as the next one and linked to it, goes in. The chain refuses it,
+    // because an entry's hash covers its seq and its prev_hash.
+    let built = build_database();
+    let copy = built.copy("again");
+    let conn = attacker_opens(&copy);
+    let last = head_seq(&built.head);
+    conn.execute(
+        "INSERT INTO audit_log (seq, run_id, at, actor, action, subject, from_status, to_status,
+           decision, reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash)
+         SELECT seq + 1, run_id, at, actor, action, subject, from_status, to_status,
+           decision, reason, message, evidence_pack_ref, payload_hash, entry_hash, entry_hash
+         FROM audit_log WHERE seq = ?1",
+        [last],
+    )
+    .expect("append the copy");
+    let distinct: i64 = conn
+        .query_row(
+            "SELECT count(DISTINCT entry_hash) FROM audit_log",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(distinct, last, "expected two entries with one entry_hash");
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &(last + 1).to_string(), "entry_hash");
+}
+
+#[test]
 fn a_truncated_log_is_caught_only_against_the_head_written_down() {
     let built = build_database();
     let copy = built.copy("truncated");
@@ -1132,12 +1163,6 @@ fn swap_entries(conn: &Connection, a: i64, b: i64) {
         .expect("read an entry")
     };
     let (row_a, row_b) = (read(a), read(b));
-    // entry_hash is UNIQUE: park one row's hash while the other takes it.
-    conn.execute(
-        "UPDATE audit_log SET entry_hash = 'parked' WHERE seq = ?1",
-        [b],
-    )
-    .expect("park");
     let write = |seq: i64, row: &[rusqlite::types::Value]| {
         let mut values: Vec<&dyn rusqlite::ToSql> =
             row.iter().map(|v| v as &dyn rusqlite::ToSql).collect();
