@@ -1,9 +1,9 @@
 -- fedcore schema, migration 5: the audit log without an index on entry_hash. schema.sql declared
 -- `entry_hash TEXT NOT NULL UNIQUE`, which made SQLite keep an index on it
 -- (sqlite_autoindex_audit_log_1) that no query reads: entries are found by `seq` (the integer
--- key) or by run (`audit_by_run`). Its keys are hashes, so every entry lands on a leaf page of
--- its own that the commit must write (`bench load`: about 10.3 WAL pages per request with it,
--- 7.9 without), and on a large file each insert must first read that page.
+-- key) or by run (`audit_by_run`). Its keys are hashes, so each entry lands on a random leaf
+-- page, which the commit must write (`bench load`: about 10.3 WAL pages per request with it, 7.9
+-- without), and on a large file each insert must first read that page.
 -- Uniqueness was never what protects the log: `verify` recomputes every entry_hash, which covers
 -- the entry's seq and the previous entry_hash, so an entry that repeats another's hash is named.
 --
