@@ -604,7 +604,7 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         last_seq = entry.seq;
         same(
             &format!("{what} entry_hash"),
-            &receipts::entry_hash(&entry).map_err(|e| e.to_string())?,
+            &receipts::entry_hash(&entry),
             &entry.entry_hash,
         )?;
         match &entry.evidence_pack_ref {

@@ -477,13 +477,7 @@ impl Workload {
         call(
             "PUT",
             "/policies/bench_policy",
-            r#"{"tier":"T2","default_effect":"deny","rules":[
-              {"rule_id":"deny-critical","effect":"deny","reason":"critical-risk actions are forbidden",
-               "when":{"path":"input.risk","eq":"critical"}},
-              {"rule_id":"flag-high","effect":"flag","reason":"high-risk actions need a human",
-               "when":{"any":[{"path":"input.risk","eq":"high"},{"path":"input.amount","gt":10000}]}},
-              {"rule_id":"allow-registered","effect":"allow","reason":"registered active agent",
-               "when":{"path":"agent.status","eq":"active"}}]}"#,
+            &super::seed::policy_document().to_string(),
             200,
         )?;
         let steps: Vec<String> = STEPS

@@ -74,6 +74,26 @@ impl Shape {
     }
 }
 
+/// The policy every benchmark governs with (the README's Test B policy): critical risk is denied,
+/// high risk or an amount over 10,000 is flagged, a registered active agent is allowed. `Shape`
+/// picks the `risk` that gives each effect under it.
+pub fn policy_document() -> Value {
+    json!({
+        "tier": "T2", "default_effect": "deny", "rules": [
+            {"rule_id": "deny-critical", "effect": "deny",
+             "reason": "critical-risk actions are forbidden",
+             "when": {"path": "input.risk", "eq": "critical"}},
+            {"rule_id": "flag-high", "effect": "flag",
+             "reason": "high-risk actions need a human",
+             "when": {"any": [{"path": "input.risk", "eq": "high"},
+                              {"path": "input.amount", "gt": 10000}]}},
+            {"rule_id": "allow-registered", "effect": "allow",
+             "reason": "registered active agent",
+             "when": {"path": "agent.status", "eq": "active"}}
+        ]
+    })
+}
+
 /// The setup's entries: three `token.created`, `agent.put`, `policy.put`, `definition.put`.
 pub const SETUP_ENTRIES: i64 = 6;
 /// `run.created`; the first step's `run.status_changed` to RUNNING; per step
@@ -301,20 +321,7 @@ impl Seeder<'_> {
             tx,
             Command::PutPolicy {
                 policy_id: POLICY_ID.to_string(),
-                doc: document(json!({
-                    "tier": "T2", "default_effect": "deny", "rules": [
-                        {"rule_id": "deny-critical", "effect": "deny",
-                         "reason": "critical-risk actions are forbidden",
-                         "when": {"path": "input.risk", "eq": "critical"}},
-                        {"rule_id": "flag-high", "effect": "flag",
-                         "reason": "high-risk actions need a human",
-                         "when": {"any": [{"path": "input.risk", "eq": "high"},
-                                          {"path": "input.amount", "gt": 10000}]}},
-                        {"rule_id": "allow-registered", "effect": "allow",
-                         "reason": "registered active agent",
-                         "when": {"path": "agent.status", "eq": "active"}}
-                    ]
-                })),
+                doc: document(policy_document()),
                 actor: ADMIN.to_string(),
             },
         )?;
@@ -524,5 +531,19 @@ mod tests {
         assert!(report.is_intact(), "{report}");
         assert_eq!(report.counts.runs, 40);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_benchmarks_govern_with_the_policy_the_readme_walks_through() {
+        let readme = include_str!("../../README.md");
+        let start = readme
+            .find("$B/policies/pt004_governance")
+            .expect("the README walk-through stores the policy");
+        let body = &readme[start..];
+        let body = &body[body.find("-d '").unwrap() + 4..];
+        let body = &body[..body.find('\'').unwrap()];
+        let mut readme_policy: Value = serde_json::from_str(body).unwrap();
+        readme_policy.as_object_mut().unwrap().remove("actor");
+        assert_eq!(readme_policy, policy_document());
     }
 }

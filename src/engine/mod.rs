@@ -640,7 +640,7 @@ impl<'a, 'c> Ctx<'a, 'c> {
             prev_hash: prev_hash.clone(),
             entry_hash: String::new(),
         };
-        entry.entry_hash = receipts::entry_hash(&entry)?;
+        entry.entry_hash = receipts::entry_hash(&entry);
         store::insert_audit(self.tx, &entry)?;
         self.head = (entry.seq, entry.entry_hash.clone());
         Ok(entry)
