@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/003_signing.sql"),
     include_str!("../../migrations/004_plans.sql"),
     include_str!("../../migrations/005_audit_log_without_entry_hash_index.sql"),
+    include_str!("../../migrations/006_evidence_in_insertion_order.sql"),
 ];
 
 /// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.
@@ -642,6 +643,19 @@ mod tests {
         off.pragma_update(None, "foreign_keys", false).unwrap();
         migrate(&off, Path::new(":memory:")).unwrap();
         assert!(!foreign_keys(&off));
+    }
+
+    #[test]
+    fn with_foreign_keys_on_the_evidence_rebuild_would_fail() {
+        // Why migrate turns foreign_keys off: DROP TABLE evidence deletes its rows first, which
+        // the other tables' references refuse.
+        let conn = migrated_with_a_reference();
+        let refused = conn
+            .execute_batch(include_str!(
+                "../../migrations/006_evidence_in_insertion_order.sql"
+            ))
+            .unwrap_err();
+        assert!(refused.to_string().contains("FOREIGN KEY"), "{refused}");
     }
 
     #[test]
