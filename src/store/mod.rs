@@ -18,7 +18,7 @@ pub use scan::*;
 pub use signatures::*;
 pub use writer::{write_once, Busy, Job, Writer};
 
-use rusqlite::OpenFlags;
+use rusqlite::{OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -36,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/003_signing.sql"),
     include_str!("../../migrations/004_plans.sql"),
     include_str!("../../migrations/005_audit_log_without_entry_hash_index.sql"),
+    include_str!("../../migrations/006_evidence_in_insertion_order.sql"),
 ];
 
 /// The write connection `open_for_writing` returns, named for layers that must not name rusqlite.
@@ -67,6 +68,19 @@ pub enum StoreError {
         table: &'static str,
         key: String,
         why: String,
+    },
+    /// Migrations left a row whose foreign key names no row of its parent table; they were
+    /// rolled back, so the file is as it was.
+    #[error(
+        "{path}: migrating to schema version {version} would leave {n_rows} row(s) of {table} \
+         naming a missing row of {parent}; nothing was changed"
+    )]
+    DanglingReference {
+        path: PathBuf,
+        version: i64,
+        table: String,
+        parent: String,
+        n_rows: i64,
     },
     #[error("the operation panicked and was rolled back")]
     Panicked,
@@ -296,27 +310,81 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    apply_migrations(conn, path, MIGRATIONS)
+}
+
+/// Applies the pending ones of `migrations` (the first `user_version` are applied already) in
+/// one exclusive transaction, as SQLite documents for changing a table's schema ("ALTER TABLE",
+/// "Making Other Kinds Of Table Schema Changes"): `foreign_keys` is turned off before the
+/// transaction (inside one the pragma does nothing), so that a table others refer to can be
+/// dropped and built again; `PRAGMA foreign_key_check` must then find no row naming a missing
+/// parent before COMMIT, or everything is rolled back; and `foreign_keys` is set back to what it
+/// was, whatever happened.
+fn apply_migrations(conn: &Connection, path: &Path, migrations: &[&str]) -> Result<(), StoreError> {
+    let foreign_keys: bool = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let result = migrate_in_one_transaction(conn, path, migrations);
+    let restored = conn.pragma_update(None, "foreign_keys", foreign_keys);
+    result?;
+    restored?;
+    Ok(())
+}
+
+fn migrate_in_one_transaction(
+    conn: &Connection,
+    path: &Path,
+    migrations: &[&str],
+) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN EXCLUSIVE")?;
     let result = (|| {
+        let supported = migrations.len() as i64;
         let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if user_version > SCHEMA_VERSION {
+        if user_version > supported {
             return Err(StoreError::NewerSchema {
                 path: path.to_path_buf(),
                 found: user_version,
-                supported: SCHEMA_VERSION,
+                supported,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(user_version as usize) {
+        if user_version == supported {
+            return Ok(());
+        }
+        for (i, sql) in migrations.iter().enumerate().skip(user_version as usize) {
             conn.execute_batch(sql)?;
             conn.pragma_update(None, "user_version", i as i64 + 1)?;
         }
-        Ok(())
+        check_foreign_keys(conn, path, supported)
     })();
-    match result {
-        Ok(()) => conn.execute_batch("COMMIT")?,
-        Err(_) => conn.execute_batch("ROLLBACK")?,
+    let result = result.and_then(|()| Ok(conn.execute_batch("COMMIT")?));
+    if result.is_err() && !conn.is_autocommit() {
+        // The error is what the caller needs to see; a rollback that fails too is left to the
+        // connection, which SQLite rolls back when it is closed.
+        let _ = conn.execute_batch("ROLLBACK");
     }
     result
+}
+
+/// Refuses what the migrations leave if a row names, through a foreign key, a parent row that
+/// does not exist (they ran with `foreign_keys` off, so nothing checked it as they went).
+fn check_foreign_keys(conn: &Connection, path: &Path, version: i64) -> Result<(), StoreError> {
+    let first: Option<(String, String, i64)> = conn
+        .query_row(
+            "SELECT \"table\", parent, count(*) FROM pragma_foreign_key_check
+             GROUP BY \"table\", parent ORDER BY \"table\", parent LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    match first {
+        None => Ok(()),
+        Some((table, parent, n_rows)) => Err(StoreError::DanglingReference {
+            path: path.to_path_buf(),
+            version,
+            table,
+            parent,
+            n_rows,
+        }),
+    }
 }
 
 /// A read connection (`query_only`), for views and verification.
@@ -459,6 +527,135 @@ mod tests {
             )
             .unwrap();
         assert_eq!(required, 1, "expected migration 2 applied");
+    }
+
+    /// A database at the current version with foreign keys enforced (as `open_for_writing`
+    /// leaves it), one blob, and a policy version whose `policy_hash` names that blob.
+    fn migrated_with_a_reference() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        set_common_pragmas(&conn).unwrap();
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        conn.execute_batch(
+            "INSERT INTO evidence (hash, body) VALUES ('h', x'6e756c6c');
+             INSERT INTO policies (policy_id, version, tier, default_effect, rules, policy_hash,
+                                   created_at, created_by)
+             VALUES ('p', 1, 'T1', 'deny', '[]', 'h', '2026-11-24T10:00:00.000000Z', 'a');",
+        )
+        .unwrap();
+        conn
+    }
+
+    fn foreign_keys(conn: &Connection) -> bool {
+        conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn user_version(conn: &Connection) -> i64 {
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_migration_that_leaves_a_dangling_reference_is_rolled_back() {
+        // Rebuilding evidence but forgetting to copy its rows: with foreign_keys off nothing
+        // stops the migration itself, so the check before COMMIT must.
+        let conn = migrated_with_a_reference();
+        let forgetful =
+            "CREATE TABLE evidence_new (hash TEXT NOT NULL PRIMARY KEY, body BLOB NOT NULL);
+                         DROP TABLE evidence;
+                         ALTER TABLE evidence_new RENAME TO evidence;";
+        let migrations: Vec<&str> = MIGRATIONS.iter().copied().chain([forgetful]).collect();
+        let refused = apply_migrations(&conn, Path::new("x.db"), &migrations).unwrap_err();
+        match &refused {
+            StoreError::DanglingReference {
+                table,
+                parent,
+                n_rows,
+                version,
+                ..
+            } => {
+                assert_eq!((table.as_str(), parent.as_str()), ("policies", "evidence"));
+                assert_eq!(*n_rows, 1);
+                assert_eq!(*version, SCHEMA_VERSION + 1);
+            }
+            other => panic!("expected a dangling reference, got {other}"),
+        }
+        assert!(refused.to_string().contains("policies"), "{refused}");
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        let kept: i64 = conn
+            .query_row("SELECT count(*) FROM evidence WHERE hash = 'h'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, 1, "expected the blob back after the rollback");
+        assert!(conn.is_autocommit(), "expected no transaction left open");
+        assert!(foreign_keys(&conn), "expected foreign_keys back on");
+    }
+
+    #[test]
+    fn foreign_keys_is_restored_whether_migrations_succeed_or_fail() {
+        let conn = migrated_with_a_reference();
+        assert!(foreign_keys(&conn));
+        // Nothing pending.
+        migrate(&conn, Path::new(":memory:")).unwrap();
+        assert!(foreign_keys(&conn));
+        // A migration that fails on its own SQL.
+        let broken: Vec<&str> = MIGRATIONS
+            .iter()
+            .copied()
+            .chain(["SELECT x FROM nowhere"])
+            .collect();
+        apply_migrations(&conn, Path::new(":memory:"), &broken).unwrap_err();
+        assert!(foreign_keys(&conn));
+        assert_eq!(user_version(&conn), SCHEMA_VERSION);
+        // A migration that succeeds and drops a table other tables refer to: possible only with
+        // foreign_keys off, and enforced again afterwards.
+        let rebuild =
+            "CREATE TABLE evidence_new (hash TEXT NOT NULL PRIMARY KEY, body BLOB NOT NULL);
+                       INSERT INTO evidence_new SELECT hash, body FROM evidence;
+                       DROP TABLE evidence;
+                       ALTER TABLE evidence_new RENAME TO evidence;";
+        let rebuilding: Vec<&str> = MIGRATIONS.iter().copied().chain([rebuild]).collect();
+        apply_migrations(&conn, Path::new(":memory:"), &rebuilding).unwrap();
+        assert_eq!(user_version(&conn), SCHEMA_VERSION + 1);
+        assert!(foreign_keys(&conn));
+        let refused = conn
+            .execute("UPDATE policies SET policy_hash = 'missing'", [])
+            .unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .contains("policy versions are immutable"),
+            "{refused}"
+        );
+        let refused = conn
+            .execute(
+                "INSERT INTO policies (policy_id, version, tier, default_effect, rules,
+                                       policy_hash, created_at, created_by)
+                 VALUES ('p', 2, 'T1', 'deny', '[]', 'missing', 'now', 'a')",
+                [],
+            )
+            .unwrap_err();
+        assert!(refused.to_string().contains("FOREIGN KEY"), "{refused}");
+        // A connection that had foreign_keys off keeps it off (this SQLite is built with it on
+        // by default).
+        let off = Connection::open_in_memory().unwrap();
+        off.pragma_update(None, "foreign_keys", false).unwrap();
+        migrate(&off, Path::new(":memory:")).unwrap();
+        assert!(!foreign_keys(&off));
+    }
+
+    #[test]
+    fn with_foreign_keys_on_the_evidence_rebuild_would_fail() {
+        // Why migrate turns foreign_keys off: DROP TABLE evidence deletes its rows first, which
+        // the other tables' references refuse.
+        let conn = migrated_with_a_reference();
+        let refused = conn
+            .execute_batch(include_str!(
+                "../../migrations/006_evidence_in_insertion_order.sql"
+            ))
+            .unwrap_err();
+        assert!(refused.to_string().contains("FOREIGN KEY"), "{refused}");
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn hot_statements() -> Vec<Hot> {
             vec![run_id.clone()],
             &[
                 "SEARCH r USING INDEX sqlite_autoindex_runs_1 (run_id=?)",
-                "SEARCH e USING PRIMARY KEY (hash=?)",
+                "SEARCH e USING INDEX sqlite_autoindex_evidence_1 (hash=?)",
             ],
         ),
         hot(
@@ -272,7 +272,7 @@ fn hot_statements() -> Vec<Hot> {
             "get_evidence",
             GET_EVIDENCE,
             vec![hash.clone()],
-            &["SEARCH evidence USING PRIMARY KEY (hash=?)"],
+            &["SEARCH evidence USING INDEX sqlite_autoindex_evidence_1 (hash=?)"],
         ),
         hot(
             "audit_page",
@@ -286,7 +286,7 @@ fn hot_statements() -> Vec<Hot> {
             vec![Value::Null, Value::Null, text(""), int(51)],
             &[
                 "SEARCH r USING INDEX sqlite_autoindex_runs_1 (run_id>?)",
-                "SEARCH e USING PRIMARY KEY (hash=?)",
+                "SEARCH e USING INDEX sqlite_autoindex_evidence_1 (hash=?)",
             ],
         ),
         hot(
@@ -295,7 +295,7 @@ fn hot_statements() -> Vec<Hot> {
             vec![text("RUNNING"), Value::Null, run_id.clone(), int(51)],
             &[
                 "SEARCH r USING INDEX runs_by_status (status=? AND run_id>?)",
-                "SEARCH e USING PRIMARY KEY (hash=?)",
+                "SEARCH e USING INDEX sqlite_autoindex_evidence_1 (hash=?)",
             ],
         ),
         hot(
@@ -304,7 +304,7 @@ fn hot_statements() -> Vec<Hot> {
             vec![Value::Null, text("wf"), run_id.clone(), int(51)],
             &[
                 "SEARCH r USING INDEX runs_by_workflow (workflow_id=? AND run_id>?)",
-                "SEARCH e USING PRIMARY KEY (hash=?)",
+                "SEARCH e USING INDEX sqlite_autoindex_evidence_1 (hash=?)",
             ],
         ),
         hot(
@@ -313,7 +313,7 @@ fn hot_statements() -> Vec<Hot> {
             vec![text("RUNNING"), text("wf"), run_id.clone(), int(51)],
             &[
                 "SEARCH r USING INDEX runs_by_workflow_status (workflow_id=? AND status=? AND run_id>?)",
-                "SEARCH e USING PRIMARY KEY (hash=?)",
+                "SEARCH e USING INDEX sqlite_autoindex_evidence_1 (hash=?)",
             ],
         ),
     ]

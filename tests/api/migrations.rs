@@ -1,8 +1,12 @@
-//! Schema migrations on a file an older fedcore wrote: `tests/fixtures/schema-v4-pt004.db` is the
-//! PT-004 proof database written by fedcore at schema version 4 (commit fe776d4). Migration 5
-//! rebuilds `audit_log` without the index on `entry_hash`; the log is evidence, so every entry must
-//! come through byte for byte and in `seq` order, the file must still verify, and the triggers must
-//! still refuse UPDATE and DELETE. `verify` reads a version-4 file as it is, without migrating it.
+//! Schema migrations on files an older fedcore wrote: `tests/fixtures/schema-v4-pt004.db` and
+//! `schema-v5-pt004.db` are the PT-004 proof databases written by fedcore at schema version 4
+//! (commit fe776d4) and 5 (commit ed98cf6). Migration 5 rebuilds `audit_log` without the index on
+//! `entry_hash`; migration 6 rebuilds `evidence` as a rowid table, its hash in a unique index, with
+//! `foreign_keys` off around the transaction and `PRAGMA foreign_key_check` before COMMIT. The log
+//! and the blobs are evidence, so every entry and every blob must come through byte for byte,
+//! every other row and schema object unchanged (the other tables' `REFERENCES evidence(hash)`
+//! included), the file must still verify, and the triggers must still refuse UPDATE and DELETE.
+//! `verify` reads a file of an older version as it is, without migrating it.
 //!
 //! The migration is made by `store::open_for_writing`, the open every writing command (`serve`,
 //! `token`, `bench seed`) goes through; the commands themselves would also need the fixture's
@@ -19,9 +23,10 @@ use std::path::{Path, PathBuf};
 type SchemaObject = (String, String, String, Option<String>);
 
 #[test]
-fn a_version_4_database_keeps_every_audit_entry_byte_for_byte_through_migration_5() {
+fn a_version_4_database_keeps_every_audit_entry_and_blob_byte_for_byte_through_migrations_5_and_6()
+{
     let dir = TempDir::new();
-    let db = fixture_copy(&dir, "v4.db");
+    let db = fixture_copy(&dir, V4, "v4.db");
     let (code, before_report) = verify_json(&db);
     assert_eq!(code, 0, "expected the fixture intact: {before_report}");
     let before = Snapshot::of(&db);
@@ -36,37 +41,29 @@ fn a_version_4_database_keeps_every_audit_entry_byte_for_byte_through_migration_
         "expected a real log in the fixture"
     );
 
-    // The old table still has its triggers while it is dropped: had DROP TABLE fired
-    // audit_log_no_delete, the migration would have failed here.
-    fedcore::store::open_for_writing(&db).expect("migrate to the current version");
+    // The old tables still have their triggers while they are dropped: had DROP TABLE fired
+    // audit_log_no_delete or evidence_no_delete, the migration would have failed here.
+    let conn = fedcore::store::open_for_writing(&db).expect("migrate to the current version");
+    assert_foreign_keys_on(&conn);
+    drop(conn);
     let after = Snapshot::of(&db);
 
     assert_eq!(after.user_version, fedcore::store::SCHEMA_VERSION);
-    assert_same_entries(&before.audit, &after.audit);
+    assert_same_rows("audit entry", &before.audit, &after.audit);
+    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
     assert_eq!(
         after.tables, before.tables,
         "expected every other table unchanged"
     );
-    // Every schema object but audit_log's table and its index on entry_hash is exactly as it was:
-    // audit_by_run and both triggers come back with the text schema.sql gave them.
-    let kept = |schema: &[SchemaObject]| -> Vec<SchemaObject> {
-        schema
-            .iter()
-            .filter(|(ty, name, ..)| {
-                !(ty == "table" && name == "audit_log") && name != "sqlite_autoindex_audit_log_1"
-            })
-            .cloned()
-            .collect()
-    };
-    assert_eq!(kept(&after.schema), kept(&before.schema));
+    // Every schema object but the two rebuilt tables and their automatic indexes is exactly as
+    // it was: audit_by_run and the four triggers come back with the text schema.sql gave them.
+    assert_eq!(
+        all_but(&after.schema, &["audit_log", "evidence"]),
+        all_but(&before.schema, &["audit_log", "evidence"])
+    );
     assert!(
         !after.names().contains(&"sqlite_autoindex_audit_log_1"),
         "expected no index on entry_hash: {:?}",
-        after.names()
-    );
-    assert!(
-        !after.names().contains(&"audit_log_new"),
-        "{:?}",
         after.names()
     );
     assert_eq!(after.indexes_of_audit_log, ["audit_by_run"]);
@@ -74,35 +71,9 @@ fn a_version_4_database_keeps_every_audit_entry_byte_for_byte_through_migration_
         after.columns_of_audit_log, before.columns_of_audit_log,
         "expected the same columns, types, NOT NULL and integer key"
     );
-
-    let conn = Connection::open(&db).expect("open the migrated file");
-    let integrity: String = conn
-        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
-        .expect("integrity check");
-    assert_eq!(integrity, "ok");
-    let broken_keys: i64 = conn
-        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
-            r.get(0)
-        })
-        .expect("foreign key check");
-    assert_eq!(broken_keys, 0);
-    for (statement, refusal) in [
-        (
-            "UPDATE audit_log SET reason = 'edited' WHERE seq = 1",
-            "audit_log is append-only: UPDATE refused",
-        ),
-        (
-            "DELETE FROM audit_log WHERE seq = 1",
-            "audit_log is append-only: DELETE refused",
-        ),
-    ] {
-        match conn.execute(statement, []) {
-            Ok(n) => panic!("expected `{statement}` refused, it changed {n} row(s)"),
-            Err(e) => assert!(e.to_string().contains(refusal), "{statement}: {e}"),
-        }
-    }
-    drop(conn);
-    assert_same_entries(&before.audit, &Snapshot::of(&db).audit);
+    assert_evidence_in_insertion_order(&before, &after);
+    assert_sound(&db);
+    assert_same_rows("audit entry", &before.audit, &Snapshot::of(&db).audit);
 
     let (code, after_report) = verify_json(&db);
     assert_eq!(code, 0, "expected the migrated file intact: {after_report}");
@@ -114,9 +85,85 @@ fn a_version_4_database_keeps_every_audit_entry_byte_for_byte_through_migration_
 }
 
 #[test]
+fn a_version_5_database_keeps_every_blob_byte_for_byte_through_migration_6() {
+    let dir = TempDir::new();
+    let db = fixture_copy(&dir, V5, "v5.db");
+    let (code, before_report) = verify_json(&db);
+    assert_eq!(code, 0, "expected the fixture intact: {before_report}");
+    let before = Snapshot::of(&db);
+    assert_eq!(before.user_version, 5, "expected the fixture at version 5");
+    assert!(
+        before.evidence.len() > 50,
+        "expected real evidence in the fixture"
+    );
+    assert_eq!(before.indexes_of_audit_log, ["audit_by_run"]);
+
+    let conn = fedcore::store::open_for_writing(&db).expect("migrate to the current version");
+    assert_foreign_keys_on(&conn);
+    drop(conn);
+    let after = Snapshot::of(&db);
+
+    assert_eq!(after.user_version, fedcore::store::SCHEMA_VERSION);
+    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
+    assert_same_rows("audit entry", &before.audit, &after.audit);
+    assert_eq!(
+        after.tables, before.tables,
+        "expected every other table unchanged"
+    );
+    // Only evidence's own `CREATE TABLE` and its new automatic index differ: the other tables'
+    // SQL, with its ten `REFERENCES evidence(hash)`, and both evidence triggers are as they were.
+    assert_eq!(
+        all_but(&after.schema, &["evidence"]),
+        all_but(&before.schema, &["evidence"])
+    );
+    assert_evidence_in_insertion_order(&before, &after);
+    assert_sound(&db);
+
+    let (code, after_report) = verify_json(&db);
+    assert_eq!(code, 0, "expected the migrated file intact: {after_report}");
+    assert_eq!(after_report["head"], before_report["head"]);
+    assert_eq!(
+        after_report["counts"], before_report["counts"],
+        "expected the same objects checked, the same 26 triggers among them"
+    );
+}
+
+#[test]
+fn the_rebuilt_evidence_table_is_the_one_the_other_tables_refer_to() {
+    // Dropping evidence leaves the other tables' `REFERENCES evidence(hash)` naming no table
+    // until the rename gives the name back; SQLite resolves a reference by name when it checks
+    // it, so the rebuilt table is the parent: a row naming a missing blob is refused, one
+    // naming a stored blob is accepted.
+    let dir = TempDir::new();
+    let db = fixture_copy(&dir, V5, "v5.db");
+    drop(fedcore::store::open_for_writing(&db).expect("migrate"));
+    let conn = Connection::open(&db).expect("open the migrated file");
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON;
+         CREATE TEMP TABLE p AS SELECT * FROM policies LIMIT 1;
+         UPDATE p SET version = version + 1000, policy_hash = 'no such blob';",
+    )
+    .expect("prepare a policy row");
+    let refused = conn
+        .execute("INSERT INTO policies SELECT * FROM p", [])
+        .expect_err("expected a policy naming a missing blob refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("FOREIGN KEY constraint failed"),
+        "{refused}"
+    );
+    conn.execute_batch(
+        "UPDATE p SET policy_hash = (SELECT hash FROM evidence ORDER BY hash LIMIT 1);
+         BEGIN; INSERT INTO policies SELECT * FROM p; ROLLBACK;",
+    )
+    .expect("expected a policy naming a stored blob accepted");
+}
+
+#[test]
 fn a_version_4_database_is_verified_as_it_is_and_stays_at_version_4() {
     let dir = TempDir::new();
-    let db = fixture_copy(&dir, "v4.db");
+    let db = fixture_copy(&dir, V4, "v4.db");
     let bytes = std::fs::read(&db).expect("read the copy");
     for extra in [&[][..], &["--replay"][..]] {
         let mut args = vec!["verify", "--db", db.to_str().expect("utf-8 path")];
@@ -141,7 +188,7 @@ fn a_migration_that_fails_part_way_leaves_the_file_as_it_was() {
     // of the rebuild fail: after the new table was filled and the old one dropped. The pending
     // migrations run in one transaction, so nothing of it may remain.
     let dir = TempDir::new();
-    let db = fixture_copy(&dir, "v4.db");
+    let db = fixture_copy(&dir, V4, "v4.db");
     let conn = Connection::open(&db).expect("open the copy");
     conn.execute_batch(
         "CREATE VIEW entries_per_actor AS SELECT actor, count(*) AS n FROM audit_log GROUP BY actor",
@@ -160,7 +207,8 @@ fn a_migration_that_fails_part_way_leaves_the_file_as_it_was() {
     let after = Snapshot::of(&db);
     assert_eq!(after.user_version, 4);
     assert_eq!(after.schema, before.schema, "expected the schema unchanged");
-    assert_same_entries(&before.audit, &after.audit);
+    assert_same_rows("audit entry", &before.audit, &after.audit);
+    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
     assert_eq!(after.tables, before.tables);
     let (code, report) = verify_json(&db);
     assert_eq!(code, 0, "{report}");
@@ -173,11 +221,71 @@ fn a_migration_that_fails_part_way_leaves_the_file_as_it_was() {
     fedcore::store::open_for_writing(&db).expect("migrate");
     let migrated = Snapshot::of(&db);
     assert_eq!(migrated.user_version, fedcore::store::SCHEMA_VERSION);
-    assert_same_entries(&before.audit, &migrated.audit);
+    assert_same_rows("audit entry", &before.audit, &migrated.audit);
 }
 
 #[test]
-fn a_new_database_has_no_index_on_entry_hash() {
+fn a_migration_that_fails_after_evidence_was_dropped_leaves_the_file_as_it_was() {
+    // A view over evidence makes migration 6 fail at the rename: after every blob was copied
+    // and the old table dropped, with `foreign_keys` off. The rollback must bring all of it
+    // back, and leave nothing half-done for the next open.
+    let dir = TempDir::new();
+    let db = fixture_copy(&dir, V5, "v5.db");
+    let conn = Connection::open(&db).expect("open the copy");
+    conn.execute_batch("CREATE VIEW blob_sizes AS SELECT hash, length(body) AS n FROM evidence")
+        .expect("add a view");
+    drop(conn);
+    let before = Snapshot::of(&db);
+
+    let refused = fedcore::store::open_for_writing(&db)
+        .map(drop)
+        .expect_err("expected the rename to fail on the view");
+    assert!(
+        refused.to_string().contains("blob_sizes"),
+        "expected the error to name the view: {refused}"
+    );
+    let after = Snapshot::of(&db);
+    assert_eq!(after.user_version, 5);
+    assert_eq!(after.schema, before.schema, "expected the schema unchanged");
+    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
+    assert_same_rows("audit entry", &before.audit, &after.audit);
+    assert_eq!(after.tables, before.tables);
+    assert_sound(&db);
+    let (code, report) = verify_json(&db);
+    assert_eq!(code, 0, "{report}");
+
+    let conn = Connection::open(&db).expect("open the copy");
+    conn.execute_batch("DROP VIEW blob_sizes")
+        .expect("drop the view");
+    drop(conn);
+    let conn = fedcore::store::open_for_writing(&db).expect("migrate");
+    assert_foreign_keys_on(&conn);
+    drop(conn);
+    let migrated = Snapshot::of(&db);
+    assert_eq!(migrated.user_version, fedcore::store::SCHEMA_VERSION);
+    assert_same_rows("evidence blob", &before.evidence, &migrated.evidence);
+}
+
+#[test]
+fn a_version_5_database_is_verified_as_it_is_and_stays_at_version_5() {
+    let dir = TempDir::new();
+    let db = fixture_copy(&dir, V5, "v5.db");
+    let bytes = std::fs::read(&db).expect("read the copy");
+    let (code, out, err) = run_cli(&["verify", "--db", db.to_str().expect("utf-8 path")]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("triggers                      26"), "{out}");
+    assert!(
+        std::fs::read(&db).expect("read the copy") == bytes,
+        "expected verify to leave the file byte for byte as it was"
+    );
+    assert_eq!(files_in(dir.path()), ["v5.db"]);
+    let after = Snapshot::of(&db);
+    assert_eq!(after.user_version, 5);
+    assert!(after.evidence_sql.contains("WITHOUT ROWID"));
+}
+
+#[test]
+fn a_new_database_has_no_index_on_entry_hash_and_its_evidence_in_insertion_order() {
     let dir = TempDir::new();
     let db = dir.path().join("new.db");
     let (code, out, err) = run_cli(&["token", "list", "--db", db.to_str().expect("utf-8")]);
@@ -185,11 +293,12 @@ fn a_new_database_has_no_index_on_entry_hash() {
     let created = Snapshot::of(&db);
     assert_eq!(created.user_version, fedcore::store::SCHEMA_VERSION);
     assert_eq!(created.indexes_of_audit_log, ["audit_by_run"]);
-    let fixture = Snapshot::of(&fixture_copy(&dir, "v4.db"));
+    let fixture = Snapshot::of(&fixture_copy(&dir, V4, "v4.db"));
     assert_eq!(
         created.columns_of_audit_log, fixture.columns_of_audit_log,
         "expected the columns of version 4"
     );
+    assert_evidence_in_insertion_order(&fixture, &created);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -200,6 +309,8 @@ struct Snapshot {
     user_version: i64,
     /// Every audit entry, all columns, by `seq`.
     audit: Vec<Vec<Sql>>,
+    /// Every evidence blob, `(hash, body)`, by hash.
+    evidence: Vec<Vec<Sql>>,
     /// Every other table's rows (each row written out, sorted), by table name.
     tables: BTreeMap<String, Vec<String>>,
     /// Every schema object, by type and name.
@@ -208,6 +319,12 @@ struct Snapshot {
     indexes_of_audit_log: Vec<String>,
     /// `PRAGMA table_info(audit_log)`: name, declared type, NOT NULL, default, key position.
     columns_of_audit_log: Vec<(String, String, bool, Option<String>, i64)>,
+    /// The `CREATE TABLE` statement of evidence.
+    evidence_sql: String,
+    /// `PRAGMA index_list(evidence)`: name, origin (`pk` for the primary key's) and uniqueness.
+    indexes_of_evidence: Vec<(String, String, bool)>,
+    /// `PRAGMA table_info(evidence)`: name, declared type, key position.
+    columns_of_evidence: Vec<(String, String, i64)>,
 }
 
 impl Snapshot {
@@ -217,6 +334,7 @@ impl Snapshot {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .expect("user_version");
         let audit = all_rows(&conn, "SELECT * FROM audit_log ORDER BY seq");
+        let evidence = all_rows(&conn, "SELECT hash, body FROM evidence ORDER BY hash");
         let schema: Vec<SchemaObject> = query(
             &conn,
             "SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name",
@@ -224,7 +342,7 @@ impl Snapshot {
         );
         let mut tables = BTreeMap::new();
         for (ty, name, ..) in &schema {
-            if ty == "table" && name != "audit_log" {
+            if ty == "table" && name != "audit_log" && name != "evidence" {
                 // Names come from the file's own schema, not from input.
                 let mut rows: Vec<String> = all_rows(&conn, &format!("SELECT * FROM \"{name}\""))
                     .iter()
@@ -245,13 +363,34 @@ impl Snapshot {
              ORDER BY cid",
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
         );
+        let evidence_sql = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'evidence'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("evidence table");
+        let indexes_of_evidence = query(
+            &conn,
+            "SELECT name, origin, \"unique\" FROM pragma_index_list('evidence') ORDER BY name",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
+        let columns_of_evidence = query(
+            &conn,
+            "SELECT name, type, pk FROM pragma_table_info('evidence') ORDER BY cid",
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        );
         Snapshot {
             user_version,
             audit,
+            evidence,
             tables,
             schema,
             indexes_of_audit_log,
             columns_of_audit_log,
+            evidence_sql,
+            indexes_of_evidence,
+            columns_of_evidence,
         }
     }
 
@@ -263,17 +402,129 @@ impl Snapshot {
     }
 }
 
-/// The same entries, in the same order, every value the same bytes of the same storage class.
-fn assert_same_entries(before: &[Vec<Sql>], after: &[Vec<Sql>]) {
-    assert_eq!(after.len(), before.len(), "expected as many audit entries");
+/// The same rows, in the same order, every value the same bytes of the same storage class.
+fn assert_same_rows(what: &str, before: &[Vec<Sql>], after: &[Vec<Sql>]) {
+    assert_eq!(after.len(), before.len(), "expected as many rows ({what})");
     if let Some(i) = (0..before.len()).find(|&i| before[i] != after[i]) {
         panic!(
-            "expected audit entry {} unchanged:\nbefore {:?}\nafter  {:?}",
+            "expected {what} {} unchanged:\nbefore {:?}\nafter  {:?}",
             i + 1,
             before[i],
             after[i]
         );
     }
+}
+
+/// Every schema object but the tables named (rebuilt by a migration) and their automatic
+/// indexes, which a rebuild drops or adds.
+fn all_but(schema: &[SchemaObject], rebuilt: &[&str]) -> Vec<SchemaObject> {
+    schema
+        .iter()
+        .filter(|(ty, name, tbl_name, _)| {
+            let rebuilt_table = rebuilt.contains(&tbl_name.as_str());
+            let automatic = name.starts_with("sqlite_autoindex_");
+            !(rebuilt_table && (ty == "table" || automatic))
+        })
+        .cloned()
+        .collect()
+}
+
+/// `after` holds evidence as migration 6 leaves it, with the columns `before` had: a rowid
+/// table whose hash is its primary key through a unique index, and nothing named evidence_new.
+fn assert_evidence_in_insertion_order(before: &Snapshot, after: &Snapshot) {
+    assert!(
+        !after.evidence_sql.contains("WITHOUT ROWID"),
+        "{}",
+        after.evidence_sql
+    );
+    assert_eq!(
+        after.indexes_of_evidence,
+        [(
+            "sqlite_autoindex_evidence_1".to_string(),
+            "pk".to_string(),
+            true
+        )],
+        "expected the hash in a unique index of the primary key"
+    );
+    assert_eq!(
+        after.columns_of_evidence, before.columns_of_evidence,
+        "expected the same columns, types and key"
+    );
+    assert_eq!(
+        after.columns_of_evidence,
+        [
+            ("hash".to_string(), "TEXT".to_string(), 1),
+            ("body".to_string(), "BLOB".to_string(), 0)
+        ]
+    );
+    assert!(
+        after
+            .schema
+            .iter()
+            .all(|(.., sql)| !sql.as_deref().unwrap_or("").contains("evidence_new")),
+        "expected no trace of the temporary name: {:?}",
+        after.schema
+    );
+    let references = |schema: &[SchemaObject]| -> usize {
+        schema
+            .iter()
+            .map(|(.., sql)| {
+                sql.as_deref()
+                    .unwrap_or("")
+                    .matches("REFERENCES evidence(hash)")
+                    .count()
+            })
+            .sum()
+    };
+    assert_eq!(references(&after.schema), 10);
+    assert_eq!(references(&after.schema), references(&before.schema));
+}
+
+/// The file passes SQLite's own checks, and the append-only tables still refuse changes.
+fn assert_sound(db: &Path) {
+    let conn = Connection::open(db).expect("open the file");
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(integrity, "ok");
+    let broken_keys: i64 = conn
+        .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+            r.get(0)
+        })
+        .expect("foreign key check");
+    assert_eq!(broken_keys, 0);
+    for (statement, refusal) in [
+        (
+            "UPDATE audit_log SET reason = 'edited' WHERE seq = 1",
+            "audit_log is append-only: UPDATE refused",
+        ),
+        (
+            "DELETE FROM audit_log WHERE seq = 1",
+            "audit_log is append-only: DELETE refused",
+        ),
+        (
+            "UPDATE evidence SET body = body || ' ' \
+             WHERE hash = (SELECT hash FROM evidence ORDER BY hash LIMIT 1)",
+            "evidence is append-only: UPDATE refused",
+        ),
+        (
+            "DELETE FROM evidence WHERE hash = (SELECT hash FROM evidence ORDER BY hash LIMIT 1)",
+            "evidence is append-only: DELETE refused",
+        ),
+    ] {
+        match conn.execute(statement, []) {
+            Ok(n) => panic!("expected `{statement}` refused, it changed {n} row(s)"),
+            Err(e) => assert!(e.to_string().contains(refusal), "{statement}: {e}"),
+        }
+    }
+}
+
+/// `foreign_keys` is on for `conn`, as `open_for_writing` sets it for every connection it opens.
+fn assert_foreign_keys_on(conn: &Connection) {
+    let on: bool = conn
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .expect("read foreign_keys");
+    assert!(on, "expected foreign_keys on after migrating");
 }
 
 fn all_rows(conn: &Connection, sql: &str) -> Vec<Vec<Sql>> {
@@ -295,11 +546,18 @@ fn query<T>(
     rows.map(|r| r.expect("row")).collect()
 }
 
-/// A copy of the version-4 fixture in `dir`.
-fn fixture_copy(dir: &TempDir, name: &str) -> PathBuf {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/schema-v4-pt004.db");
+/// The PT-004 proof database fedcore wrote at schema version 4.
+const V4: &str = "schema-v4-pt004.db";
+/// The PT-004 proof database fedcore wrote at schema version 5.
+const V5: &str = "schema-v5-pt004.db";
+
+/// A copy of the fixture `fixture` in `dir`, named `name`.
+fn fixture_copy(dir: &TempDir, fixture: &str, name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(fixture);
     let copy = dir.path().join(name);
-    std::fs::copy(&fixture, &copy).expect("copy the schema-version-4 fixture");
+    std::fs::copy(&path, &copy).unwrap_or_else(|e| panic!("copy {fixture}: {e}"));
     copy
 }
 
