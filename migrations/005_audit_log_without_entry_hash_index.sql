@@ -17,8 +17,8 @@
 -- Notes for whoever reads this against that procedure:
 -- - DROP TABLE removes the table with its indexes and triggers; it deletes no row one by one,
 --   so audit_log_no_delete does not fire. Nothing declares a foreign key to or from audit_log,
---   and no view or other table's trigger names it, so `foreign_keys` (ON) has nothing to check
---   and the rename has nothing else to rewrite.
+--   and no view or other table's trigger names it, so no foreign key is involved and the rename
+--   has nothing else to rewrite.
 -- - A view over audit_log that someone added to their file would make the rename fail ("error in
 --   view …"); the transaction is then rolled back and the file stays as it was.
 -- - On a large file this copies the whole log once: the write-ahead log grows by about the size

@@ -1,4 +1,5 @@
--- fedcore schema, migration 6: evidence blobs stored in the order they were written. schema.sql
+-- fedcore schema, migration 6: evidence as a rowid table, new blobs appended in the order they
+-- are written (those already there are copied in hash order). schema.sql
 -- declared `evidence` WITHOUT ROWID, keyed by `hash`: its rows (JCS bodies of about 520 bytes)
 -- live in a B-tree ordered by their SHA-256, so every new blob is written into a random leaf page
 -- holding about 7 rows, and a commit writes one 4 KiB page per blob (`bench load`: 63% of all
@@ -31,8 +32,9 @@
 --   pointed them at it.
 -- - DROP TABLE removes the table with its triggers; it deletes no row one by one, so
 --   evidence_no_delete does not fire.
--- - A view over evidence that someone added to their file would make the rename fail ("error in
---   view …"); the transaction is then rolled back and the file stays as it was.
+-- - A view over evidence, or a trigger on another table that reads evidence, that someone added
+--   to their file would make the rename fail ("error in view …" / "error in trigger …"); the
+--   transaction is then rolled back and the file stays as it was.
 -- - On a large file this copies every blob once: the write-ahead log grows by about the size
 --   of the table, and the old table's pages become free pages that later inserts reuse.
 

@@ -82,6 +82,12 @@ pub enum StoreError {
         parent: String,
         n_rows: i64,
     },
+    /// A file changed since fedcore wrote it, found before migrating it; nothing was changed.
+    #[error(
+        "{path} is not as fedcore left it ({why}); it was not migrated and nothing was changed: \
+         `fedcore verify --db {path}` shows what changed"
+    )]
+    NotAsWritten { path: PathBuf, why: String },
     #[error("the operation panicked and was rolled back")]
     Panicked,
     #[error("the write transaction failed: {0}")]
@@ -349,6 +355,9 @@ fn migrate_in_one_transaction(
         if user_version == supported {
             return Ok(());
         }
+        if user_version > 0 {
+            refuse_unless_as_written(conn, path, user_version)?;
+        }
         for (i, sql) in migrations.iter().enumerate().skip(user_version as usize) {
             conn.execute_batch(sql)?;
             conn.pragma_update(None, "user_version", i as i64 + 1)?;
@@ -364,18 +373,64 @@ fn migrate_in_one_transaction(
     result
 }
 
-/// Refuses what the migrations leave if a row names, through a foreign key, a parent row that
-/// does not exist (they ran with `foreign_keys` off, so nothing checked it as they went).
-fn check_foreign_keys(conn: &Connection, path: &Path, version: i64) -> Result<(), StoreError> {
-    let first: Option<(String, String, i64)> = conn
+/// Before migrating a file: its immutability triggers must be exactly those its schema declares,
+/// and no row may name a missing parent. A migration that rebuilds a table drops its triggers and
+/// declares them again, and its final foreign-key check would blame itself for a reference that
+/// was already broken: either way a sign of tampering that `fedcore verify` reports would be
+/// mended or misnamed. Such a file is left as it is, for `verify` to show what changed.
+fn refuse_unless_as_written(
+    conn: &Connection,
+    path: &Path,
+    user_version: i64,
+) -> Result<(), StoreError> {
+    let db = Tx { conn };
+    let refuse = |why: String| StoreError::NotAsWritten {
+        path: path.to_path_buf(),
+        why,
+    };
+    for trigger in expected_triggers(&db, user_version)? {
+        match trigger_sql(&db, &trigger.name)? {
+            Some(sql) if sql == trigger.sql => {}
+            Some(_) => {
+                return Err(refuse(format!(
+                    "the trigger {} was replaced by another",
+                    trigger.name
+                )))
+            }
+            None => {
+                return Err(refuse(format!(
+                    "the immutability trigger {} is missing",
+                    trigger.name
+                )))
+            }
+        }
+    }
+    match first_dangling_reference(conn)? {
+        None => Ok(()),
+        Some((table, parent, n_rows)) => Err(refuse(format!(
+            "{n_rows} row(s) of {table} name a row of {parent} that is not there"
+        ))),
+    }
+}
+
+/// The first table (with its parent and how many of its rows) that names a missing parent row.
+fn first_dangling_reference(
+    conn: &Connection,
+) -> Result<Option<(String, String, i64)>, StoreError> {
+    Ok(conn
         .query_row(
             "SELECT \"table\", parent, count(*) FROM pragma_foreign_key_check
              GROUP BY \"table\", parent ORDER BY \"table\", parent LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
-        .optional()?;
-    match first {
+        .optional()?)
+}
+
+/// Refuses what the migrations leave if a row names, through a foreign key, a parent row that
+/// does not exist (they ran with `foreign_keys` off, so nothing checked it as they went).
+fn check_foreign_keys(conn: &Connection, path: &Path, version: i64) -> Result<(), StoreError> {
+    match first_dangling_reference(conn)? {
         None => Ok(()),
         Some((table, parent, n_rows)) => Err(StoreError::DanglingReference {
             path: path.to_path_buf(),
@@ -619,15 +674,6 @@ mod tests {
         apply_migrations(&conn, Path::new(":memory:"), &rebuilding).unwrap();
         assert_eq!(user_version(&conn), SCHEMA_VERSION + 1);
         assert!(foreign_keys(&conn));
-        let refused = conn
-            .execute("UPDATE policies SET policy_hash = 'missing'", [])
-            .unwrap_err();
-        assert!(
-            refused
-                .to_string()
-                .contains("policy versions are immutable"),
-            "{refused}"
-        );
         let refused = conn
             .execute(
                 "INSERT INTO policies (policy_id, version, tier, default_effect, rules,

@@ -599,7 +599,16 @@ pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
 /// `user_version` of them, or more when its tables and columns show more were (a `user_version`
 /// lowered to hide dropped triggers does not lower what is checked).
 pub fn schema_triggers(db: &impl Db) -> Result<Vec<TriggerSql>, StoreError> {
-    let version = schema_version(db)?.max(version_of_objects(db)?);
+    expected_triggers(db, schema_version(db)?)
+}
+
+/// The triggers a database at `user_version` holds, or those of a later schema when its tables
+/// and columns show it is later (see `schema_triggers`).
+pub(super) fn expected_triggers(
+    db: &impl Db,
+    user_version: i64,
+) -> Result<Vec<TriggerSql>, StoreError> {
+    let version = user_version.max(version_of_objects(db)?);
     Ok(declared_triggers(
         version.clamp(0, MIGRATIONS.len() as i64) as usize
     ))

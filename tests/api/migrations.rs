@@ -71,7 +71,7 @@ fn a_version_4_database_keeps_every_audit_entry_and_blob_byte_for_byte_through_m
         after.columns_of_audit_log, before.columns_of_audit_log,
         "expected the same columns, types, NOT NULL and integer key"
     );
-    assert_evidence_in_insertion_order(&before, &after);
+    assert_evidence_is_a_rowid_table(&before, &after);
     assert_sound(&db);
     assert_same_rows("audit entry", &before.audit, &Snapshot::of(&db).audit);
 
@@ -116,7 +116,7 @@ fn a_version_5_database_keeps_every_blob_byte_for_byte_through_migration_6() {
         all_but(&after.schema, &["evidence"]),
         all_but(&before.schema, &["evidence"])
     );
-    assert_evidence_in_insertion_order(&before, &after);
+    assert_evidence_is_a_rowid_table(&before, &after);
     assert_sound(&db);
 
     let (code, after_report) = verify_json(&db);
@@ -267,6 +267,69 @@ fn a_migration_that_fails_after_evidence_was_dropped_leaves_the_file_as_it_was()
 }
 
 #[test]
+fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_it() {
+    let dir = TempDir::new();
+    for (change, named) in [
+        ("DROP TRIGGER audit_log_no_update", "audit_log_no_update"),
+        (
+            "DROP TRIGGER evidence_no_delete;
+             CREATE TRIGGER evidence_no_delete BEFORE DELETE ON evidence BEGIN SELECT 1; END;",
+            "evidence_no_delete",
+        ),
+    ] {
+        let db = fixture_copy(&dir, V4, &format!("{named}.db"));
+        Connection::open(&db)
+            .expect("open the copy")
+            .execute_batch(change)
+            .expect("tamper with a trigger");
+        let bytes = std::fs::read(&db).expect("read the copy");
+        let refused = fedcore::store::open_for_writing(&db)
+            .map(drop)
+            .expect_err("expected a file with a changed trigger refused");
+        let refused = refused.to_string();
+        assert!(
+            refused.contains(named) && refused.contains("fedcore verify"),
+            "{refused}"
+        );
+        assert!(
+            std::fs::read(&db).expect("read the copy") == bytes,
+            "expected the refused file unchanged"
+        );
+        let (code, report) = verify_json(&db);
+        assert_eq!(code, 1, "expected verify to report the trigger: {report}");
+        assert!(report.to_string().contains(named), "{report}");
+    }
+}
+
+#[test]
+fn a_file_already_naming_a_missing_blob_is_refused_as_changed_not_blamed_on_a_migration() {
+    let dir = TempDir::new();
+    let db = fixture_copy(&dir, V4, "dangling.db");
+    Connection::open(&db)
+        .expect("open the copy")
+        .execute_batch(
+            "PRAGMA foreign_keys = OFF;
+             CREATE TEMP TABLE p AS SELECT * FROM policies LIMIT 1;
+             UPDATE p SET version = version + 1000, policy_hash = 'no such blob';
+             INSERT INTO policies SELECT * FROM p;",
+        )
+        .expect("add a policy row naming a missing blob");
+    let bytes = std::fs::read(&db).expect("read the copy");
+    let refused = fedcore::store::open_for_writing(&db)
+        .map(drop)
+        .expect_err("expected the file refused")
+        .to_string();
+    assert!(
+        refused.contains("is not as fedcore left it") && refused.contains("policies"),
+        "{refused}"
+    );
+    assert!(
+        std::fs::read(&db).expect("read the copy") == bytes,
+        "expected the refused file unchanged"
+    );
+}
+
+#[test]
 fn a_version_5_database_is_verified_as_it_is_and_stays_at_version_5() {
     let dir = TempDir::new();
     let db = fixture_copy(&dir, V5, "v5.db");
@@ -285,7 +348,7 @@ fn a_version_5_database_is_verified_as_it_is_and_stays_at_version_5() {
 }
 
 #[test]
-fn a_new_database_has_no_index_on_entry_hash_and_its_evidence_in_insertion_order() {
+fn a_new_database_has_no_index_on_entry_hash_and_its_evidence_in_a_rowid_table() {
     let dir = TempDir::new();
     let db = dir.path().join("new.db");
     let (code, out, err) = run_cli(&["token", "list", "--db", db.to_str().expect("utf-8")]);
@@ -298,7 +361,7 @@ fn a_new_database_has_no_index_on_entry_hash_and_its_evidence_in_insertion_order
         created.columns_of_audit_log, fixture.columns_of_audit_log,
         "expected the columns of version 4"
     );
-    assert_evidence_in_insertion_order(&fixture, &created);
+    assert_evidence_is_a_rowid_table(&fixture, &created);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -431,7 +494,7 @@ fn all_but(schema: &[SchemaObject], rebuilt: &[&str]) -> Vec<SchemaObject> {
 
 /// `after` holds evidence as migration 6 leaves it, with the columns `before` had: a rowid
 /// table whose hash is its primary key through a unique index, and nothing named evidence_new.
-fn assert_evidence_in_insertion_order(before: &Snapshot, after: &Snapshot) {
+fn assert_evidence_is_a_rowid_table(before: &Snapshot, after: &Snapshot) {
     assert!(
         !after.evidence_sql.contains("WITHOUT ROWID"),
         "{}",
