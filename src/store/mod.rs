@@ -84,8 +84,8 @@ pub enum StoreError {
     },
     /// A file changed since fedcore wrote it, found before migrating it; nothing was changed.
     #[error(
-        "{path} is not as fedcore left it ({why}); it was not migrated and nothing was changed: \
-         `fedcore verify --db {path}` shows what changed"
+        "{path} is not as fedcore left it ({why}); it was not migrated and its contents were not \
+         changed: `fedcore verify --db '{path}'` shows what changed"
     )]
     NotAsWritten { path: PathBuf, why: String },
     #[error("the operation panicked and was rolled back")]

@@ -269,15 +269,22 @@ fn a_migration_that_fails_after_evidence_was_dropped_leaves_the_file_as_it_was()
 #[test]
 fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_it() {
     let dir = TempDir::new();
-    for (change, named) in [
-        ("DROP TRIGGER audit_log_no_update", "audit_log_no_update"),
+    // (the change, the trigger, what the refusal says of it)
+    let cases = [
+        (
+            "DROP TRIGGER audit_log_no_update",
+            "audit_log_no_update",
+            "the immutability trigger audit_log_no_update is missing",
+        ),
         (
             "DROP TRIGGER evidence_no_delete;
              CREATE TRIGGER evidence_no_delete BEFORE DELETE ON evidence BEGIN SELECT 1; END;",
             "evidence_no_delete",
+            "the trigger evidence_no_delete was replaced by another",
         ),
-    ] {
-        let db = fixture_copy(&dir, V4, &format!("{named}.db"));
+    ];
+    for (i, (change, named, why)) in cases.into_iter().enumerate() {
+        let db = fixture_copy(&dir, V4, &format!("case-{i}.db"));
         Connection::open(&db)
             .expect("open the copy")
             .execute_batch(change)
@@ -288,7 +295,7 @@ fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_
             .expect_err("expected a file with a changed trigger refused");
         let refused = refused.to_string();
         assert!(
-            refused.contains(named) && refused.contains("fedcore verify"),
+            refused.contains(why) && refused.contains("fedcore verify"),
             "{refused}"
         );
         assert!(
