@@ -309,6 +309,38 @@ fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_
 }
 
 #[test]
+fn a_version_1_database_migrates_through_every_migration_and_still_verifies() {
+    let dir = TempDir::new();
+    let db = fixture_copy(&dir, V1, "v1.db");
+    let before = Snapshot::of(&db);
+    assert_eq!(before.user_version, 1, "expected the fixture at version 1");
+    drop(fedcore::store::open_for_writing(&db).expect("migrate from version 1"));
+    let after = Snapshot::of(&db);
+    assert_eq!(after.user_version, fedcore::store::SCHEMA_VERSION);
+    assert_same_rows("audit entry", &before.audit, &after.audit);
+    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
+    assert_sound(&db);
+    let (code, report) = verify_json(&db);
+    assert_eq!(code, 0, "{report}");
+
+    // The same file with a trigger dropped is refused before the first migration runs.
+    let tampered = fixture_copy(&dir, V1, "v1-tampered.db");
+    Connection::open(&tampered)
+        .expect("open the copy")
+        .execute_batch("DROP TRIGGER evidence_no_update")
+        .expect("drop a trigger");
+    let refused = fedcore::store::open_for_writing(&tampered)
+        .map(drop)
+        .expect_err("expected the tampered file refused")
+        .to_string();
+    assert!(
+        refused.contains("the immutability trigger evidence_no_update is missing"),
+        "{refused}"
+    );
+    assert_eq!(Snapshot::of(&tampered).user_version, 1);
+}
+
+#[test]
 fn a_file_already_naming_a_missing_blob_is_refused_as_changed_not_blamed_on_a_migration() {
     let dir = TempDir::new();
     let db = fixture_copy(&dir, V4, "dangling.db");
@@ -618,6 +650,8 @@ fn query<T>(
 
 /// The PT-004 proof database fedcore wrote at schema version 4.
 const V4: &str = "schema-v4-pt004.db";
+/// Written at schema version 1 (also read by the export tests).
+const V1: &str = "schema-v1-pt004.db";
 /// The PT-004 proof database fedcore wrote at schema version 5.
 const V5: &str = "schema-v5-pt004.db";
 
