@@ -890,17 +890,13 @@ impl<D: Db> Checker<'_, D> {
                 table: "sqlite_master",
                 row: Row::Key(&trigger.name),
             };
-            match store::trigger_sql(self.db, &trigger.name)? {
-                Some(sql) if sql == trigger.sql => self.counts.triggers += 1,
-                Some(sql) => {
-                    let why = format!("the trigger {} was replaced by another", trigger.name);
+            match trigger.compared_with(self.db)? {
+                Ok(()) => self.counts.triggers += 1,
+                Err(mismatch) => {
+                    let found = mismatch.found.as_deref();
                     return Err(at
-                        .broken("trigger", Some(&trigger.sql), Some(&sql), why)
+                        .broken("trigger", Some(&trigger.sql), found, mismatch.why)
                         .into());
-                }
-                None => {
-                    let why = format!("the immutability trigger {} is missing", trigger.name);
-                    return Err(at.broken("trigger", Some(&trigger.sql), None, why).into());
                 }
             }
         }

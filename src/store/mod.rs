@@ -389,20 +389,8 @@ fn refuse_unless_as_written(
         why,
     };
     for trigger in expected_triggers(&db, user_version)? {
-        match trigger_sql(&db, &trigger.name)? {
-            Some(sql) if sql == trigger.sql => {}
-            Some(_) => {
-                return Err(refuse(format!(
-                    "the trigger {} was replaced by another",
-                    trigger.name
-                )))
-            }
-            None => {
-                return Err(refuse(format!(
-                    "the immutability trigger {} is missing",
-                    trigger.name
-                )))
-            }
+        if let Err(mismatch) = trigger.compared_with(&db)? {
+            return Err(refuse(mismatch.why));
         }
     }
     match first_dangling_reference(conn)? {

@@ -692,6 +692,31 @@ fn declared_triggers(n_migrations: usize) -> Vec<TriggerSql> {
     triggers
 }
 
+/// A declared trigger the database does not hold as declared: why, in a sentence, and the SQL
+/// that stands in its place, if any. Verify reports it; a migration refuses the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerMismatch {
+    pub why: String,
+    pub found: Option<String>,
+}
+
+impl TriggerSql {
+    /// Whether `db` holds this trigger exactly as declared.
+    pub fn compared_with(&self, db: &impl Db) -> Result<Result<(), TriggerMismatch>, StoreError> {
+        Ok(match trigger_sql(db, &self.name)? {
+            Some(sql) if sql == self.sql => Ok(()),
+            Some(sql) => Err(TriggerMismatch {
+                why: format!("the trigger {} was replaced by another", self.name),
+                found: Some(sql),
+            }),
+            None => Err(TriggerMismatch {
+                why: format!("the immutability trigger {} is missing", self.name),
+                found: None,
+            }),
+        })
+    }
+}
+
 /// The SQL of the trigger named `name`, if the database holds one.
 pub fn trigger_sql(db: &impl Db, name: &str) -> Result<Option<String>, StoreError> {
     Ok(db

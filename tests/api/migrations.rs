@@ -12,10 +12,9 @@
 //! `token`, `bench seed`) goes through; the commands themselves would also need the fixture's
 //! signing key, which is not kept.
 
-use crate::support::{run_cli, TempDir};
+use crate::support::{files_in, run_cli, verify_json, TempDir};
 use rusqlite::types::Value as Sql;
 use rusqlite::Connection;
-use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -27,7 +26,7 @@ fn a_version_4_database_keeps_every_audit_entry_and_blob_byte_for_byte_through_m
 {
     let dir = TempDir::new();
     let db = fixture_copy(&dir, V4, "v4.db");
-    let (code, before_report) = verify_json(&db);
+    let (code, before_report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "expected the fixture intact: {before_report}");
     let before = Snapshot::of(&db);
     assert_eq!(before.user_version, 4, "expected the fixture at version 4");
@@ -75,7 +74,7 @@ fn a_version_4_database_keeps_every_audit_entry_and_blob_byte_for_byte_through_m
     assert_sound(&db);
     assert_same_rows("audit entry", &before.audit, &Snapshot::of(&db).audit);
 
-    let (code, after_report) = verify_json(&db);
+    let (code, after_report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "expected the migrated file intact: {after_report}");
     assert_eq!(after_report["head"], before_report["head"]);
     assert_eq!(
@@ -88,7 +87,7 @@ fn a_version_4_database_keeps_every_audit_entry_and_blob_byte_for_byte_through_m
 fn a_version_5_database_keeps_every_blob_byte_for_byte_through_migration_6() {
     let dir = TempDir::new();
     let db = fixture_copy(&dir, V5, "v5.db");
-    let (code, before_report) = verify_json(&db);
+    let (code, before_report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "expected the fixture intact: {before_report}");
     let before = Snapshot::of(&db);
     assert_eq!(before.user_version, 5, "expected the fixture at version 5");
@@ -119,7 +118,7 @@ fn a_version_5_database_keeps_every_blob_byte_for_byte_through_migration_6() {
     assert_evidence_is_a_rowid_table(&before, &after);
     assert_sound(&db);
 
-    let (code, after_report) = verify_json(&db);
+    let (code, after_report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "expected the migrated file intact: {after_report}");
     assert_eq!(after_report["head"], before_report["head"]);
     assert_eq!(
@@ -187,41 +186,12 @@ fn a_migration_that_fails_part_way_leaves_the_file_as_it_was() {
     // A view over audit_log, as someone might add to their own file, makes the rename at the end
     // of the rebuild fail: after the new table was filled and the old one dropped. The pending
     // migrations run in one transaction, so nothing of it may remain.
-    let dir = TempDir::new();
-    let db = fixture_copy(&dir, V4, "v4.db");
-    let conn = Connection::open(&db).expect("open the copy");
-    conn.execute_batch(
+    a_view_stops_the_migration_and_the_file_stays_as_it_was(
+        V4,
+        4,
+        "entries_per_actor",
         "CREATE VIEW entries_per_actor AS SELECT actor, count(*) AS n FROM audit_log GROUP BY actor",
-    )
-    .expect("add a view");
-    drop(conn);
-    let before = Snapshot::of(&db);
-
-    let refused = fedcore::store::open_for_writing(&db)
-        .map(drop)
-        .expect_err("expected the rename to fail on the view");
-    assert!(
-        refused.to_string().contains("entries_per_actor"),
-        "expected the error to name the view: {refused}"
     );
-    let after = Snapshot::of(&db);
-    assert_eq!(after.user_version, 4);
-    assert_eq!(after.schema, before.schema, "expected the schema unchanged");
-    assert_same_rows("audit entry", &before.audit, &after.audit);
-    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
-    assert_eq!(after.tables, before.tables);
-    let (code, report) = verify_json(&db);
-    assert_eq!(code, 0, "{report}");
-
-    // Without the view, the same file migrates.
-    let conn = Connection::open(&db).expect("open the copy");
-    conn.execute_batch("DROP VIEW entries_per_actor")
-        .expect("drop the view");
-    drop(conn);
-    fedcore::store::open_for_writing(&db).expect("migrate");
-    let migrated = Snapshot::of(&db);
-    assert_eq!(migrated.user_version, fedcore::store::SCHEMA_VERSION);
-    assert_same_rows("audit entry", &before.audit, &migrated.audit);
 }
 
 #[test]
@@ -229,11 +199,26 @@ fn a_migration_that_fails_after_evidence_was_dropped_leaves_the_file_as_it_was()
     // A view over evidence makes migration 6 fail at the rename: after every blob was copied
     // and the old table dropped, with `foreign_keys` off. The rollback must bring all of it
     // back, and leave nothing half-done for the next open.
+    a_view_stops_the_migration_and_the_file_stays_as_it_was(
+        V5,
+        5,
+        "blob_sizes",
+        "CREATE VIEW blob_sizes AS SELECT hash, length(body) AS n FROM evidence",
+    );
+}
+
+/// Adds `view` (named `view_name`) to a copy of `fixture` (at `version`); opening it for writing
+/// must fail naming the view and change nothing; without the view, it must migrate.
+fn a_view_stops_the_migration_and_the_file_stays_as_it_was(
+    fixture: &str,
+    version: i64,
+    view_name: &str,
+    view: &str,
+) {
     let dir = TempDir::new();
-    let db = fixture_copy(&dir, V5, "v5.db");
+    let db = fixture_copy(&dir, fixture, "copy.db");
     let conn = Connection::open(&db).expect("open the copy");
-    conn.execute_batch("CREATE VIEW blob_sizes AS SELECT hash, length(body) AS n FROM evidence")
-        .expect("add a view");
+    conn.execute_batch(view).expect("add a view");
     drop(conn);
     let before = Snapshot::of(&db);
 
@@ -241,21 +226,22 @@ fn a_migration_that_fails_after_evidence_was_dropped_leaves_the_file_as_it_was()
         .map(drop)
         .expect_err("expected the rename to fail on the view");
     assert!(
-        refused.to_string().contains("blob_sizes"),
+        refused.to_string().contains(view_name),
         "expected the error to name the view: {refused}"
     );
     let after = Snapshot::of(&db);
-    assert_eq!(after.user_version, 5);
+    assert_eq!(after.user_version, version);
     assert_eq!(after.schema, before.schema, "expected the schema unchanged");
-    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
     assert_same_rows("audit entry", &before.audit, &after.audit);
+    assert_same_rows("evidence blob", &before.evidence, &after.evidence);
     assert_eq!(after.tables, before.tables);
     assert_sound(&db);
-    let (code, report) = verify_json(&db);
+    let (code, report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "{report}");
 
+    // Without the view, the same file migrates.
     let conn = Connection::open(&db).expect("open the copy");
-    conn.execute_batch("DROP VIEW blob_sizes")
+    conn.execute_batch(&format!("DROP VIEW {view_name}"))
         .expect("drop the view");
     drop(conn);
     let conn = fedcore::store::open_for_writing(&db).expect("migrate");
@@ -263,6 +249,7 @@ fn a_migration_that_fails_after_evidence_was_dropped_leaves_the_file_as_it_was()
     drop(conn);
     let migrated = Snapshot::of(&db);
     assert_eq!(migrated.user_version, fedcore::store::SCHEMA_VERSION);
+    assert_same_rows("audit entry", &before.audit, &migrated.audit);
     assert_same_rows("evidence blob", &before.evidence, &migrated.evidence);
 }
 
@@ -289,20 +276,12 @@ fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_
             .expect("open the copy")
             .execute_batch(change)
             .expect("tamper with a trigger");
-        let bytes = std::fs::read(&db).expect("read the copy");
-        let refused = fedcore::store::open_for_writing(&db)
-            .map(drop)
-            .expect_err("expected a file with a changed trigger refused");
-        let refused = refused.to_string();
+        let refused = refused_unchanged(&db);
         assert!(
             refused.contains(why) && refused.contains("fedcore verify"),
             "{refused}"
         );
-        assert!(
-            std::fs::read(&db).expect("read the copy") == bytes,
-            "expected the refused file unchanged"
-        );
-        let (code, report) = verify_json(&db);
+        let (code, report) = verify_json(&db, &[]);
         assert_eq!(code, 1, "expected verify to report the trigger: {report}");
         assert!(report.to_string().contains(named), "{report}");
     }
@@ -320,7 +299,7 @@ fn a_version_1_database_migrates_through_every_migration_and_still_verifies() {
     assert_same_rows("audit entry", &before.audit, &after.audit);
     assert_same_rows("evidence blob", &before.evidence, &after.evidence);
     assert_sound(&db);
-    let (code, report) = verify_json(&db);
+    let (code, report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "{report}");
 
     // The same file with a trigger dropped is refused before the first migration runs.
@@ -329,10 +308,7 @@ fn a_version_1_database_migrates_through_every_migration_and_still_verifies() {
         .expect("open the copy")
         .execute_batch("DROP TRIGGER evidence_no_update")
         .expect("drop a trigger");
-    let refused = fedcore::store::open_for_writing(&tampered)
-        .map(drop)
-        .expect_err("expected the tampered file refused")
-        .to_string();
+    let refused = refused_unchanged(&tampered);
     assert!(
         refused.contains("the immutability trigger evidence_no_update is missing"),
         "{refused}"
@@ -353,19 +329,26 @@ fn a_file_already_naming_a_missing_blob_is_refused_as_changed_not_blamed_on_a_mi
              INSERT INTO policies SELECT * FROM p;",
         )
         .expect("add a policy row naming a missing blob");
-    let bytes = std::fs::read(&db).expect("read the copy");
-    let refused = fedcore::store::open_for_writing(&db)
-        .map(drop)
-        .expect_err("expected the file refused")
-        .to_string();
+    let refused = refused_unchanged(&db);
     assert!(
         refused.contains("is not as fedcore left it") && refused.contains("policies"),
         "{refused}"
     );
+}
+
+/// Opens `db` for writing, expects a refusal, checks the file is byte for byte as it was, and
+/// returns the refusal's message.
+fn refused_unchanged(db: &Path) -> String {
+    let bytes = std::fs::read(db).expect("read the copy");
+    let refused = fedcore::store::open_for_writing(db)
+        .map(drop)
+        .expect_err("expected the file refused")
+        .to_string();
     assert!(
-        std::fs::read(&db).expect("read the copy") == bytes,
+        std::fs::read(db).expect("read the copy") == bytes,
         "expected the refused file unchanged"
     );
+    refused
 }
 
 #[test]
@@ -663,22 +646,4 @@ fn fixture_copy(dir: &TempDir, fixture: &str, name: &str) -> PathBuf {
     let copy = dir.path().join(name);
     std::fs::copy(&path, &copy).unwrap_or_else(|e| panic!("copy {fixture}: {e}"));
     copy
-}
-
-/// Runs `fedcore verify --json` and returns the exit code and the parsed report.
-fn verify_json(db: &Path) -> (i32, Value) {
-    let (code, out, err) = run_cli(&["verify", "--json", "--db", db.to_str().expect("utf-8")]);
-    let report = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): exit {code}\n{out}\n{err}"));
-    (code, report)
-}
-
-/// The names of the files in `dir`, sorted.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }

@@ -65,6 +65,26 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// Runs `fedcore verify --json --db DB EXTRA…` and returns the exit code and the parsed report.
+pub fn verify_json(db: &Path, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec!["verify", "--json", "--db", db.to_str().expect("utf-8 path")];
+    args.extend_from_slice(extra);
+    let (code, out, err) = run_cli(&args);
+    let report = serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): exit {code}\n{out}\n{err}"));
+    (code, report)
+}
+
+/// The names of the files in `dir`, sorted.
+pub fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("list")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A running `fedcore serve` over a database in its own temp dir.
 pub struct Server {
     pub addr: SocketAddr,

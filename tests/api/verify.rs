@@ -5,7 +5,7 @@
 //! would, after dropping the triggers that refuse such edits. Each edit must be named in `--json`
 //! output, exit 1.
 
-use crate::support::{run_cli, Client, Server, TempDir};
+use crate::support::{files_in, run_cli, verify_json, Client, Server, TempDir};
 use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -1183,16 +1183,6 @@ fn swap_entries(conn: &Connection, a: i64, b: i64) {
 // ---------------------------------------------------------------------------------------------
 // Running verify and reading its answer.
 
-/// Runs `fedcore verify --json` and returns the exit code and the parsed report.
-fn verify_json(db: &Path, extra: &[&str]) -> (i32, Value) {
-    let mut args = vec!["verify", "--json", "--db", db.to_str().expect("utf-8 path")];
-    args.extend_from_slice(extra);
-    let (code, out, err) = run_cli(&args);
-    let report = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("verify printed no JSON ({e}): exit {code}\n{out}\n{err}"));
-    (code, report)
-}
-
 /// Runs verify, expects exit 1, and returns the named failure.
 fn expect_broken(db: &Path, extra: &[&str]) -> Value {
     let (code, report) = verify_json(db, extra);
@@ -1218,16 +1208,6 @@ fn assert_named(failure: &Value, table: &str, id: &str, field: &str) {
         failure["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{failure}"
     );
-}
-
-/// The names of the files in `dir`, sorted.
-fn files_in(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
 }
 
 fn head_seq(head: &str) -> i64 {
