@@ -128,25 +128,32 @@ impl Db for Tx<'_> {
 impl Tx<'_> {
     /// Marks a point that `rollback_to_savepoint` can return to without ending the transaction.
     pub fn savepoint(&self, name: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch(&format!("SAVEPOINT {}", savepoint_name(name)))?;
-        Ok(())
+        Ok(run_cached(
+            self.conn,
+            &format!("SAVEPOINT {}", savepoint_name(name)),
+        )?)
     }
 
     /// Undoes everything since `savepoint(name)` and forgets the savepoint.
     pub fn rollback_to_savepoint(&self, name: &str) -> Result<(), StoreError> {
         let name = savepoint_name(name);
-        self.conn
-            .execute_batch(&format!("ROLLBACK TO {name}; RELEASE {name}"))?;
-        Ok(())
+        run_cached(self.conn, &format!("ROLLBACK TO {name}"))?;
+        Ok(run_cached(self.conn, &format!("RELEASE {name}"))?)
     }
 
     /// Keeps everything since `savepoint(name)` and forgets the savepoint.
     pub fn release_savepoint(&self, name: &str) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch(&format!("RELEASE {}", savepoint_name(name)))?;
-        Ok(())
+        Ok(run_cached(
+            self.conn,
+            &format!("RELEASE {}", savepoint_name(name)),
+        )?)
     }
+}
+
+/// Runs one statement that returns no rows through the connection's statement cache: the
+/// transaction and savepoint statements every write runs are parsed once, not once a request.
+pub(crate) fn run_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Savepoint names are fixed identifiers chosen by the code, never input; this keeps them so.

@@ -6,7 +6,7 @@
 //! once; batches form only when requests arrive while a commit is under way. The queue is bounded;
 //! a full queue is refused at once (`Busy`) instead of blocking the caller.
 
-use super::{StoreError, Tx};
+use super::{run_cached, StoreError, Tx};
 use crate::model::Timestamp;
 use rusqlite::{Connection, OpenFlags};
 use std::io::Write;
@@ -122,9 +122,9 @@ pub fn write_once<T>(
     conn: &Connection,
     f: impl FnOnce(&Tx<'_>) -> (T, Commit),
 ) -> Result<T, StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE")?;
+    run_cached(conn, "BEGIN IMMEDIATE")?;
     let (out, commit) = f(&Tx { conn });
-    let ended = conn.execute_batch(if commit { "COMMIT" } else { "ROLLBACK" });
+    let ended = run_cached(conn, if commit { "COMMIT" } else { "ROLLBACK" });
     if ended.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -139,7 +139,7 @@ fn run_batch(
     jobs: Vec<Box<dyn Job>>,
     tick: &mut impl FnMut() -> Timestamp,
 ) -> bool {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+    if let Err(e) = run_cached(conn, "BEGIN IMMEDIATE") {
         for job in jobs {
             job.finish(Some(StoreError::Transaction(format!(
                 "could not begin: {e}"
@@ -154,7 +154,7 @@ fn run_batch(
         let failure = run_in_savepoint(conn, &tx, job.as_mut(), now);
         ran.push((job, failure));
     }
-    if let Err(e) = conn.execute_batch("COMMIT") {
+    if let Err(e) = run_cached(conn, "COMMIT") {
         if !conn.is_autocommit() {
             // A failed COMMIT can leave the transaction open; never let it leak into the next batch.
             let _ = conn.execute_batch("ROLLBACK");
@@ -306,16 +306,17 @@ fn run_in_savepoint(
     job: &mut dyn Job,
     now: Timestamp,
 ) -> Option<StoreError> {
-    if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+    if let Err(e) = run_cached(conn, "SAVEPOINT job") {
         return Some(e.into());
     }
     let undo = || {
-        conn.execute_batch("ROLLBACK TO job; RELEASE job")
+        run_cached(conn, "ROLLBACK TO job")
+            .and_then(|()| run_cached(conn, "RELEASE job"))
             .err()
             .map(StoreError::from)
     };
     match catch_unwind(AssertUnwindSafe(|| job.run(tx, now))) {
-        Ok(true) => match conn.execute_batch("RELEASE job") {
+        Ok(true) => match run_cached(conn, "RELEASE job") {
             Ok(()) => None,
             Err(e) => {
                 let _ = undo();
