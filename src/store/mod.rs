@@ -88,6 +88,17 @@ pub enum StoreError {
          changed: `fedcore verify --db '{path}'` shows what changed"
     )]
     NotAsWritten { path: PathBuf, why: String },
+    /// A file with fedcore's `application_id` and schema objects but `user_version` 0. The first
+    /// migration sets all three in one transaction, so the version was reset since, and nothing
+    /// tells which migrations the file holds: it is neither migrated nor read (`verify` exits
+    /// 2, could not check). Found before anything is written, so nothing was changed.
+    #[error(
+        "{path} is not as fedcore left it: it has fedcore's application_id and {n_objects} \
+         schema objects, but schema version 0 (PRAGMA user_version was reset after fedcore wrote \
+         it), so nothing tells which schema version to read or migrate it as; it was refused and \
+         its contents were not changed"
+    )]
+    SchemaVersionReset { path: PathBuf, n_objects: i64 },
     #[error("the operation panicked and was rolled back")]
     Panicked,
     #[error("the write transaction failed: {0}")]
@@ -310,6 +321,14 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                 path: path.to_path_buf(),
                 found: user_version,
                 supported: SCHEMA_VERSION,
+            });
+        }
+        if user_version == 0 && n_objects > 0 {
+            // Migrating it from version 0 would run the first migration over the tables already
+            // there, and reading it as version 0 would find no schema: say what happened instead.
+            return Err(StoreError::SchemaVersionReset {
+                path: path.to_path_buf(),
+                n_objects,
             });
         }
         Ok(())
@@ -697,6 +716,19 @@ mod tests {
             ))
             .unwrap_err();
         assert!(refused.to_string().contains("FOREIGN KEY"), "{refused}");
+    }
+
+    #[test]
+    fn a_fedcore_schema_whose_version_was_reset_is_refused_and_an_empty_file_is_not() {
+        let conn = Connection::open_in_memory().unwrap();
+        check_identity(&conn, Path::new("x.db")).expect("a new, empty database");
+        migrate(&conn, Path::new("x.db")).unwrap();
+        conn.pragma_update(None, "user_version", 0).unwrap();
+        let refused = check_identity(&conn, Path::new("x.db")).unwrap_err();
+        assert!(
+            matches!(refused, StoreError::SchemaVersionReset { n_objects, .. } if n_objects > 0),
+            "{refused}"
+        );
     }
 
     #[test]

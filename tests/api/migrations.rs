@@ -12,6 +12,7 @@
 //! `token`, `bench seed`) goes through; the commands themselves would also need the fixture's
 //! signing key, which is not kept.
 
+use crate::shutdown::assert_refused_and_untouched;
 use crate::support::{files_in, run_cli, verify_json, TempDir};
 use rusqlite::types::Value as Sql;
 use rusqlite::Connection;
@@ -349,6 +350,68 @@ fn refused_unchanged(db: &Path) -> String {
         "expected the refused file unchanged"
     );
     refused
+}
+
+#[test]
+fn a_file_whose_schema_version_was_reset_to_0_is_refused_by_every_command_and_left_unchanged() {
+    let dir = TempDir::new();
+    let current = dir.path().join("current.db");
+    drop(fedcore::store::open_for_writing(&current).expect("create a database"));
+    let files = [
+        current,
+        fixture_copy(&dir, V5, "v5.db"),
+        // Opening for writing switches a file to WAL: a refusal must come before that.
+        fixture_copy(&dir, V5, "v5-rollback-journal.db"),
+    ];
+    for db in &files {
+        let conn = Connection::open(db).expect("open the file");
+        if db.ends_with("v5-rollback-journal.db") {
+            conn.pragma_update(None, "journal_mode", "DELETE")
+                .expect("leave WAL");
+        }
+        conn.pragma_update(None, "user_version", 0)
+            .expect("reset the schema version");
+    }
+    for db in &files {
+        let name = db.file_name().expect("a file name").to_string_lossy();
+        let path = db.to_str().expect("utf-8 path");
+        let expected =
+            format!("{path} is not as fedcore left it: it has fedcore's application_id and ");
+        let reset = "schema objects, but schema version 0 (PRAGMA user_version was reset after \
+                     fedcore wrote it)";
+        let unchanged = "it was refused and its contents were not changed";
+        let bytes = std::fs::read(db).expect("read the file");
+        let listing = files_in(dir.path());
+
+        let refused = refused_unchanged(db);
+        assert!(
+            refused.starts_with(&expected)
+                && refused.contains(reset)
+                && refused.contains(unchanged),
+            "{name}: {refused}"
+        );
+        // `verify` cannot tell which schema version to check the file against: exit 2, the same
+        // message, and no report.
+        for command in [&["verify"][..], &["verify", "--json"], &["token", "list"]] {
+            let mut args = command.to_vec();
+            args.extend(["--db", path]);
+            let (code, out, err) = run_cli(&args);
+            assert_eq!(code, 2, "{name}: {args:?}: stdout:\n{out}\nstderr:\n{err}");
+            assert!(
+                err.contains(&expected) && err.contains(reset) && err.contains(unchanged),
+                "{name}: {args:?}: {err}"
+            );
+            assert!(out.is_empty(), "{name}: {args:?}: {out}");
+        }
+        assert_refused_and_untouched(db);
+
+        assert!(
+            std::fs::read(db).expect("read the file") == bytes,
+            "{name}: expected the file byte for byte as it was"
+        );
+        assert_eq!(files_in(dir.path()), listing, "{name}");
+        assert_eq!(Snapshot::of(db).user_version, 0, "{name}");
+    }
 }
 
 #[test]

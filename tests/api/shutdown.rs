@@ -297,7 +297,7 @@ fn dir_listing(dir: &Path) -> Vec<String> {
 }
 
 /// Serve must refuse `file`, name it on stderr, and leave it (and its directory) as they were.
-fn assert_refused_and_untouched(file: &Path) {
+pub(crate) fn assert_refused_and_untouched(file: &Path) {
     let dir = file.parent().expect("file has a parent");
     let bytes_before = std::fs::read(file).expect("read file before");
     let listing_before = dir_listing(dir);
