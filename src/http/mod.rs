@@ -383,30 +383,63 @@ impl IntoResponse for Answer {
     }
 }
 
-/// A write job: one engine command, encoded and (under an idempotency key) remembered inside the
+/// A write job: one engine command, (under an idempotency key) encoded and remembered inside the
 /// command's own transaction, answered over a oneshot channel after that transaction ended.
 struct CommandJob {
     command: Command,
     signer: Arc<Signer>,
     idempotency: Option<Idempotency>,
     encode: Encoder,
-    result: Option<Result<Answer, ApiError>>,
-    reply: oneshot::Sender<Result<Answer, ApiError>>,
+    result: Option<Result<Done, ApiError>>,
+    reply: oneshot::Sender<Result<Reply, ApiError>>,
+}
+
+/// What a command's transaction produced: its answer, or only its outcome when nothing inside the
+/// transaction needs the answer's bytes.
+enum Done {
+    Answered(Answer),
+    Outcome(Box<Outcome>),
+}
+
+/// What the writer sends back for a command. Without an idempotency key the answer is encoded by
+/// the request's own task, not on the writer thread, which every write waits for.
+enum Reply {
+    Answered(Answer),
+    Outcome(Box<Outcome>, Encoder),
+}
+
+impl Reply {
+    fn into_answer(self) -> Result<Answer, ApiError> {
+        match self {
+            Reply::Answered(answer) => Ok(answer),
+            Reply::Outcome(outcome, encode) => encode_answer(&encode, *outcome),
+        }
+    }
+}
+
+/// Encodes a fresh (not replayed) answer.
+fn encode_answer(encode: &Encoder, outcome: Outcome) -> Result<Answer, ApiError> {
+    let (status, body) = encode(outcome)?;
+    Ok(Answer {
+        status,
+        body,
+        replayed: false,
+    })
 }
 
 impl CommandJob {
-    /// Runs the job's transaction body; returns the answer and whether to commit.
-    fn execute(&self, tx: &Tx<'_>, now: Timestamp) -> (Result<Answer, ApiError>, bool) {
+    /// Runs the job's transaction body; returns what it produced and whether to commit.
+    fn execute(&self, tx: &Tx<'_>, now: Timestamp) -> (Result<Done, ApiError>, bool) {
         if let Some(idem) = &self.idempotency {
             match store::get_idempotency(tx, &idem.actor, &idem.key) {
                 Ok(Some(first)) if first.request_hash == idem.request_hash => {
                     let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
                     return (
-                        Ok(Answer {
+                        Ok(Done::Answered(Answer {
                             status,
                             body: first.response,
                             replayed: true,
-                        }),
+                        })),
                         false,
                     );
                 }
@@ -426,16 +459,15 @@ impl CommandJob {
             }
         }
         let (result, commit) = engine::apply(tx, now, &self.signer, &self.command);
-        let answer = result.map_err(ApiError::from).and_then(|outcome| {
-            let (status, body) = (self.encode)(outcome)?;
-            Ok(Answer {
-                status,
-                body,
-                replayed: false,
-            })
-        });
+        let Some(idem) = &self.idempotency else {
+            let done = result.map(|outcome| Done::Outcome(Box::new(outcome)));
+            return (done.map_err(ApiError::from), commit);
+        };
+        let answer = result
+            .map_err(ApiError::from)
+            .and_then(|outcome| encode_answer(&self.encode, outcome));
         let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
-        if let (Some(idem), true, false) = (&self.idempotency, commit, server_error) {
+        if commit && !server_error {
             // A committed answer, success or recorded refusal, is what a retry must see again; a
             // server error is not an answer to keep.
             let (status, response) = match &answer {
@@ -457,7 +489,7 @@ impl CommandJob {
                 return (Err(ApiError::internal(e)), false);
             }
         }
-        (answer, commit)
+        (answer.map(Done::Answered), commit)
     }
 }
 
@@ -469,13 +501,15 @@ impl store::Job for CommandJob {
     }
 
     fn finish(self: Box<Self>, failure: Option<StoreError>) {
-        let answer = match (failure, self.result) {
+        let reply = match (failure, self.result) {
             (Some(e), _) => Err(ApiError::internal(e)),
-            (None, Some(result)) => result,
+            (None, Some(Ok(Done::Answered(answer)))) => Ok(Reply::Answered(answer)),
+            (None, Some(Ok(Done::Outcome(outcome)))) => Ok(Reply::Outcome(outcome, self.encode)),
+            (None, Some(Err(e))) => Err(e),
             (None, None) => Err(ApiError::internal("the operation produced no result")),
         };
         // The client may have gone away; its answer is then simply dropped.
-        let _ = self.reply.send(answer);
+        let _ = self.reply.send(reply);
     }
 }
 
@@ -497,10 +531,10 @@ async fn write(
         reply,
     };
     submit(state, Box::new(job))?;
-    let answer = answer
+    let reply = answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))??;
-    Ok(answer.into_response())
+    Ok(reply.into_answer()?.into_response())
 }
 
 /// The benchmark's ceiling write: one row inserted in its own savepoint of the writer's batch,

@@ -5,14 +5,14 @@
 //!
 //! ```text
 //! FEDCORE_WORKLOAD_RUNS=200 valgrind --tool=callgrind \
-//!     --toggle-collect='fedcore::http::workload::Harness::apply' \
+//!     --toggle-collect='fedcore::http::workload::Harness::run' \
 //!     target/release/deps/fedcore-… the_benchmark_workflows_run_through_the_writer_jobs
 //! ```
 //!
-//! Only `Harness::apply` (transaction, engine, encoding) is counted: the setup and the checks
+//! Only `Harness::run` (transaction, engine; encoding too under an idempotency key) is counted: the setup and the checks
 //! of the answers are not.
 
-use super::{routes, CommandJob, Encoder};
+use super::{encode_answer, routes, ApiError, CommandJob, Done, Encoder};
 use crate::bench::seed::Shape;
 use crate::engine::signing::Signer;
 use crate::engine::{Command, StepResult};
@@ -58,9 +58,23 @@ impl Harness {
         }
     }
 
-    /// Runs `command` as the writer runs a job, and answers with its status and body.
-    #[inline(never)]
+    /// Runs `command` as the writer runs a job, and answers with its status and body, encoded
+    /// as the request's task encodes it (outside `run`, as on the server).
     fn apply(&mut self, command: Command, encode: Encoder) -> (StatusCode, Vec<u8>) {
+        let (done, encode) = self.run(command, encode);
+        let answer = done.and_then(|done| match done {
+            Done::Answered(answer) => Ok(answer),
+            Done::Outcome(outcome) => encode_answer(&encode, *outcome),
+        });
+        match answer {
+            Ok(answer) => (answer.status, answer.body),
+            Err(e) => (e.status, serde_json::to_vec(&e.body()).unwrap()),
+        }
+    }
+
+    /// What the writer thread does for `command`: its transaction, engine and answer if any.
+    #[inline(never)]
+    fn run(&mut self, command: Command, encode: Encoder) -> (Result<Done, ApiError>, Encoder) {
         self.micros += 1000;
         let now = Timestamp::from_micros(self.micros);
         let (reply, _answer) = oneshot::channel();
@@ -82,10 +96,7 @@ impl Harness {
             (answer, commit)
         })
         .unwrap();
-        match answer {
-            Ok(answer) => (answer.status, answer.body),
-            Err(e) => (e.status, serde_json::to_vec(&e.body()).unwrap()),
-        }
+        (answer, job.encode)
     }
 
     /// Applies `command` and checks the status of its answer, which it returns parsed.
