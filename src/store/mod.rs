@@ -99,6 +99,22 @@ pub enum StoreError {
          its contents were not changed"
     )]
     SchemaVersionReset { path: PathBuf, n_objects: i64 },
+    /// A file whose schema objects show a later schema version than its `user_version` (it was
+    /// lowered after fedcore wrote the file: every migration sets it in the transaction that
+    /// makes its objects). Migrating would run migrations it holds again over their own work, and
+    /// reading it as the version it claims would leave out what the later ones added; it is
+    /// neither (`verify` exits 2, could not check). Found before anything is written.
+    #[error(
+        "{path} is not as fedcore left it: its schema objects show schema version {shown}, but it \
+         says schema version {found} (PRAGMA user_version was lowered after fedcore wrote it), so \
+         it can be neither read as the version it claims nor migrated (that would run again \
+         migrations it already holds); it was refused and its contents were not changed"
+    )]
+    SchemaVersionLowered {
+        path: PathBuf,
+        found: i64,
+        shown: i64,
+    },
     #[error("the operation panicked and was rolled back")]
     Panicked,
     #[error("the write transaction failed: {0}")]
@@ -330,6 +346,19 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
                 path: path.to_path_buf(),
                 n_objects,
             });
+        }
+        if user_version > 0 {
+            // Migrating from the lower version would fail on a table already there ("table
+            // tokens already exists"), or, where the later migrations only rebuild tables, run
+            // them again; reads would follow the lower version. Only reads, so nothing is written.
+            let shown = version_of_objects(conn)?;
+            if shown > user_version {
+                return Err(StoreError::SchemaVersionLowered {
+                    path: path.to_path_buf(),
+                    found: user_version,
+                    shown,
+                });
+            }
         }
         Ok(())
     } else if application_id == 0 && user_version == 0 && n_objects == 0 {
@@ -729,6 +758,28 @@ mod tests {
             matches!(refused, StoreError::SchemaVersionReset { n_objects, .. } if n_objects > 0),
             "{refused}"
         );
+    }
+
+    #[test]
+    fn a_file_at_each_version_is_accepted_and_refused_once_its_version_is_lowered() {
+        for version in 1..=SCHEMA_VERSION {
+            let conn = Connection::open_in_memory().unwrap();
+            apply_migrations(&conn, Path::new("x.db"), &MIGRATIONS[..version as usize]).unwrap();
+            check_identity(&conn, Path::new("x.db"))
+                .unwrap_or_else(|e| panic!("version {version}: {e}"));
+            for lowered in 1..version {
+                conn.pragma_update(None, "user_version", lowered).unwrap();
+                let refused = check_identity(&conn, Path::new("x.db")).unwrap_err();
+                assert!(
+                    matches!(
+                        refused,
+                        StoreError::SchemaVersionLowered { found, shown, .. }
+                            if found == lowered && shown == version
+                    ),
+                    "version {version} lowered to {lowered}: {refused}"
+                );
+            }
+        }
     }
 
     #[test]

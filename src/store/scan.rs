@@ -13,7 +13,7 @@ use super::queries::{
 use super::{Db, StoreError, MIGRATIONS};
 use crate::model::*;
 use rusqlite::types::ValueRef;
-use rusqlite::{OptionalExtension, Params, Row};
+use rusqlite::{Connection, OptionalExtension, Params, Row};
 
 /// An audit entry reduced to what ties it to a run's receipts and lifecycle: what it did, to
 /// what, from and to which status, why, with what evidence.
@@ -596,67 +596,124 @@ pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
 
 /// The triggers the migrations a database has applied declare, in the order they declare them:
 /// a database of an older schema is checked against that schema. The migrations applied are its
-/// `user_version` of them, or more when its tables and columns show more were (a `user_version`
-/// lowered to hide dropped triggers does not lower what is checked).
+/// `user_version` of them, or more when its objects show more were (opening refuses such a file,
+/// `StoreError::SchemaVersionLowered`; this keeps what is checked from being lowered with it).
 pub fn schema_triggers(db: &impl Db) -> Result<Vec<TriggerSql>, StoreError> {
     expected_triggers(db, schema_version(db)?)
 }
 
-/// The triggers a database at `user_version` holds, or those of a later schema when its tables
-/// and columns show it is later (see `schema_triggers`).
+/// The triggers a database at `user_version` holds, or those of a later schema when its objects
+/// show it is later (see `schema_triggers`).
 pub(super) fn expected_triggers(
     db: &impl Db,
     user_version: i64,
 ) -> Result<Vec<TriggerSql>, StoreError> {
-    let version = user_version.max(version_of_objects(db)?);
+    let version = user_version.max(version_of_objects(db.conn())?);
     Ok(declared_triggers(
         version.clamp(0, MIGRATIONS.len() as i64) as usize
     ))
 }
 
-/// The number of the last migration whose tables or added columns the database holds (0 when
-/// none): what its objects show of its schema version, whatever its `user_version` says.
-fn version_of_objects(db: &impl Db) -> Result<i64, StoreError> {
+/// The number of the last migration whose work the database shows (0 when none): what its
+/// schema objects say of its schema version, whatever its `user_version` says. A migration shows
+/// by a table, column or index it creates that no earlier one did, or, when it only rebuilds a
+/// table under its own name, by the shape it gives that table (`shape_after_rebuild`). Every
+/// migration shows (a test holds each version to it), so a file whose `user_version` was
+/// lowered shows more than it says.
+pub(super) fn version_of_objects(conn: &Connection) -> Result<i64, StoreError> {
     for (i, migration) in MIGRATIONS.iter().enumerate().rev() {
-        for (table, column) in created_objects(migration) {
-            let present: Option<i64> = match column {
-                None => db
-                    .conn()
-                    .prepare_cached(
-                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                    )?
-                    .query_row([table], |r| r.get(0))
-                    .optional()?,
-                Some(column) => db
-                    .conn()
-                    .prepare_cached("SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2")?
-                    .query_row([table, column], |r| r.get(0))
-                    .optional()?,
-            };
-            if present.is_some() {
-                return Ok(i as i64 + 1);
+        let number = i + 1;
+        if let Some(shape) = shape_after_rebuild(number) {
+            if conn.prepare_cached(shape)?.query_row([], |r| r.get(0))? {
+                return Ok(number as i64);
+            }
+        }
+        let earlier: Vec<Created> = MIGRATIONS[..i]
+            .iter()
+            .flat_map(|m| created_objects(m))
+            .collect();
+        for object in created_objects(migration) {
+            if !earlier.contains(&object) && holds(conn, object)? {
+                return Ok(number as i64);
             }
         }
     }
     Ok(0)
 }
 
-/// The tables a migration creates, `(table, None)`, and the columns it adds, `(table,
-/// Some(column))`.
-fn created_objects(migration: &str) -> Vec<(&str, Option<&str>)> {
+/// A schema object a migration creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Created<'m> {
+    Table(&'m str),
+    /// A column added to an existing table.
+    Column {
+        table: &'m str,
+        column: &'m str,
+    },
+    Index(&'m str),
+}
+
+/// The tables, added columns and indexes a migration creates, in its order. A migration that
+/// rebuilds a table creates it under a new name and renames it: that name is gone once it ran.
+fn created_objects(migration: &str) -> Vec<Created<'_>> {
     let mut objects = Vec::new();
     for line in migration.lines().map(str::trim) {
         let mut words = line.split(|c: char| c.is_whitespace() || c == '(' || c == ';');
         let words: Vec<&str> = words.by_ref().filter(|w| !w.is_empty()).take(6).collect();
         match words.as_slice() {
-            ["CREATE", "TABLE", table, ..] => objects.push((*table, None)),
+            ["CREATE", "TABLE", table, ..] => objects.push(Created::Table(table)),
+            ["CREATE", "INDEX", index, ..] | ["CREATE", "UNIQUE", "INDEX", index, ..] => {
+                objects.push(Created::Index(index))
+            }
             ["ALTER", "TABLE", table, "ADD", "COLUMN", column, ..] => {
-                objects.push((*table, Some(*column)))
+                objects.push(Created::Column { table, column })
             }
             _ => {}
         }
     }
     objects
+}
+
+/// Whether the database holds `object`.
+fn holds(conn: &Connection, object: Created) -> Result<bool, StoreError> {
+    let mut stmt = match object {
+        Created::Table(_) => conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+        )?,
+        Created::Index(_) => conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1)",
+        )?,
+        Created::Column { .. } => conn.prepare_cached(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2)",
+        )?,
+    };
+    Ok(match object {
+        Created::Table(name) | Created::Index(name) => stmt.query_row([name], |r| r.get(0))?,
+        Created::Column { table, column } => stmt.query_row([table, column], |r| r.get(0))?,
+    })
+}
+
+/// For a migration that rebuilds a table under its own name, and so leaves no object the schema
+/// before it lacked: a query answering whether the table has the shape the rebuild gave it, the
+/// one thing it changed. Read from the schema, not from its SQL text, which SQLite rewrites on a
+/// rename. A migration to come that only rebuilds must add its shape here.
+fn shape_after_rebuild(migration: usize) -> Option<&'static str> {
+    match migration {
+        // 005: audit_log without schema.sql's `UNIQUE` on entry_hash, so without the automatic
+        // index (sqlite_autoindex_audit_log_1) that constraint made.
+        5 => Some(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit_log')
+               AND NOT EXISTS (SELECT 1 FROM pragma_index_list('audit_log') AS l,
+                                             pragma_index_info(l.name) AS c
+                               WHERE l.origin = 'u' AND c.name = 'entry_hash')",
+        ),
+        // 006: evidence a rowid table (schema.sql made it WITHOUT ROWID).
+        6 => Some(
+            "SELECT EXISTS (SELECT 1 FROM pragma_table_list('evidence')
+                            WHERE schema = 'main' AND type = 'table' AND NOT wr)",
+        ),
+        _ => None,
+    }
 }
 
 /// The triggers the first `n_migrations` migrations declare, each once. A migration that
@@ -890,16 +947,47 @@ mod tests {
     }
 
     #[test]
-    fn each_migration_names_the_tables_and_columns_it_creates() {
+    fn each_migration_names_the_tables_columns_and_indexes_it_creates() {
         let first = created_objects(MIGRATIONS[0]);
-        assert!(first.contains(&("audit_log", None)), "{first:?}");
+        assert!(first.contains(&Created::Table("audit_log")), "{first:?}");
+        assert!(first.contains(&Created::Index("audit_by_run")), "{first:?}");
         let second = created_objects(MIGRATIONS[1]);
-        assert!(second.contains(&("tokens", None)), "{second:?}");
-        assert!(second.contains(&("gate_approvals", None)), "{second:?}");
+        assert!(second.contains(&Created::Table("tokens")), "{second:?}");
         assert!(
-            second.contains(&("gates", Some("approvals_required"))),
+            second.contains(&Created::Table("gate_approvals")),
             "{second:?}"
         );
+        assert!(
+            second.contains(&Created::Column {
+                table: "gates",
+                column: "approvals_required"
+            }),
+            "{second:?}"
+        );
+        let fourth = created_objects(MIGRATIONS[3]);
+        assert!(
+            fourth.contains(&Created::Index("runs_by_workflow_status")),
+            "{fourth:?}"
+        );
+    }
+
+    #[test]
+    fn the_objects_of_a_database_show_each_migration_it_went_through() {
+        // Each migration run by itself, as `store::migrate` would run it on a file of the
+        // version before (`foreign_keys` off for the rebuilds), must show in what it leaves:
+        // otherwise a file whose user_version was lowered past it would be migrated again.
+        for n in 0..=MIGRATIONS.len() {
+            let conn = Connection::open_in_memory().unwrap();
+            conn.pragma_update(None, "foreign_keys", false).unwrap();
+            for migration in &MIGRATIONS[..n] {
+                conn.execute_batch(migration).unwrap();
+            }
+            assert_eq!(
+                version_of_objects(&conn).unwrap(),
+                n as i64,
+                "after {n} migrations"
+            );
+        }
     }
 
     #[test]

@@ -373,45 +373,107 @@ fn a_file_whose_schema_version_was_reset_to_0_is_refused_by_every_command_and_le
             .expect("reset the schema version");
     }
     for db in &files {
-        let name = db.file_name().expect("a file name").to_string_lossy();
         let path = db.to_str().expect("utf-8 path");
         let expected =
             format!("{path} is not as fedcore left it: it has fedcore's application_id and ");
         let reset = "schema objects, but schema version 0 (PRAGMA user_version was reset after \
                      fedcore wrote it)";
-        let unchanged = "it was refused and its contents were not changed";
-        let bytes = std::fs::read(db).expect("read the file");
-        let listing = files_in(dir.path());
-
-        let refused = refused_unchanged(db);
-        assert!(
-            refused.starts_with(&expected)
-                && refused.contains(reset)
-                && refused.contains(unchanged),
-            "{name}: {refused}"
-        );
-        // `verify` cannot tell which schema version to check the file against: exit 2, the same
-        // message, and no report.
-        for command in [&["verify"][..], &["verify", "--json"], &["token", "list"]] {
-            let mut args = command.to_vec();
-            args.extend(["--db", path]);
-            let (code, out, err) = run_cli(&args);
-            assert_eq!(code, 2, "{name}: {args:?}: stdout:\n{out}\nstderr:\n{err}");
-            assert!(
-                err.contains(&expected) && err.contains(reset) && err.contains(unchanged),
-                "{name}: {args:?}: {err}"
-            );
-            assert!(out.is_empty(), "{name}: {args:?}: {out}");
-        }
-        assert_refused_and_untouched(db);
-
-        assert!(
-            std::fs::read(db).expect("read the file") == bytes,
-            "{name}: expected the file byte for byte as it was"
-        );
-        assert_eq!(files_in(dir.path()), listing, "{name}");
-        assert_eq!(Snapshot::of(db).user_version, 0, "{name}");
+        assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[reset]);
+        assert_eq!(Snapshot::of(db).user_version, 0, "{path}");
     }
+}
+
+#[test]
+fn a_file_whose_schema_version_was_lowered_is_refused_by_every_command_and_left_unchanged() {
+    let dir = TempDir::new();
+    let current = dir.path().join("current.db");
+    drop(fedcore::store::open_for_writing(&current).expect("create a database"));
+    let latest = fedcore::store::SCHEMA_VERSION;
+    let copy_of_current = |name: &str| {
+        let copy = dir.path().join(name);
+        std::fs::copy(&current, &copy).expect("copy the database");
+        copy
+    };
+    // (file, the version its objects show, the version it is lowered to). Lowered to 1, a
+    // writing command failed on "table tokens already exists"; lowered to 4 or 5, migrations 5
+    // and 6 ran again over the tables they had rebuilt. Each must be refused before anything is
+    // written, the switch to WAL of a file in rollback-journal mode included.
+    let cases = [
+        (copy_of_current("current-at-1.db"), latest, 1),
+        (copy_of_current("current-at-4.db"), latest, 4),
+        (copy_of_current("current-at-5.db"), latest, 5),
+        (fixture_copy(&dir, V5, "v5-at-4.db"), 5, 4),
+        (fixture_copy(&dir, V5, "v5-at-4-rollback-journal.db"), 5, 4),
+        (fixture_copy(&dir, V4, "v4-at-3.db"), 4, 3),
+        (fixture_copy(&dir, V4, "v4-at-1.db"), 4, 1),
+    ];
+    for (db, _, lowered) in &cases {
+        let conn = Connection::open(db).expect("open the file");
+        if db.ends_with("v5-at-4-rollback-journal.db") {
+            conn.pragma_update(None, "journal_mode", "DELETE")
+                .expect("leave WAL");
+        }
+        conn.pragma_update(None, "user_version", lowered)
+            .expect("lower the schema version");
+    }
+    for (db, shown, lowered) in &cases {
+        let path = db.to_str().expect("utf-8 path");
+        let expected = format!(
+            "{path} is not as fedcore left it: its schema objects show schema version {shown}, \
+             but it says schema version {lowered} (PRAGMA user_version was lowered after fedcore \
+             wrote it)"
+        );
+        assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[]);
+        let after = Snapshot::of(db);
+        assert_eq!(after.user_version, *lowered, "{path}");
+        if *shown == 5 {
+            assert!(after.evidence_sql.contains("WITHOUT ROWID"), "{path}");
+        }
+    }
+}
+
+/// `db` must be refused, with a message starting with `expected`, holding each of `says`, and
+/// saying nothing was changed, by `open_for_writing`, `verify` (exit 2, could not check, and no
+/// report), `verify --json`, `token list` and `serve`; and the file and its directory must be
+/// byte for byte as they were.
+fn assert_refused_by_every_command_and_unchanged(
+    dir: &TempDir,
+    db: &Path,
+    expected: &str,
+    says: &[&str],
+) {
+    let name = db.file_name().expect("a file name").to_string_lossy();
+    let path = db.to_str().expect("utf-8 path");
+    let unchanged = "it was refused and its contents were not changed";
+    let says_all = |message: &str| {
+        message.contains(unchanged) && says.iter().all(|part| message.contains(part))
+    };
+    let bytes = std::fs::read(db).expect("read the file");
+    let listing = files_in(dir.path());
+
+    let refused = refused_unchanged(db);
+    assert!(
+        refused.starts_with(expected) && says_all(&refused),
+        "{name}: {refused}"
+    );
+    for command in [&["verify"][..], &["verify", "--json"], &["token", "list"]] {
+        let mut args = command.to_vec();
+        args.extend(["--db", path]);
+        let (code, out, err) = run_cli(&args);
+        assert_eq!(code, 2, "{name}: {args:?}: stdout:\n{out}\nstderr:\n{err}");
+        assert!(
+            err.contains(expected) && says_all(&err),
+            "{name}: {args:?}: {err}"
+        );
+        assert!(out.is_empty(), "{name}: {args:?}: {out}");
+    }
+    assert_refused_and_untouched(db);
+
+    assert!(
+        std::fs::read(db).expect("read the file") == bytes,
+        "{name}: expected the file byte for byte as it was"
+    );
+    assert_eq!(files_in(dir.path()), listing, "{name}");
 }
 
 #[test]

@@ -992,20 +992,25 @@ fn the_catalog_is_tied_to_its_entries() {
 }
 
 #[test]
-fn a_schema_version_lowered_to_hide_a_dropped_trigger_is_named() {
+fn a_schema_version_lowered_to_hide_a_dropped_trigger_is_refused_not_checked_as_the_lower_one() {
+    // Checked as version 1, the file would lack no trigger of schema.sql; its objects show the
+    // current version, so verify refuses it as changed (could not check) instead.
     let built = build_database();
     let copy = built.copy("downgraded");
     let conn = Connection::open(&copy).expect("open the copy");
     conn.execute_batch("DROP TRIGGER gate_approvals_no_delete; PRAGMA user_version = 1;")
         .expect("drop a trigger of migration 2 and claim schema 1");
     drop(conn);
-    let failure = expect_broken(&copy, &[]);
-    assert_named(
-        &failure,
-        "sqlite_master",
-        "gate_approvals_no_delete",
-        "trigger",
+    let path = copy.to_str().expect("utf-8 path");
+    let (code, out, err) = run_cli(&["verify", "--db", path]);
+    assert_eq!(code, 2, "stdout:\n{out}\nstderr:\n{err}");
+    let lowered = format!(
+        "{path} is not as fedcore left it: its schema objects show schema version {}, but it \
+         says schema version 1 (PRAGMA user_version was lowered after fedcore wrote it)",
+        fedcore::store::SCHEMA_VERSION
     );
+    assert!(err.contains(&lowered), "{err}");
+    assert!(out.is_empty(), "{out}");
 }
 
 /// Appends one entry to the chain, as the writer would, and returns its `seq`.
