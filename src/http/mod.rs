@@ -353,7 +353,9 @@ async fn sweep_expired_gates(state: AppState) {
 /// How long an idempotency key is remembered: at least 24 hours (contract: issue 4).
 const IDEMPOTENCY_SECONDS: i64 = 24 * 3600;
 
-/// Turns a command's outcome into the status and JSON body of its answer.
+/// Turns a command's outcome into the status and JSON body of its answer. Without an idempotency
+/// key it runs on the request's task after the commit, so it must not panic: a panic there would
+/// answer 500 for a write that was kept (encoders return `Err` for what they cannot encode).
 pub(crate) type Encoder = Box<dyn Fn(Outcome) -> Encoded + Send>;
 
 /// An encoder's result: the status and the JSON bytes of an answer.

@@ -322,6 +322,29 @@ fn set_common_pragmas(conn: &Connection) -> Result<(), StoreError> {
 }
 
 fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    check_identity_in_one_snapshot(conn, path, || {})
+}
+
+/// Reads everything `check_identity` looks at in one read transaction: another process may
+/// migrate the file meanwhile (`serve` upgrading it while `token` opens it), and a version read
+/// before its commit with objects read after it would look like a version lowered by hand. A
+/// deferred BEGIN writes nothing. `between` runs after the version was read (a test's seam).
+fn check_identity_in_one_snapshot(
+    conn: &Connection,
+    path: &Path,
+    between: impl FnOnce(),
+) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN DEFERRED")?;
+    let checked = identity(conn, path, between);
+    let ended = conn.execute_batch("COMMIT");
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    checked?;
+    Ok(ended?)
+}
+
+fn identity(conn: &Connection, path: &Path, between: impl FnOnce()) -> Result<(), StoreError> {
     let not_fedcore = |why: String| StoreError::NotFedcore {
         path: path.to_path_buf(),
         why,
@@ -330,6 +353,7 @@ fn check_identity(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         .query_row("PRAGMA application_id", [], |r| r.get(0))
         .map_err(|e| not_fedcore(e.to_string()))?;
     let user_version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    between();
     let n_objects: i64 = conn.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))?;
     if application_id == APPLICATION_ID {
         if user_version > SCHEMA_VERSION {
@@ -780,6 +804,62 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_file_migrated_by_another_process_while_it_is_checked_is_not_taken_for_a_lowered_one() {
+        let dir = std::env::temp_dir().join(format!("fedcore-identity-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("v4.db");
+        let fixture = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/schema-v4-pt004.db"
+        );
+        std::fs::copy(fixture, &db).unwrap();
+        let checking = Connection::open(&db).unwrap();
+        let checked = check_identity_in_one_snapshot(&checking, &db, || {
+            // Another process brings the file to the current version between the two reads.
+            open_for_writing(&db).unwrap();
+        });
+        assert!(checked.is_ok(), "{checked:?}");
+        assert!(
+            checking.is_autocommit(),
+            "the read transaction was left open"
+        );
+        check_identity(&checking, &db).expect("the migrated file, read afresh");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn sqlite_is_built_with_the_options_of_cargo_config() {
+        // .cargo/config.toml passes them to the bundled build; `cargo install` would not.
+        let conn = Connection::open_in_memory().unwrap();
+        let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
+        let options: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        for option in [
+            "DEFAULT_MEMSTATUS=0",
+            "DQS=0",
+            "THREADSAFE=2",
+            "OMIT_SHARED_CACHE",
+        ] {
+            assert!(options.iter().any(|o| o == option), "{option}: {options:?}");
+        }
+        assert!(conn
+            .execute_batch("SELECT \"a string in double quotes\"")
+            .is_err());
+    }
+
+    #[test]
+    fn a_refused_file_leaves_no_transaction_open() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        assert!(check_identity(&conn, Path::new("x.db")).is_err());
+        assert!(conn.is_autocommit());
     }
 
     #[test]
