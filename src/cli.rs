@@ -153,7 +153,7 @@ Prints the counts checked and the audit head (SEQ:HASH, worth writing down). On 
 the first broken object: table, id or seq, field, expected and found hash.
 
 Exit status: 0 intact, 1 broken, 2 could not check (usage, unreadable file, not a fedcore
-database, a schema version reset to 0 or lowered below what the file holds).
+database, a schema version reset to 0, or lowered or raised from what the file holds).
 ";
 
 pub const PROOF_USAGE: &str = "\

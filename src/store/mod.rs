@@ -115,6 +115,20 @@ pub enum StoreError {
         found: i64,
         shown: i64,
     },
+    /// The other way round: a `user_version` above what the schema objects show (raised after
+    /// fedcore wrote the file). Reading it as that version would query tables and columns that
+    /// are not there, and migrating would skip the migrations that make them.
+    #[error(
+        "{path} is not as fedcore left it: its schema objects show schema version {shown}, but it \
+         says schema version {found} (PRAGMA user_version was raised after fedcore wrote it), so \
+         it can be neither read as the version it claims nor migrated (that would skip \
+         migrations it does not hold); it was refused and its contents were not changed"
+    )]
+    SchemaVersionRaised {
+        path: PathBuf,
+        found: i64,
+        shown: i64,
+    },
     #[error("the operation panicked and was rolled back")]
     Panicked,
     #[error("the write transaction failed: {0}")]
@@ -378,6 +392,13 @@ fn identity(conn: &Connection, path: &Path, between: impl FnOnce()) -> Result<()
             let shown = version_of_objects(conn)?;
             if shown > user_version {
                 return Err(StoreError::SchemaVersionLowered {
+                    path: path.to_path_buf(),
+                    found: user_version,
+                    shown,
+                });
+            }
+            if shown < user_version {
+                return Err(StoreError::SchemaVersionRaised {
                     path: path.to_path_buf(),
                     found: user_version,
                     shown,
@@ -801,6 +822,26 @@ mod tests {
                             if found == lowered && shown == version
                     ),
                     "version {version} lowered to {lowered}: {refused}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_whose_version_was_raised_is_refused() {
+        for version in 1..SCHEMA_VERSION {
+            let conn = Connection::open_in_memory().unwrap();
+            apply_migrations(&conn, Path::new("x.db"), &MIGRATIONS[..version as usize]).unwrap();
+            for raised in version + 1..=SCHEMA_VERSION {
+                conn.pragma_update(None, "user_version", raised).unwrap();
+                let refused = check_identity(&conn, Path::new("x.db")).unwrap_err();
+                assert!(
+                    matches!(
+                        refused,
+                        StoreError::SchemaVersionRaised { found, shown, .. }
+                            if found == raised && shown == version
+                    ),
+                    "version {version} raised to {raised}: {refused}"
                 );
             }
         }

@@ -432,6 +432,34 @@ fn a_file_whose_schema_version_was_lowered_is_refused_by_every_command_and_left_
     }
 }
 
+#[test]
+fn a_file_whose_schema_version_was_raised_is_refused_by_every_command_and_left_unchanged() {
+    // The v1 fixture said to be current: `token list` created a key file and then failed on
+    // "no such table: signing_keys", and `verify` on "no such column: approvals_required".
+    let dir = TempDir::new();
+    let latest = fedcore::store::SCHEMA_VERSION;
+    let cases = [
+        (fixture_copy(&dir, V1, "v1-at-latest.db"), 1, latest),
+        (fixture_copy(&dir, V4, "v4-at-5.db"), 4, 5),
+        (fixture_copy(&dir, V5, "v5-at-latest.db"), 5, latest),
+    ];
+    for (db, _, raised) in &cases {
+        let conn = Connection::open(db).expect("open the file");
+        conn.pragma_update(None, "user_version", raised)
+            .expect("raise the schema version");
+    }
+    for (db, shown, raised) in &cases {
+        let path = db.to_str().expect("utf-8 path");
+        let expected = format!(
+            "{path} is not as fedcore left it: its schema objects show schema version {shown}, \
+             but it says schema version {raised} (PRAGMA user_version was raised after fedcore \
+             wrote it)"
+        );
+        assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[]);
+        assert_eq!(Snapshot::of(db).user_version, *raised, "{path}");
+    }
+}
+
 /// `db` must be refused, with a message starting with `expected`, holding each of `says`, and
 /// saying nothing was changed, by `open_for_writing`, `verify` (exit 2, could not check, and no
 /// report), `verify --json`, `token list` and `serve`; and the file and its directory must be
