@@ -874,7 +874,8 @@ mod tests {
 
     #[test]
     fn sqlite_is_built_with_the_options_of_cargo_config() {
-        // .cargo/config.toml passes them to the bundled build; `cargo install` would not.
+        // .cargo/config.toml passes them to the bundled build. Cargo finds that file from the
+        // directory it runs in: run it from the repository (`cargo install` ignores it too).
         let conn = Connection::open_in_memory().unwrap();
         let mut stmt = conn.prepare("PRAGMA compile_options").unwrap();
         let options: Vec<String> = stmt
@@ -888,7 +889,11 @@ mod tests {
             "THREADSAFE=2",
             "OMIT_SHARED_CACHE",
         ] {
-            assert!(options.iter().any(|o| o == option), "{option}: {options:?}");
+            assert!(
+                options.iter().any(|o| o == option),
+                "SQLite was built without {option} (was cargo run outside the repository, where \
+                 .cargo/config.toml does not apply?): {options:?}"
+            );
         }
         assert!(conn
             .execute_batch("SELECT \"a string in double quotes\"")
