@@ -228,7 +228,8 @@ Only requests that start and end inside the window after the warm-up count.
   --json                    print one JSON object instead of the text report
 
 Reports workflows/s, step requests/s, p50/p99/max step latency, the ceiling and the ratio to it,
-errors, connections never answered, the server's peak RSS and the database's bytes per workflow.
+errors, connections never answered, the server's peak RSS, the database's bytes per workflow and
+(Linux) the CPU time per request of the server, of its writer thread and of the client, per phase.
 seed adds N workflows of the PT-004 definition to the database at PATH (created with its key
 file beside it if missing, appended to otherwise), applying through the engine, without HTTP,
 the very commands a server applies for the same requests: a run, each of its five steps

@@ -13,7 +13,9 @@
 //!
 //! Only requests that start and end inside the measured window (after a warm-up) count. The
 //! report gives medians over the rounds, the server's peak RSS (VmHWM), the database's bytes per
-//! workflow by table, and, unless skipped, `fedcore verify` over the database the run produced.
+//! workflow by table, the CPU time per request of the server, its writer thread and the client
+//! in each phase's window (Linux), and, unless skipped, `fedcore verify` over the database the
+//! run produced.
 
 use super::client::{request, string_field, Conn};
 use super::seed::Shape;
@@ -104,6 +106,60 @@ pub struct Round {
     /// log lines and its HTTP responses), per run started in it, when the platform tells (Linux:
     /// `wchar` in /proc/PID/io).
     pub server_written_bytes_per_workflow: Option<f64>,
+    /// CPU time per request answered in the ceiling phase's window, when the platform tells.
+    pub ceiling_cpu: Option<CpuPerRequest>,
+    /// CPU time per request answered in the workflow phase's window (every request of the mix,
+    /// not only the step requests), when the platform tells.
+    pub workflow_cpu: Option<CpuPerRequest>,
+}
+
+/// CPU time (user + system) used during a phase's window, per request answered in it, in µs:
+/// by the whole server process, by its writer thread alone (the one thread every write waits
+/// for), and by this client process. Linux only (`/proc`), at the clock tick's 10 ms grain, so
+/// figures from windows of a few seconds are rough.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CpuPerRequest {
+    pub server_us: f64,
+    pub writer_us: f64,
+    pub client_us: f64,
+}
+
+/// CPU seconds used so far by the server, its writer thread and this client process.
+#[derive(Debug, Clone, Copy)]
+struct CpuTimes {
+    server: f64,
+    writer: f64,
+    client: f64,
+}
+
+impl CpuTimes {
+    /// What was used between `self` and `later`, per request of `requests`.
+    fn per_request(self, later: CpuTimes, requests: usize) -> Option<CpuPerRequest> {
+        let n = requests as f64;
+        (requests > 0).then(|| CpuPerRequest {
+            server_us: (later.server - self.server) * 1e6 / n,
+            writer_us: (later.writer - self.writer) * 1e6 / n,
+            client_us: (later.client - self.client) * 1e6 / n,
+        })
+    }
+}
+
+/// Clock ticks per second of `/proc/*/stat`'s times: USER_HZ, which Linux fixes at 100 for
+/// userspace on every architecture it supports.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU seconds of the process or thread whose `/proc/…/stat` line is `stat`.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    // The command name, in parentheses, may itself hold spaces and parentheses: the fields
+    // start after the last ')'. utime and stime are the 14th and 15th fields of the line, the
+    // 12th and 13th after the name (the state is the first).
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / TICKS_PER_SECOND)
 }
 
 /// Bytes a table (with its indexes) holds per workflow.
@@ -148,6 +204,9 @@ pub struct LoadReport {
     pub db_tables: Vec<TableBytes>,
     /// Median over the rounds of the server's write() bytes per workflow (see `Round`).
     pub server_written_bytes_per_workflow: Option<f64>,
+    /// Medians over the rounds of the CPU per request of each phase (see `Round`).
+    pub ceiling_cpu: Option<CpuPerRequest>,
+    pub workflow_cpu: Option<CpuPerRequest>,
     /// `fedcore verify` over the database afterwards: intact, and how long it took.
     pub verified: Option<bool>,
     pub verify_seconds: Option<f64>,
@@ -210,12 +269,17 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
     // Run numbers go on across rounds, so the mix holds over the whole database.
     let next_run = AtomicU64::new(1);
     for _ in 0..options.rounds {
-        let ceiling = match ceiling {
-            true => drive(server.addr, options, &next_run, |w| w.ceiling(&workload)),
-            false => Tally::default(),
+        let probe = || server.cpu_times();
+        let (ceiling, ceiling_cpu) = match ceiling {
+            true => drive(server.addr, options, &next_run, probe, |w| {
+                w.ceiling(&workload)
+            }),
+            false => (Tally::default(), None),
         };
         let (written, started) = (server.written(), next_run.load(Ordering::Relaxed));
-        let flows = drive(server.addr, options, &next_run, |w| w.workflows(&workload));
+        let (flows, workflow_cpu) = drive(server.addr, options, &next_run, probe, |w| {
+            w.workflows(&workload)
+        });
         let runs_started = next_run.load(Ordering::Relaxed) - started;
         let written = server.written().zip(written).map(|(after, before)| {
             after.saturating_sub(before) as f64 / runs_started.max(1) as f64
@@ -225,8 +289,13 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
                 error_samples.push(sample.clone());
             }
         }
+        let per_request = |cpu: Option<(CpuTimes, CpuTimes)>, requests: usize| {
+            cpu.and_then(|(before, after)| before.per_request(after, requests))
+        };
         rounds.push(Round {
             server_written_bytes_per_workflow: written,
+            ceiling_cpu: per_request(ceiling_cpu, ceiling.ceiling_us.len()),
+            workflow_cpu: per_request(workflow_cpu, flows.step_us.len() + flows.other_us.len()),
             ..Round::of(&ceiling, &flows, options.seconds)
         });
     }
@@ -286,6 +355,8 @@ fn run_in(dir: &Path, db: &Path, options: &LoadOptions) -> Result<LoadReport, Lo
             .map(|r| r.server_written_bytes_per_workflow)
             .collect::<Option<Vec<f64>>>()
             .map(median),
+        ceiling_cpu: median_cpu(rounds.iter().map(|r| r.ceiling_cpu)),
+        workflow_cpu: median_cpu(rounds.iter().map(|r| r.workflow_cpu)),
         verified,
         verify_seconds,
         db_path: None,
@@ -359,6 +430,24 @@ impl Server {
         let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
         let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
         Some(kib * 1024)
+    }
+
+    /// CPU seconds the server, its writer thread and this client have used so far (Linux).
+    fn cpu_times(&self) -> Option<CpuTimes> {
+        let proc = PathBuf::from(format!("/proc/{}", self.child.id()));
+        let read = |path: &Path| std::fs::read_to_string(path).ok();
+        let server = cpu_seconds(&read(&proc.join("stat"))?)?;
+        let writer = std::fs::read_dir(proc.join("task"))
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|task| read(&task.path().join("comm")).as_deref() == Some("fedcore-writer\n"))
+            .and_then(|task| cpu_seconds(&read(&task.path().join("stat"))?))?;
+        let client = cpu_seconds(&read(Path::new("/proc/self/stat"))?)?;
+        Some(CpuTimes {
+            server,
+            writer,
+            client,
+        })
     }
 
     /// Bytes the server has passed to write() so far (Linux: `wchar` in /proc/PID/io).
@@ -713,15 +802,26 @@ fn field(body: &[u8], name: &str) -> Result<String, String> {
 
 /// Runs `work` on `options.conns` threads, each with its own connection, for the warm-up and
 /// the window; returns what they saw together.
+/// Drives `work` from `options.conns` client threads through the warm-up and the window, and
+/// reads `probe` (CPU times) as the window opens and as it closes.
 fn drive(
     addr: SocketAddr,
     options: &LoadOptions,
     next_run: &AtomicU64,
+    probe: impl Fn() -> Option<CpuTimes> + Sync,
     work: impl Fn(&mut Worker<'_>) + Sync,
-) -> Tally {
+) -> (Tally, Option<(CpuTimes, CpuTimes)>) {
     let start = Instant::now() + Duration::from_secs_f64(options.warmup);
     let end = start + Duration::from_secs_f64(options.seconds);
+    let mut cpu = None;
     let tallies: Vec<Tally> = std::thread::scope(|scope| {
+        let probe = &probe;
+        let sampler = scope.spawn(move || {
+            std::thread::sleep(start.saturating_duration_since(Instant::now()));
+            let before = probe();
+            std::thread::sleep(end.saturating_duration_since(Instant::now()));
+            before.zip(probe())
+        });
         let threads: Vec<_> = (0..options.conns)
             .map(|_| {
                 let work = &work;
@@ -741,7 +841,7 @@ fn drive(
                 })
             })
             .collect();
-        threads
+        let tallies = threads
             .into_iter()
             .map(|t| {
                 t.join().unwrap_or_else(|_| {
@@ -750,13 +850,15 @@ fn drive(
                     lost
                 })
             })
-            .collect()
+            .collect();
+        cpu = sampler.join().ok().flatten();
+        tallies
     });
     let mut all = Tally::default();
     for tally in tallies {
         all.merge(tally);
     }
-    all
+    (all, cpu)
 }
 
 impl Round {
@@ -790,8 +892,20 @@ impl Round {
             connections_opened: ceiling.opened + flows.opened,
             connections_unserved: ceiling.unserved + flows.unserved,
             server_written_bytes_per_workflow: None,
+            ceiling_cpu: None,
+            workflow_cpu: None,
         }
     }
+}
+
+/// The median of each figure over the rounds that have them all; `None` if a round lacks one.
+fn median_cpu(rounds: impl Iterator<Item = Option<CpuPerRequest>>) -> Option<CpuPerRequest> {
+    let rounds: Vec<CpuPerRequest> = rounds.collect::<Option<_>>()?;
+    (!rounds.is_empty()).then(|| CpuPerRequest {
+        server_us: median(rounds.iter().map(|c| c.server_us).collect()),
+        writer_us: median(rounds.iter().map(|c| c.writer_us).collect()),
+        client_us: median(rounds.iter().map(|c| c.client_us).collect()),
+    })
 }
 
 /// The `q` quantile (nearest rank) of sorted microseconds, in milliseconds; 0 when empty.
@@ -871,6 +985,19 @@ impl LoadReport {
         for sample in &self.error_samples {
             let _ = writeln!(out, "  error: {sample}");
         }
+        for (phase, cpu) in [
+            ("ceiling", self.ceiling_cpu),
+            ("workflows", self.workflow_cpu),
+        ] {
+            if let Some(c) = cpu {
+                let _ = writeln!(
+                    out,
+                    "CPU per request, {phase}: server {:.0} us (its writer thread {:.0} us), \
+                     client {:.0} us",
+                    c.server_us, c.writer_us, c.client_us
+                );
+            }
+        }
         if let Some(rss) = self.server_peak_rss_bytes {
             let _ = writeln!(
                 out,
@@ -923,6 +1050,13 @@ impl LoadReport {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cpu_seconds_read_utime_and_stime_after_a_command_name_with_spaces_and_parentheses() {
+        let stat = "4242 (fedcore (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0";
+        assert_eq!(super::cpu_seconds(stat), Some(3.25));
+        assert_eq!(super::cpu_seconds("4242 (fedcore) S 1"), None);
+    }
+
     use super::*;
 
     #[test]

@@ -39,6 +39,20 @@ fn bench_load_runs_the_governed_mix_cleanly_and_leaves_a_database_that_verifies(
         round["workflows_completed"].as_u64().unwrap_or(0) > 0,
         "{report}"
     );
+    // CPU per request of each phase (in 10 ms ticks over a 1 s window: only the figures large
+    // enough to be sure of a tick are required to be non-zero).
+    if cfg!(target_os = "linux") {
+        let measured = [
+            ("ceiling_cpu", "server_us"),
+            ("workflow_cpu", "server_us"),
+            ("workflow_cpu", "writer_us"),
+            ("workflow_cpu", "client_us"),
+        ];
+        for (phase, who) in measured {
+            let value = report[phase][who].as_f64().unwrap_or(0.0);
+            assert!(value > 0.0, "{phase}.{who} should be measured: {report}");
+        }
+    }
     // Every run of the mix writes one of these; the breakdown explains bytes per workflow.
     let tables: Vec<&str> = report["db_tables"]
         .as_array()
