@@ -116,7 +116,9 @@ pub struct Round {
 /// CPU time (user + system) used during a phase's window, per request answered in it, in µs:
 /// by the whole server process, by its writer thread alone (the one thread every write waits
 /// for), and by this client process. Linux only (`/proc`), at the clock tick's 10 ms grain, so
-/// figures from windows of a few seconds are rough.
+/// figures from windows of a few seconds are rough. The divisor is the requests the phase
+/// counts (answered as expected, started and ended inside the window): CPU spent on errors and
+/// on requests across the window's edges is in the numerator only.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct CpuPerRequest {
     pub server_us: f64,
@@ -145,7 +147,7 @@ impl CpuTimes {
 }
 
 /// Clock ticks per second of `/proc/*/stat`'s times: USER_HZ, which Linux fixes at 100 for
-/// userspace on every architecture it supports.
+/// userspace on every architecture but Alpha (1024).
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// User plus system CPU seconds of the process or thread whose `/proc/…/stat` line is `stat`.
@@ -800,8 +802,6 @@ fn field(body: &[u8], name: &str) -> Result<String, String> {
     })
 }
 
-/// Runs `work` on `options.conns` threads, each with its own connection, for the warm-up and
-/// the window; returns what they saw together.
 /// Drives `work` from `options.conns` client threads through the warm-up and the window, and
 /// reads `probe` (CPU times) as the window opens and as it closes.
 fn drive(
@@ -985,18 +985,24 @@ impl LoadReport {
         for sample in &self.error_samples {
             let _ = writeln!(out, "  error: {sample}");
         }
-        for (phase, cpu) in [
-            ("ceiling", self.ceiling_cpu),
-            ("workflows", self.workflow_cpu),
-        ] {
-            if let Some(c) = cpu {
-                let _ = writeln!(
+        let phases = [
+            ("ceiling", self.ceiling_cpu, self.ceiling_measured),
+            ("workflows", self.workflow_cpu, true),
+        ];
+        for (phase, cpu, _) in phases.into_iter().filter(|(_, _, ran)| *ran) {
+            let _ = match cpu {
+                Some(c) => writeln!(
                     out,
                     "CPU per request, {phase}: server {:.0} us (its writer thread {:.0} us), \
                      client {:.0} us",
                     c.server_us, c.writer_us, c.client_us
-                );
-            }
+                ),
+                None => writeln!(
+                    out,
+                    "CPU per request, {phase}: not measured (it needs /proc, and the server's \
+                     fedcore-writer thread alive through every round)"
+                ),
+            };
         }
         if let Some(rss) = self.server_peak_rss_bytes {
             let _ = writeln!(
@@ -1050,14 +1056,14 @@ impl LoadReport {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn cpu_seconds_read_utime_and_stime_after_a_command_name_with_spaces_and_parentheses() {
         let stat = "4242 (fedcore (x) y) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 75 0 0 20 0";
-        assert_eq!(super::cpu_seconds(stat), Some(3.25));
-        assert_eq!(super::cpu_seconds("4242 (fedcore) S 1"), None);
+        assert_eq!(cpu_seconds(stat), Some(3.25));
+        assert_eq!(cpu_seconds("4242 (fedcore) S 1"), None);
     }
-
-    use super::*;
 
     #[test]
     fn the_mix_is_one_in_twenty_denied_and_one_in_ten_flagged() {

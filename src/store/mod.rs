@@ -106,8 +106,8 @@ pub enum StoreError {
     /// neither (`verify` exits 2, could not check). Found before anything is written.
     #[error(
         "{path} is not as fedcore left it: its schema objects show schema version {shown}, but it \
-         says schema version {found} (PRAGMA user_version was lowered after fedcore wrote it), so \
-         it can be neither read as the version it claims nor migrated (that would run again \
+         says schema version {found} (PRAGMA user_version was lowered, or its schema objects \
+         changed, after fedcore wrote it), so it can be neither read as the version it claims nor migrated (that would run again \
          migrations it already holds); it was refused and its contents were not changed"
     )]
     SchemaVersionLowered {
@@ -120,8 +120,8 @@ pub enum StoreError {
     /// are not there, and migrating would skip the migrations that make them.
     #[error(
         "{path} is not as fedcore left it: its schema objects show schema version {shown}, but it \
-         says schema version {found} (PRAGMA user_version was raised after fedcore wrote it), so \
-         it can be neither read as the version it claims nor migrated (that would skip \
+         says schema version {found} (PRAGMA user_version was raised, or its schema objects \
+         changed, after fedcore wrote it), so it can be neither read as the version it claims nor migrated (that would skip \
          migrations it does not hold); it was refused and its contents were not changed"
     )]
     SchemaVersionRaised {

@@ -420,8 +420,8 @@ fn a_file_whose_schema_version_was_lowered_is_refused_by_every_command_and_left_
         let path = db.to_str().expect("utf-8 path");
         let expected = format!(
             "{path} is not as fedcore left it: its schema objects show schema version {shown}, \
-             but it says schema version {lowered} (PRAGMA user_version was lowered after fedcore \
-             wrote it)"
+             but it says schema version {lowered} (PRAGMA user_version was lowered, or its \
+             schema objects changed, after fedcore wrote it)"
         );
         assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[]);
         let after = Snapshot::of(db);
@@ -452,8 +452,8 @@ fn a_file_whose_schema_version_was_raised_is_refused_by_every_command_and_left_u
         let path = db.to_str().expect("utf-8 path");
         let expected = format!(
             "{path} is not as fedcore left it: its schema objects show schema version {shown}, \
-             but it says schema version {raised} (PRAGMA user_version was raised after fedcore \
-             wrote it)"
+             but it says schema version {raised} (PRAGMA user_version was raised, or its \
+             schema objects changed, after fedcore wrote it)"
         );
         assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[]);
         assert_eq!(Snapshot::of(db).user_version, *raised, "{path}");
