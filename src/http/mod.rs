@@ -393,7 +393,10 @@ struct CommandJob {
     idempotency: Option<Idempotency>,
     encode: Encoder,
     result: Option<Result<Done, ApiError>>,
-    reply: oneshot::Sender<Result<Reply, ApiError>>,
+    /// The writer sends back what the transaction produced with the encoder: without an
+    /// idempotency key the answer is encoded by the request's own task, not on the writer thread,
+    /// which every write waits for.
+    reply: oneshot::Sender<Result<(Done, Encoder), ApiError>>,
 }
 
 /// What a command's transaction produced: its answer, or only its outcome when nothing inside the
@@ -403,18 +406,12 @@ enum Done {
     Outcome(Box<Outcome>),
 }
 
-/// What the writer sends back for a command. Without an idempotency key the answer is encoded by
-/// the request's own task, not on the writer thread, which every write waits for.
-enum Reply {
-    Answered(Answer),
-    Outcome(Box<Outcome>, Encoder),
-}
-
-impl Reply {
-    fn into_answer(self) -> Result<Answer, ApiError> {
+impl Done {
+    /// The answer, encoding the outcome with `encode` when it was not encoded yet.
+    fn into_answer(self, encode: &Encoder) -> Result<Answer, ApiError> {
         match self {
-            Reply::Answered(answer) => Ok(answer),
-            Reply::Outcome(outcome, encode) => encode_answer(&encode, *outcome),
+            Done::Answered(answer) => Ok(answer),
+            Done::Outcome(outcome) => encode_answer(encode, *outcome),
         }
     }
 }
@@ -505,8 +502,7 @@ impl store::Job for CommandJob {
     fn finish(self: Box<Self>, failure: Option<StoreError>) {
         let reply = match (failure, self.result) {
             (Some(e), _) => Err(ApiError::internal(e)),
-            (None, Some(Ok(Done::Answered(answer)))) => Ok(Reply::Answered(answer)),
-            (None, Some(Ok(Done::Outcome(outcome)))) => Ok(Reply::Outcome(outcome, self.encode)),
+            (None, Some(Ok(done))) => Ok((done, self.encode)),
             (None, Some(Err(e))) => Err(e),
             (None, None) => Err(ApiError::internal("the operation produced no result")),
         };
@@ -533,10 +529,10 @@ async fn write(
         reply,
     };
     submit(state, Box::new(job))?;
-    let reply = answer
+    let (done, encode) = answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))??;
-    Ok(reply.into_answer()?.into_response())
+    Ok(done.into_answer(&encode)?.into_response())
 }
 
 /// The benchmark's ceiling write: one row inserted in its own savepoint of the writer's batch,

@@ -12,7 +12,7 @@
 //! Only `Harness::run` (transaction, engine; encoding too under an idempotency key) is counted: the setup and the checks
 //! of the answers are not.
 
-use super::{encode_answer, routes, ApiError, CommandJob, Done, Encoder};
+use super::{routes, ApiError, CommandJob, Done, Encoder};
 use crate::bench::seed::Shape;
 use crate::engine::signing::Signer;
 use crate::engine::{Command, StepResult};
@@ -62,10 +62,7 @@ impl Harness {
     /// as the request's task encodes it (outside `run`, as on the server).
     fn apply(&mut self, command: Command, encode: Encoder) -> (StatusCode, Vec<u8>) {
         let (done, encode) = self.run(command, encode);
-        let answer = done.and_then(|done| match done {
-            Done::Answered(answer) => Ok(answer),
-            Done::Outcome(outcome) => encode_answer(&encode, *outcome),
-        });
+        let answer = done.and_then(|done| done.into_answer(&encode));
         match answer {
             Ok(answer) => (answer.status, answer.body),
             Err(e) => (e.status, serde_json::to_vec(&e.body()).unwrap()),

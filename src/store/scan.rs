@@ -621,20 +621,29 @@ pub(super) fn expected_triggers(
 /// migration shows (a test holds each version to it), so a file whose `user_version` was
 /// lowered shows more than it says.
 pub(super) fn version_of_objects(conn: &Connection) -> Result<i64, StoreError> {
-    for (i, migration) in MIGRATIONS.iter().enumerate().rev() {
-        let number = i + 1;
-        if let Some(shape) = shape_after_rebuild(number) {
+    // What each migration creates that no earlier one did.
+    let mut seen: Vec<Created> = Vec::new();
+    let first_created: Vec<Vec<Created>> = MIGRATIONS
+        .iter()
+        .map(|migration| {
+            let new: Vec<Created> = created_objects(migration)
+                .into_iter()
+                .filter(|object| !seen.contains(object))
+                .collect();
+            seen.extend(&new);
+            new
+        })
+        .collect();
+    for (i, objects) in first_created.into_iter().enumerate().rev() {
+        let number = i as i64 + 1;
+        if let Some(shape) = shape_after_rebuild(i + 1) {
             if conn.prepare_cached(shape)?.query_row([], |r| r.get(0))? {
-                return Ok(number as i64);
+                return Ok(number);
             }
         }
-        let earlier: Vec<Created> = MIGRATIONS[..i]
-            .iter()
-            .flat_map(|m| created_objects(m))
-            .collect();
-        for object in created_objects(migration) {
-            if !earlier.contains(&object) && holds(conn, object)? {
-                return Ok(number as i64);
+        for object in objects {
+            if holds(conn, object)? {
+                return Ok(number);
             }
         }
     }

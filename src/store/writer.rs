@@ -151,7 +151,7 @@ fn run_batch(
     let mut ran: Vec<(Box<dyn Job>, Option<StoreError>)> = Vec::with_capacity(jobs.len());
     for mut job in jobs {
         let now = tick();
-        let failure = run_in_savepoint(conn, &tx, job.as_mut(), now);
+        let failure = run_in_savepoint(&tx, job.as_mut(), now);
         ran.push((job, failure));
     }
     if let Err(e) = run_cached(conn, "COMMIT") {
@@ -300,27 +300,17 @@ fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
 
 /// Runs one job inside `SAVEPOINT job`: kept when it asks to commit, undone when it does not,
 /// undone (and reported) when it panics or its savepoint cannot be closed.
-fn run_in_savepoint(
-    conn: &Connection,
-    tx: &Tx<'_>,
-    job: &mut dyn Job,
-    now: Timestamp,
-) -> Option<StoreError> {
-    if let Err(e) = run_cached(conn, "SAVEPOINT job") {
-        return Some(e.into());
+fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Option<StoreError> {
+    if let Err(e) = tx.savepoint("job") {
+        return Some(e);
     }
-    let undo = || {
-        run_cached(conn, "ROLLBACK TO job")
-            .and_then(|()| run_cached(conn, "RELEASE job"))
-            .err()
-            .map(StoreError::from)
-    };
+    let undo = || tx.rollback_to_savepoint("job").err();
     match catch_unwind(AssertUnwindSafe(|| job.run(tx, now))) {
-        Ok(true) => match run_cached(conn, "RELEASE job") {
+        Ok(true) => match tx.release_savepoint("job") {
             Ok(()) => None,
             Err(e) => {
                 let _ = undo();
-                Some(e.into())
+                Some(e)
             }
         },
         Ok(false) => undo(),

@@ -384,7 +384,8 @@ fn a_file_whose_schema_version_was_reset_to_0_is_refused_by_every_command_and_le
 }
 
 #[test]
-fn a_file_whose_schema_version_was_lowered_is_refused_by_every_command_and_left_unchanged() {
+fn a_file_whose_schema_version_was_lowered_or_raised_is_refused_by_every_command_and_left_unchanged(
+) {
     let dir = TempDir::new();
     let current = dir.path().join("current.db");
     drop(fedcore::store::open_for_writing(&current).expect("create a database"));
@@ -394,10 +395,12 @@ fn a_file_whose_schema_version_was_lowered_is_refused_by_every_command_and_left_
         std::fs::copy(&current, &copy).expect("copy the database");
         copy
     };
-    // (file, the version its objects show, the version it is lowered to). Lowered to 1, a
-    // writing command failed on "table tokens already exists"; lowered to 4 or 5, migrations 5
-    // and 6 ran again over the tables they had rebuilt. Each must be refused before anything is
-    // written, the switch to WAL of a file in rollback-journal mode included.
+    // (file, the version its objects show, the version it is set to). Lowered to 1, a writing
+    // command failed on "table tokens already exists"; lowered to 4 or 5, migrations 5 and 6 ran
+    // again over the tables they had rebuilt. Raised, the v1 fixture made `token list` create a
+    // key file and then fail on "no such table: signing_keys", and `verify` on "no such column:
+    // approvals_required". Each must be refused before anything is written, the switch to WAL
+    // of a file in rollback-journal mode included.
     let cases = [
         (copy_of_current("current-at-1.db"), latest, 1),
         (copy_of_current("current-at-4.db"), latest, 4),
@@ -406,57 +409,33 @@ fn a_file_whose_schema_version_was_lowered_is_refused_by_every_command_and_left_
         (fixture_copy(&dir, V5, "v5-at-4-rollback-journal.db"), 5, 4),
         (fixture_copy(&dir, V4, "v4-at-3.db"), 4, 3),
         (fixture_copy(&dir, V4, "v4-at-1.db"), 4, 1),
+        (fixture_copy(&dir, V1, "v1-at-latest.db"), 1, latest),
+        (fixture_copy(&dir, V4, "v4-at-5.db"), 4, 5),
+        (fixture_copy(&dir, V5, "v5-at-latest.db"), 5, latest),
     ];
-    for (db, _, lowered) in &cases {
+    for (db, _, changed) in &cases {
         let conn = Connection::open(db).expect("open the file");
         if db.ends_with("v5-at-4-rollback-journal.db") {
             conn.pragma_update(None, "journal_mode", "DELETE")
                 .expect("leave WAL");
         }
-        conn.pragma_update(None, "user_version", lowered)
-            .expect("lower the schema version");
+        conn.pragma_update(None, "user_version", changed)
+            .expect("change the schema version");
     }
-    for (db, shown, lowered) in &cases {
+    for (db, shown, changed) in &cases {
         let path = db.to_str().expect("utf-8 path");
+        let how = if changed < shown { "lowered" } else { "raised" };
         let expected = format!(
             "{path} is not as fedcore left it: its schema objects show schema version {shown}, \
-             but it says schema version {lowered} (PRAGMA user_version was lowered, or its \
+             but it says schema version {changed} (PRAGMA user_version was {how}, or its \
              schema objects changed, after fedcore wrote it)"
         );
         assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[]);
         let after = Snapshot::of(db);
-        assert_eq!(after.user_version, *lowered, "{path}");
+        assert_eq!(after.user_version, *changed, "{path}");
         if *shown == 5 {
             assert!(after.evidence_sql.contains("WITHOUT ROWID"), "{path}");
         }
-    }
-}
-
-#[test]
-fn a_file_whose_schema_version_was_raised_is_refused_by_every_command_and_left_unchanged() {
-    // The v1 fixture said to be current: `token list` created a key file and then failed on
-    // "no such table: signing_keys", and `verify` on "no such column: approvals_required".
-    let dir = TempDir::new();
-    let latest = fedcore::store::SCHEMA_VERSION;
-    let cases = [
-        (fixture_copy(&dir, V1, "v1-at-latest.db"), 1, latest),
-        (fixture_copy(&dir, V4, "v4-at-5.db"), 4, 5),
-        (fixture_copy(&dir, V5, "v5-at-latest.db"), 5, latest),
-    ];
-    for (db, _, raised) in &cases {
-        let conn = Connection::open(db).expect("open the file");
-        conn.pragma_update(None, "user_version", raised)
-            .expect("raise the schema version");
-    }
-    for (db, shown, raised) in &cases {
-        let path = db.to_str().expect("utf-8 path");
-        let expected = format!(
-            "{path} is not as fedcore left it: its schema objects show schema version {shown}, \
-             but it says schema version {raised} (PRAGMA user_version was raised, or its \
-             schema objects changed, after fedcore wrote it)"
-        );
-        assert_refused_by_every_command_and_unchanged(&dir, db, &expected, &[]);
-        assert_eq!(Snapshot::of(db).user_version, *raised, "{path}");
     }
 }
 
