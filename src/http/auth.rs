@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::request::Idempotency;
-use super::{read, write, AppState};
+use super::{write, AppState};
 use crate::engine::{Command, Error, Outcome};
 use crate::model::{Permission, Role};
 use crate::secret;
@@ -43,10 +43,15 @@ pub async fn authenticate(
         Err(e) => return e.into_response(),
     };
     let token_hash = secret::token_hash(token);
-    let found = read(&state, move |db| {
-        Ok(store::live_token_by_hash(db, &token_hash)?)
-    })
-    .await;
+    // On this task, not the blocking pool: one indexed read of the small `tokens` table from an
+    // idle pooled connection takes microseconds, and in WAL mode it never waits for the writer.
+    // Handing it to `spawn_blocking` cost more than the read itself (two thread wake-ups per
+    // request): the ceiling of `bench load` rose from about 22k to 31k requests/s without it.
+    let found = state
+        .readers
+        .read(|db| store::live_token_by_hash(db, &token_hash))
+        .map_err(ApiError::internal)
+        .and_then(|found| found.map_err(|e| ApiError::from(Error::from(e))));
     match found {
         Ok(Some(token)) => {
             request.extensions_mut().insert(Principal {

@@ -574,9 +574,9 @@ impl Reader {
 
     /// Runs `f` inside one read transaction, so everything it reads is one consistent snapshot.
     pub fn snapshot<T>(&self, f: impl FnOnce(&Reader) -> T) -> Result<T, StoreError> {
-        self.conn.execute_batch("BEGIN")?;
+        run_cached(&self.conn, "BEGIN")?;
         let out = f(self);
-        self.conn.execute_batch("COMMIT")?;
+        run_cached(&self.conn, "COMMIT")?;
         Ok(out)
     }
 }
