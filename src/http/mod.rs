@@ -465,10 +465,13 @@ impl CommandJob {
         let answer = result
             .map_err(ApiError::from)
             .and_then(|outcome| encode_answer(&self.encode, outcome));
-        let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
-        if commit && !server_error {
-            // A committed answer, success or recorded refusal, is what a retry must see again; a
-            // server error is not an answer to keep.
+        if matches!(&answer, Err(e) if e.status.is_server_error()) {
+            // A server error is not an answer to keep, so the change it would answer is not kept
+            // either: were it committed, the retry the key exists for would make it a second time.
+            return (answer.map(Done::Answered), false);
+        }
+        if commit {
+            // A committed answer, success or recorded refusal, is what a retry must see again.
             let (status, response) = match &answer {
                 Ok(a) => (a.status.as_u16(), a.body.clone()),
                 Err(e) => (

@@ -11,7 +11,10 @@
 //!
 //! Only `Harness::run` (transaction, engine; encoding too under an idempotency key) is counted: the setup and the checks
 //! of the answers are not.
+//!
+//! The same harness drives the writer job's own tests (a new policy version, idempotency keys).
 
+use super::request::Idempotency;
 use super::{routes, ApiError, CommandJob, Done, Encoder};
 use crate::bench::seed::Shape;
 use crate::engine::signing::Signer;
@@ -37,6 +40,8 @@ struct Harness {
     conn: store::WriteConnection,
     signer: Arc<Signer>,
     micros: i64,
+    /// The `Idempotency-Key` every command is sent with, if any.
+    idempotency: Option<Idempotency>,
 }
 
 impl Harness {
@@ -55,6 +60,7 @@ impl Harness {
             conn,
             signer: Arc::new(signer),
             micros: 1_795_428_000_000_000,
+            idempotency: None,
         }
     }
 
@@ -78,7 +84,7 @@ impl Harness {
         let job = CommandJob {
             command,
             signer: self.signer.clone(),
-            idempotency: None,
+            idempotency: self.idempotency.clone(),
             encode,
             result: None,
             reply,
@@ -293,4 +299,44 @@ fn a_new_policy_version_decides_the_next_step_though_the_last_one_was_kept() {
     assert_eq!(answer["decision"]["effect"], "deny", "{answer}");
     assert_eq!(answer["decision"]["policy_version"], 2, "{answer}");
     assert_eq!(answer["decision"]["tier"], "T3", "{answer}");
+}
+
+#[test]
+fn under_an_idempotency_key_a_server_error_keeps_nothing_and_the_retry_acts_once() {
+    let mut harness = Harness::new("idempotency-5xx");
+    harness.set_up();
+    let count = |harness: &Harness, table: &str| -> i64 {
+        let sql = format!("SELECT count(*) FROM {table}");
+        harness.conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+    };
+    let entries = count(&harness, "audit_log");
+    let create = || Command::CreateRun {
+        workflow_id: WORKFLOW.into(),
+        input: json!({"n": 1}),
+        actor: AGENT.into(),
+    };
+    harness.idempotency = Some(Idempotency {
+        actor: AGENT.into(),
+        key: "create-1".into(),
+        request_hash: "ab".repeat(32),
+    });
+
+    // The run is created, then its answer cannot be encoded: 500, and nothing of it is kept.
+    let (status, _) = harness.apply(
+        create(),
+        Box::new(|_| Err(ApiError::internal("the answer could not be encoded"))),
+    );
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(count(&harness, "runs"), 0);
+    assert_eq!(count(&harness, "audit_log"), entries);
+    assert_eq!(count(&harness, "idempotency"), 0);
+
+    // The retry creates the run once, and a second retry replays that answer.
+    let (status, first) = harness.apply(create(), Box::new(routes::created_run));
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, again) = harness.apply(create(), Box::new(routes::created_run));
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(again, first);
+    assert_eq!(count(&harness, "runs"), 1);
+    assert_eq!(count(&harness, "idempotency"), 1);
 }
