@@ -895,6 +895,37 @@ mod tests {
     }
 
     #[test]
+    fn a_check_whose_commit_fails_still_ends_its_transaction() {
+        let dir = std::env::temp_dir().join(format!("fedcore-commit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("busy.db");
+        let conn = Connection::open(&db).unwrap();
+        conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        conn.execute_batch("CREATE TABLE t(x)").unwrap();
+        let other = Connection::open(&db).unwrap();
+        let checked = check_identity_in_one_snapshot(&conn, &db, || {
+            // A write inside the check makes its COMMIT need the file to itself, which a reader
+            // on another connection denies (rollback journal): the COMMIT fails, busy, and leaves
+            // the transaction open.
+            conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+            other.execute_batch("BEGIN").unwrap();
+            let _: i64 = other
+                .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap();
+        });
+        assert!(checked.is_err(), "{checked:?}");
+        assert!(conn.is_autocommit(), "the transaction was left open");
+        other.execute_batch("COMMIT").unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 0, "what the failed check wrote was rolled back");
+        drop((conn, other));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_foreign_sqlite_database_is_refused() {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE t(x)").unwrap();
