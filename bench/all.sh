@@ -42,11 +42,16 @@ LARGE=$WORK/runs1m.db
 if [ ! -f "$LARGE" ]; then
   $BIN bench seed --db "$LARGE" --workflows 1000000 --runs-only | tee "$OUT/seed-1m.txt"
 fi
+# Both sides take the same path: `--db` on a file made beforehand (so neither round is preceded by
+# a ceiling phase, whose rows and WAL would weigh on one side only), synced to disk before the
+# round starts (so the copy's write-back does not compete with the round's fsyncs).
 for i in 1 2 3; do
-  $BIN bench load --conns 32 --rounds 1 --no-verify --json --keep "$WORK/empty" > "$OUT/empty-$i.json"
+  rm -rf "$WORK/empty"; mkdir -p "$WORK/empty"
+  $BIN bench seed --db "$WORK/empty/empty.db" --workflows 0 --runs-only > /dev/null; sync
+  $BIN bench load --conns 32 --rounds 1 --no-verify --json --db "$WORK/empty/empty.db" > "$OUT/empty-$i.json"
   rm -rf "$WORK/empty"
   # A copy each time, so every large round starts from the same million runs.
-  cp "$LARGE" "$WORK/large.db"; cp "$LARGE.key" "$WORK/large.db.key"
+  cp "$LARGE" "$WORK/large.db"; cp "$LARGE.key" "$WORK/large.db.key"; sync
   $BIN bench load --conns 32 --rounds 1 --no-verify --json --db "$WORK/large.db" > "$OUT/large-$i.json"
   rm -f "$WORK"/large.db*
 done
