@@ -6,7 +6,7 @@
 
 use super::error::ApiError;
 use super::request::Idempotency;
-use super::{write, AppState};
+use super::{read, write, AppState};
 use crate::engine::{Command, Error, Outcome};
 use crate::model::{Permission, Role};
 use crate::secret;
@@ -43,15 +43,24 @@ pub async fn authenticate(
         Err(e) => return e.into_response(),
     };
     let token_hash = secret::token_hash(token);
-    // On this task, not the blocking pool: one indexed read of the small `tokens` table from an
-    // idle pooled connection takes microseconds, and in WAL mode it never waits for the writer.
-    // Handing it to `spawn_blocking` cost more than the read itself (two thread wake-ups per
-    // request): the ceiling of `bench load` rose from about 22k to 31k requests/s without it.
-    let found = state
+    // On this task when an idle reader can answer at once: one indexed read of the small
+    // `tokens` table, microseconds, and in WAL mode it never waits for the writer. Handing it to
+    // `spawn_blocking` cost more than the read itself (two thread wake-ups per request): the
+    // ceiling of `bench load` rose from about 22k to 31k requests/s without it. A read that
+    // would wait (no idle reader to be opened, a lock held by another process) goes to the
+    // blocking pool as before, so that this task never blocks.
+    let found = match state
         .readers
-        .read(|db| store::live_token_by_hash(db, &token_hash))
-        .map_err(ApiError::internal)
-        .and_then(|found| found.map_err(|e| ApiError::from(Error::from(e))));
+        .read_if_idle(|db| store::live_token_by_hash(db, &token_hash))
+    {
+        Some(found) => Ok(found),
+        None => {
+            read(&state, move |db| {
+                Ok(store::live_token_by_hash(db, &token_hash)?)
+            })
+            .await
+        }
+    };
     match found {
         Ok(Some(token)) => {
             request.extensions_mut().insert(Principal {

@@ -21,6 +21,7 @@ pub use writer::{write_once, Busy, Job, Writer};
 use rusqlite::{OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// The schema version this binary writes; `PRAGMA user_version` of an up-to-date database.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -44,6 +45,9 @@ pub type WriteConnection = Connection;
 
 /// How many idle read connections the pool keeps.
 const MAX_IDLE_READERS: usize = 16;
+
+/// How long a statement waits for a lock another connection holds before failing busy.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -330,7 +334,7 @@ fn immutable_uri(path: &Path) -> Option<String> {
 
 fn set_common_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
@@ -611,6 +615,23 @@ impl ReadPool {
             }
         }
         out
+    }
+
+    /// Runs `f` on an idle reader inside one read snapshot, without ever waiting: `None` when no
+    /// reader is idle, or when the snapshot or `f` failed for any reason (a lock held by another
+    /// process, say), for the caller to do the read again by `read`, which may open a connection
+    /// and waits up to the busy timeout. For small reads on an async task, which must not block.
+    pub fn read_if_idle<T>(&self, f: impl FnOnce(&Reader) -> Result<T, StoreError>) -> Option<T> {
+        let reader = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        reader.conn.busy_timeout(Duration::ZERO).ok()?;
+        let out = reader.snapshot(f);
+        if reader.conn.busy_timeout(BUSY_TIMEOUT).is_ok() && out.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(reader);
+            }
+        }
+        out.ok()?.ok()
     }
 
     fn open_reader(&self) -> Result<Reader, StoreError> {
@@ -895,13 +916,57 @@ mod tests {
     }
 
     #[test]
+    fn a_read_if_idle_never_waits_and_leaves_its_reader_as_it_found_it() {
+        let dir = std::env::temp_dir().join(format!("fedcore-idle-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("idle.db");
+        // A rollback-journal file, where a writer's exclusive lock keeps readers out (in WAL
+        // mode only another process's recovery or exclusive locking mode would).
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch("CREATE TABLE tokens(x)")
+            .unwrap();
+        let pool = ReadPool::new(&db);
+        let timeout = |r: &Reader| -> Result<i64, StoreError> {
+            Ok(r.conn
+                .query_row("PRAGMA busy_timeout", [], |row| row.get(0))?)
+        };
+        let tokens = |r: &Reader| -> Result<i64, StoreError> {
+            Ok(r.conn
+                .query_row("SELECT count(*) FROM tokens", [], |row| row.get(0))?)
+        };
+        assert_eq!(pool.read_if_idle(tokens), None, "no reader is idle yet");
+        pool.read(|_| ()).unwrap();
+        assert_eq!(pool.read_if_idle(tokens), Some(0));
+
+        // Another process holds the file exclusively: the read gives up at once, not after
+        // the busy timeout, and the reader keeps that timeout for the reads that may wait.
+        let blocker = Connection::open(&db).unwrap();
+        blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(pool.read_if_idle(tokens), None);
+        assert!(
+            started.elapsed() < BUSY_TIMEOUT / 2,
+            "it waited for the lock"
+        );
+        blocker.execute_batch("ROLLBACK").unwrap();
+        drop(blocker);
+        assert_eq!(pool.read_if_idle(tokens), Some(0));
+        // The one pooled reader, read the way that may wait, has its timeout back.
+        assert_eq!(pool.read(timeout).unwrap().unwrap(), 5000);
+        drop(pool);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_check_whose_commit_fails_still_ends_its_transaction() {
         let dir = std::env::temp_dir().join(format!("fedcore-commit-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let db = dir.join("busy.db");
         let conn = Connection::open(&db).unwrap();
-        conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        conn.busy_timeout(Duration::ZERO).unwrap();
         conn.execute_batch("CREATE TABLE t(x)").unwrap();
         let other = Connection::open(&db).unwrap();
         let checked = check_identity_in_one_snapshot(&conn, &db, || {
