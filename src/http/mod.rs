@@ -462,16 +462,21 @@ impl CommandJob {
             let done = result.map(|outcome| Done::Outcome(Box::new(outcome)));
             return (done.map_err(ApiError::from), commit);
         };
-        let answer = result
-            .map_err(ApiError::from)
-            .and_then(|outcome| encode_answer(&self.encode, outcome));
-        if matches!(&answer, Err(e) if e.status.is_server_error()) {
-            // A server error is not an answer to keep, so the change it would answer is not kept
-            // either: were it committed, the retry the key exists for would make it a second time.
-            return (answer.map(Done::Answered), false);
-        }
-        if commit {
-            // A committed answer, success or recorded refusal, is what a retry must see again.
+        let answer = match result {
+            Ok(outcome) => match encode_answer(&self.encode, outcome) {
+                // The command succeeded but its answer is a server error, which is not kept: so
+                // neither is the change, or the retry the key exists for would make it again.
+                Err(e) if e.status.is_server_error() => return (Err(e), false),
+                encoded => encoded,
+            },
+            // A failed command's own writes are already undone; what `commit` still keeps (a
+            // gate expired on the way) stays, and a retry runs the command afresh.
+            Err(e) => Err(ApiError::from(e)),
+        };
+        let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
+        if commit && !server_error {
+            // A committed answer, success or recorded refusal, is what a retry must see again; a
+            // server error is not an answer to keep.
             let (status, response) = match &answer {
                 Ok(a) => (a.status.as_u16(), a.body.clone()),
                 Err(e) => (
