@@ -47,8 +47,8 @@ pub async fn authenticate(
     // `tokens` table, microseconds, and in WAL mode it never waits for the writer. Handing it to
     // `spawn_blocking` cost more than the read itself (two thread wake-ups per request): the
     // ceiling of `bench load` rose from about 22k to 31k requests/s without it. A read that
-    // would wait (no idle reader to be opened, a lock held by another process) goes to the
-    // blocking pool as before, so that this task never blocks.
+    // would wait (no idle reader, so one to be opened; a lock held by another process) goes to
+    // the blocking pool as before, so that this task never waits on a lock.
     let found = match state
         .readers
         .read_if_idle(|db| store::live_token_by_hash(db, &token_hash))

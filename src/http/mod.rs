@@ -470,13 +470,14 @@ impl CommandJob {
                 encoded => encoded,
             },
             // A failed command's own writes are already undone; what `commit` still keeps (a
-            // gate expired on the way) stays, and a retry runs the command afresh.
+            // recorded refusal, a gate expired on the way) stays. Its answer is stored below
+            // unless it is a server error, which a retry runs afresh.
             Err(e) => Err(ApiError::from(e)),
         };
         let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
         if commit && !server_error {
-            // A committed answer, success or recorded refusal, is what a retry must see again; a
-            // server error is not an answer to keep.
+            // A committed answer (a success, a recorded refusal, an error after a gate expired on
+            // the way) is what a retry must see again; a server error is not an answer to keep.
             let (status, response) = match &answer {
                 Ok(a) => (a.status.as_u16(), a.body.clone()),
                 Err(e) => (

@@ -617,10 +617,12 @@ impl ReadPool {
         out
     }
 
-    /// Runs `f` on an idle reader inside one read snapshot, without ever waiting: `None` when no
-    /// reader is idle, or when the snapshot or `f` failed for any reason (a lock held by another
-    /// process, say), for the caller to do the read again by `read`, which may open a connection
-    /// and waits up to the busy timeout. For small reads on an async task, which must not block.
+    /// Runs `f` on an idle reader inside one read snapshot, without waiting on a lock (its busy
+    /// timeout is zero meanwhile): `None` when no reader is idle, or when the snapshot or `f`
+    /// failed for any reason (a lock held by another process, say), for the caller to do the read
+    /// again by `read`, which may open a connection and waits up to the busy timeout. For small
+    /// reads on an async task. (SQLite's own retry when it loses a race for the WAL index may
+    /// still pause it briefly; the busy timeout does not govern that.)
     pub fn read_if_idle<T>(&self, f: impl FnOnce(&Reader) -> Result<T, StoreError>) -> Option<T> {
         let reader = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
         reader.conn.busy_timeout(Duration::ZERO).ok()?;
