@@ -462,22 +462,12 @@ impl CommandJob {
             let done = result.map(|outcome| Done::Outcome(Box::new(outcome)));
             return (done.map_err(ApiError::from), commit);
         };
-        let answer = match result {
-            Ok(outcome) => match encode_answer(&self.encode, outcome) {
-                // The command succeeded but its answer is a server error, which is not kept: so
-                // neither is the change, or the retry the key exists for would make it again.
-                Err(e) if e.status.is_server_error() => return (Err(e), false),
-                encoded => encoded,
-            },
-            // A failed command's own writes are already undone; what `commit` still keeps (a
-            // recorded refusal, a gate expired on the way) stays. Its answer is stored below
-            // unless it is a server error, which a retry runs afresh.
-            Err(e) => Err(ApiError::from(e)),
-        };
-        let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
-        if commit && !server_error {
-            // A committed answer (a success, a recorded refusal, an error after a gate expired on
-            // the way) is what a retry must see again; a server error is not an answer to keep.
+        let Keyed {
+            answer,
+            commit,
+            remember,
+        } = Keyed::of(result, commit, &self.encode);
+        if remember {
             let (status, response) = match &answer {
                 Ok(a) => (a.status.as_u16(), a.body.clone()),
                 Err(e) => (
@@ -498,6 +488,46 @@ impl CommandJob {
             }
         }
         (answer.map(Done::Answered), commit)
+    }
+}
+
+/// What a job under an idempotency key does with the engine's result and `commit`.
+struct Keyed {
+    answer: Result<Answer, ApiError>,
+    /// Whether the job's transaction commits.
+    commit: bool,
+    /// Whether the answer is stored for a retry to replay.
+    remember: bool,
+}
+
+impl Keyed {
+    fn of(result: Result<Outcome, engine::Error>, commit: bool, encode: &Encoder) -> Keyed {
+        let answer = match result {
+            Ok(outcome) => match encode_answer(encode, outcome) {
+                // The command succeeded but its answer is a server error, which is not kept: so
+                // neither is the change, or the retry the key exists for would make it again.
+                Err(e) if e.status.is_server_error() => {
+                    return Keyed {
+                        answer: Err(e),
+                        commit: false,
+                        remember: false,
+                    }
+                }
+                encoded => encoded,
+            },
+            // A failed command's own writes are already undone; what `commit` still keeps (a
+            // recorded refusal, a gate expired on the way) stays.
+            Err(e) => Err(ApiError::from(e)),
+        };
+        // A committed answer (a success, a recorded refusal, an error after a gate expired on the
+        // way) is what a retry must see again; a server error is not an answer to keep, and a
+        // retry runs its command afresh.
+        let server_error = matches!(&answer, Err(e) if e.status.is_server_error());
+        Keyed {
+            answer,
+            commit,
+            remember: commit && !server_error,
+        }
     }
 }
 

@@ -15,7 +15,7 @@
 //! The same harness drives the writer job's own tests (a new policy version, idempotency keys).
 
 use super::request::Idempotency;
-use super::{routes, ApiError, CommandJob, Done, Encoder};
+use super::{routes, ApiError, CommandJob, Done, Encoder, Keyed};
 use crate::bench::seed::Shape;
 use crate::engine::signing::Signer;
 use crate::engine::{Command, StepResult};
@@ -339,4 +339,54 @@ fn under_an_idempotency_key_a_server_error_keeps_nothing_and_the_retry_acts_once
     assert_eq!(again, first);
     assert_eq!(count(&harness, "runs"), 1);
     assert_eq!(count(&harness, "idempotency"), 1);
+}
+
+#[test]
+fn under_an_idempotency_key_what_is_committed_and_what_is_remembered() {
+    use crate::engine::{Error, Outcome};
+    let ok: Encoder = Box::new(|_| Ok((StatusCode::OK, b"{}".to_vec())));
+    let broken: Encoder = Box::new(|_| Err(ApiError::internal("no answer")));
+    let done = || Ok(Outcome::Expired { n_runs: 0 });
+    let refused = || {
+        Err(Error::Forbidden {
+            code: "self_approval",
+            message: "no".into(),
+        })
+    };
+    let failed = || {
+        Err(Error::Store(store::StoreError::Transaction(
+            "disk full".into(),
+        )))
+    };
+    let of = |result, commit, encode: &Encoder| {
+        let keyed = Keyed::of(result, commit, encode);
+        let status = match &keyed.answer {
+            Ok(answer) => answer.status.as_u16(),
+            Err(e) => e.status.as_u16(),
+        };
+        (status, keyed.commit, keyed.remember)
+    };
+    // (status, commit, remember) for what the engine did, and whether it asked to commit.
+    assert_eq!(of(done(), true, &ok), (200, true, true), "a success");
+    assert_eq!(
+        of(done(), true, &broken),
+        (500, false, false),
+        "a success whose answer failed: the change goes too"
+    );
+    assert_eq!(
+        of(refused(), true, &ok),
+        (403, true, true),
+        "a recorded refusal"
+    );
+    assert_eq!(
+        of(refused(), false, &ok),
+        (403, false, false),
+        "a refusal that wrote nothing"
+    );
+    assert_eq!(
+        of(failed(), true, &ok),
+        (500, true, false),
+        "a failure after a gate expired on the way: the expiry stays, the answer is not kept"
+    );
+    assert_eq!(of(failed(), false, &ok), (500, false, false), "a failure");
 }
