@@ -651,6 +651,14 @@ impl ReadPool {
 mod tests {
     use super::*;
 
+    /// An empty folder of its own under the temporary directory.
+    fn fresh_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fedcore-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     #[test]
     fn migrating_twice_changes_nothing() {
         let conn = Connection::open_in_memory().unwrap();
@@ -858,9 +866,7 @@ mod tests {
 
     #[test]
     fn a_file_migrated_by_another_process_while_it_is_checked_is_not_taken_for_a_lowered_one() {
-        let dir = std::env::temp_dir().join(format!("fedcore-identity-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("identity");
         let db = dir.join("v4.db");
         let fixture = concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -919,9 +925,7 @@ mod tests {
 
     #[test]
     fn a_read_if_idle_never_waits_and_leaves_its_reader_as_it_found_it() {
-        let dir = std::env::temp_dir().join(format!("fedcore-idle-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("idle");
         let db = dir.join("idle.db");
         // A rollback-journal file, where a writer's exclusive lock keeps readers out (in WAL
         // mode only another process's recovery or exclusive locking mode would).
@@ -963,9 +967,7 @@ mod tests {
 
     #[test]
     fn a_check_whose_commit_fails_still_ends_its_transaction() {
-        let dir = std::env::temp_dir().join(format!("fedcore-commit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("commit");
         let db = dir.join("busy.db");
         let conn = Connection::open(&db).unwrap();
         conn.busy_timeout(Duration::ZERO).unwrap();
