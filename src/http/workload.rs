@@ -346,47 +346,57 @@ fn under_an_idempotency_key_what_is_committed_and_what_is_remembered() {
     use crate::engine::{Error, Outcome};
     let ok: Encoder = Box::new(|_| Ok((StatusCode::OK, b"{}".to_vec())));
     let broken: Encoder = Box::new(|_| Err(ApiError::internal("no answer")));
-    let done = || Ok(Outcome::Expired { n_runs: 0 });
-    let refused = || {
+    fn done() -> Result<Outcome, Error> {
+        Ok(Outcome::Expired { n_runs: 0 })
+    }
+    fn refused() -> Result<Outcome, Error> {
         Err(Error::Forbidden {
             code: "self_approval",
             message: "no".into(),
         })
-    };
-    let failed = || {
+    }
+    fn failed() -> Result<Outcome, Error> {
         Err(Error::Store(store::StoreError::Transaction(
             "disk full".into(),
         )))
-    };
-    let of = |result, commit, encode: &Encoder| {
-        let keyed = Keyed::of(result, commit, encode);
+    }
+    type Engine = fn() -> Result<Outcome, Error>;
+    /// The answer's status, whether the job commits, whether the answer is remembered.
+    type Expected = (u16, bool, bool);
+    // What the engine did, whether it asked to commit, the encoder; then the answer's status,
+    // whether the job commits and whether the answer is remembered.
+    let cases: [(&str, Engine, bool, &Encoder, Expected); 6] = [
+        ("a success", done, true, &ok, (200, true, true)),
+        (
+            "a success whose answer failed: the change goes too",
+            done,
+            true,
+            &broken,
+            (500, false, false),
+        ),
+        ("a recorded refusal", refused, true, &ok, (403, true, true)),
+        (
+            "a refusal that wrote nothing",
+            refused,
+            false,
+            &ok,
+            (403, false, false),
+        ),
+        (
+            "a failure after a gate expired on the way: the expiry stays, the answer is not kept",
+            failed,
+            true,
+            &ok,
+            (500, true, false),
+        ),
+        ("a failure", failed, false, &ok, (500, false, false)),
+    ];
+    for (case, engine, commit, encode, expected) in cases {
+        let keyed = Keyed::of(engine(), commit, encode);
         let status = match &keyed.answer {
             Ok(answer) => answer.status.as_u16(),
             Err(e) => e.status.as_u16(),
         };
-        (status, keyed.commit, keyed.remember)
-    };
-    // (status, commit, remember) for what the engine did, and whether it asked to commit.
-    assert_eq!(of(done(), true, &ok), (200, true, true), "a success");
-    assert_eq!(
-        of(done(), true, &broken),
-        (500, false, false),
-        "a success whose answer failed: the change goes too"
-    );
-    assert_eq!(
-        of(refused(), true, &ok),
-        (403, true, true),
-        "a recorded refusal"
-    );
-    assert_eq!(
-        of(refused(), false, &ok),
-        (403, false, false),
-        "a refusal that wrote nothing"
-    );
-    assert_eq!(
-        of(failed(), true, &ok),
-        (500, true, false),
-        "a failure after a gate expired on the way: the expiry stays, the answer is not kept"
-    );
-    assert_eq!(of(failed(), false, &ok), (500, false, false), "a failure");
+        assert_eq!((status, keyed.commit, keyed.remember), expected, "{case}");
+    }
 }

@@ -602,17 +602,13 @@ impl ReadPool {
 
     /// Runs `f` on an idle reader (or a new one) inside one read snapshot.
     pub fn read<T>(&self, f: impl FnOnce(&Reader) -> T) -> Result<T, StoreError> {
-        let reader = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let reader = match reader {
+        let reader = match self.take_idle() {
             Some(r) => r,
             None => self.open_reader()?,
         };
         let out = reader.snapshot(f);
         if out.is_ok() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(reader);
-            }
+            self.give_back(reader);
         }
         out
     }
@@ -624,16 +620,25 @@ impl ReadPool {
     /// reads on an async task. (SQLite's own retry when it loses a race for the WAL index may
     /// still pause it briefly; the busy timeout does not govern that.)
     pub fn read_if_idle<T>(&self, f: impl FnOnce(&Reader) -> Result<T, StoreError>) -> Option<T> {
-        let reader = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()?;
+        let reader = self.take_idle()?;
         reader.conn.busy_timeout(Duration::ZERO).ok()?;
         let out = reader.snapshot(f);
         if reader.conn.busy_timeout(BUSY_TIMEOUT).is_ok() && out.is_ok() {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(reader);
-            }
+            self.give_back(reader);
         }
         out.ok()?.ok()
+    }
+
+    fn take_idle(&self) -> Option<Reader> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    /// Keeps `reader` for the next read, outside any transaction, unless enough are idle.
+    fn give_back(&self, reader: Reader) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(reader);
+        }
     }
 
     fn open_reader(&self) -> Result<Reader, StoreError> {
