@@ -18,6 +18,27 @@ use crate::store::{self, StoreError, Tx};
 use serde_json::{json, Map, Value};
 use signing::Signer;
 
+/// A new UUIDv7 string for time `now`. Ids made one after another sort in the order they were
+/// made, even within one millisecond (where a v7 id is otherwise random) or when the clock steps
+/// back: every id of the process comes from one `ContextV7`, whose counter keeps them
+/// increasing. `run_id` order is creation order (the run list is sorted by it).
+pub fn id_at(now: Timestamp) -> String {
+    static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
+        std::sync::Mutex::new(uuid::ContextV7::new());
+    let micros = now.micros().max(0) as u64;
+    // A panic while the lock was held cannot leave the counter half-written (it is two cells
+    // set after the new value is computed), so a poisoned lock is used as it is.
+    let context = CONTEXT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ts = uuid::Timestamp::from_unix(
+        &*context,
+        micros / 1_000_000,
+        ((micros % 1_000_000) * 1000) as u32,
+    );
+    uuid::Uuid::new_v7(ts).to_string()
+}
+
 /// A signed checkpoint of the audit head is written at least once every this many entries.
 pub const CHECKPOINT_INTERVAL: i64 = 1000;
 
@@ -611,13 +632,7 @@ impl<'a, 'c> Ctx<'a, 'c> {
 
     /// A new UUIDv7 for the current time.
     pub fn new_id(&self) -> String {
-        let micros = self.now.micros().max(0) as u64;
-        let ts = uuid::Timestamp::from_unix(
-            uuid::NoContext,
-            micros / 1_000_000,
-            ((micros % 1_000_000) * 1000) as u32,
-        );
-        uuid::Uuid::new_v7(ts).to_string()
+        id_at(self.now)
     }
 
     /// Appends one entry to the audit chain.
@@ -644,5 +659,30 @@ impl<'a, 'c> Ctx<'a, 'c> {
         store::insert_audit(self.tx, &entry)?;
         self.head = (entry.seq, entry.entry_hash.clone());
         Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_made_at_one_instant_or_with_the_clock_stepping_back_sort_in_the_order_made() {
+        let instant = Timestamp::from_micros(1_795_000_000_123_456);
+        let mut ids: Vec<String> = (0..500).map(|_| id_at(instant)).collect();
+        // The clock steps back a second: ids still increase.
+        ids.extend((0..10).map(|_| id_at(instant.plus_seconds(-1))));
+        ids.push(id_at(instant.plus_seconds(1)));
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(
+            sorted, ids,
+            "ids sort in the order they were made, none twice"
+        );
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+            assert_eq!(uuid.get_version_num(), 7, "{id} is a v7 UUID");
+        }
     }
 }
