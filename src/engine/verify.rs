@@ -83,6 +83,7 @@ pub struct Counts {
     pub workflow_receipts: u64,
     pub signatures: u64,
     pub checkpoints: u64,
+    pub tokens: u64,
     pub triggers: u64,
     /// `None` unless a replay was asked for.
     pub replayed_decisions: Option<u64>,
@@ -136,7 +137,7 @@ impl Report {
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = &self.counts;
-        let rows: [(&str, Option<u64>); 13] = [
+        let rows: [(&str, Option<u64>); 14] = [
             ("evidence blobs", Some(c.evidence)),
             ("audit entries", Some(c.audit_entries)),
             ("policy versions", Some(c.policies)),
@@ -148,6 +149,7 @@ impl fmt::Display for Report {
             ("workflow receipts", Some(c.workflow_receipts)),
             ("signatures", Some(c.signatures)),
             ("checkpoints", Some(c.checkpoints)),
+            ("tokens", Some(c.tokens)),
             ("triggers", Some(c.triggers)),
             ("replayed decisions", c.replayed_decisions),
         ];
@@ -255,6 +257,9 @@ fn verify_on(db: &impl Db, options: &Options, workers: usize) -> Result<Report, 
 /// The audit actions that record a catalog change.
 const CATALOG_ACTIONS: [&str; 3] = ["policy.put", "definition.put", "agent.put"];
 
+/// The audit actions that record a token's creation and revocation.
+const TOKEN_ACTIONS: [&str; 2] = ["token.created", "token.revoked"];
+
 /// The audit actions that end a run and carry its workflow receipt.
 const RUN_ENDS: [&str; 3] = ["run.completed", "run.failed", "run.cancelled"];
 
@@ -274,6 +279,7 @@ impl Counts {
         self.workflow_receipts += other.workflow_receipts;
         self.signatures += other.signatures;
         self.checkpoints += other.checkpoints;
+        self.tokens += other.tokens;
         self.triggers += other.triggers;
         if let Some(n) = other.replayed_decisions {
             *self.replayed_decisions.get_or_insert(0) += n;
@@ -472,10 +478,22 @@ struct Known {
     /// The entries that end a run, and so carry a workflow receipt that must be signed:
     /// `(seq, payload_hash)` in `seq` order, gathered while the chain is read.
     receipt_entries: Vec<(i64, String)>,
+    /// The `token.created` and `token.revoked` entries in `seq` order, gathered while the chain
+    /// is read.
+    token_entries: Vec<TokenEntry>,
     /// How many entries name a run (`run_id` not null), counted while the chain is read.
     audit_entries_of_runs: u64,
     /// How many rows the runs pass read as belonging to the runs.
     run_rows: store::RunRowCounts,
+}
+
+/// A token's creation or revocation as the log records it.
+struct TokenEntry {
+    seq: i64,
+    action: String,
+    actor: String,
+    at: Timestamp,
+    payload_hash: String,
 }
 
 struct Checker<'a, D: Db> {
@@ -500,6 +518,7 @@ impl<D: Db> Checker<'_, D> {
         self.audit_chain()?;
         self.catalog()?;
         self.catalog_entries()?;
+        self.tokens()?;
         self.runs()?;
         self.orphans()?;
         self.signatures()?;
@@ -558,6 +577,8 @@ impl<D: Db> Checker<'_, D> {
             }
             let mut receipt_entries = slice.receipt_entries;
             self.known.receipt_entries.append(&mut receipt_entries);
+            let mut token_entries = slice.token_entries;
+            self.known.token_entries.append(&mut token_entries);
             self.known.audit_entries_of_runs += slice.of_runs;
         }
         match expect_head {
@@ -696,6 +717,129 @@ impl<D: Db> Checker<'_, D> {
             let subject = key.split_once('\n').map_or(*key, |(_, s)| s);
             let why = format!("the entry names {subject}, which the catalog does not hold");
             return Err(at.broken("subject", None, Some(subject), why).into());
+        }
+        Ok(())
+    }
+
+    /// Tokens are tied to the log as the catalog is: each row is what its `token.created` entry
+    /// carries (`token_id`, `name`, `role`, `created_at`), made by that entry's actor at its
+    /// time, and once revoked what its `token.revoked` entry carries, revoked by that entry's
+    /// actor at its time; and every such entry is one row's. So a token added, deleted,
+    /// promoted to another role, renamed or un-revoked is named. Only `token_hash` is in no
+    /// entry (the evidence never names the secret or its hash).
+    fn tokens(&mut self) -> Result<(), Stop> {
+        // By action (created, revoked), then by the hash of what the entry carries.
+        let mut unclaimed: [HashMap<&str, &TokenEntry>; 2] = Default::default();
+        for entry in &self.known.token_entries {
+            let action = usize::from(entry.action == TOKEN_ACTIONS[1]);
+            if let Some(first) = unclaimed[action].insert(&entry.payload_hash, entry) {
+                let at = At {
+                    table: "audit_log",
+                    row: Row::Seq(entry.seq),
+                };
+                let why = format!(
+                    "a second {} entry for the token seq {} names: each is written once",
+                    entry.action, first.seq
+                );
+                return Err(at
+                    .broken("payload_hash", None, Some(&entry.payload_hash), why)
+                    .into());
+            }
+        }
+        let buf = &mut self.buf;
+        let counts = &mut self.counts;
+        store::for_each_token(self.db, |token: Token| {
+            let at = At {
+                table: "tokens",
+                row: Row::Key(&token.token_id),
+            };
+            let created = json!({
+                "token_id": token.token_id, "name": token.name, "role": token.role.as_str(),
+                "created_at": token.created_at.to_string(),
+            });
+            let created = at.hash(buf, "row", &created)?;
+            let Some(entry) = unclaimed[0].remove(created.as_str()) else {
+                let why =
+                    "no token.created entry carries this token as the row states it: the row \
+                           was added, or its name, role or creation time changed";
+                return Err(at.broken("audit", Some(&created), None, why).into());
+            };
+            let logged = |field: &'static str, value: &str, stored: &str, action: &str| {
+                at.same(field, value, stored, || {
+                    format!(
+                        "the row is not what its {action} entry (seq {}) says",
+                        entry.seq
+                    )
+                })
+            };
+            logged(
+                "created_by",
+                &entry.actor,
+                &token.created_by,
+                "token.created",
+            )?;
+            let created_at = token.created_at.to_string();
+            logged(
+                "created_at",
+                &entry.at.to_string(),
+                &created_at,
+                "token.created",
+            )?;
+            match (&token.revoked_at, &token.revoked_by) {
+                (None, None) => {}
+                (Some(revoked_at), Some(revoked_by)) => {
+                    let revoked_at = revoked_at.to_string();
+                    let revoked = json!({
+                        "token_id": token.token_id, "name": token.name,
+                        "role": token.role.as_str(), "revoked_at": revoked_at,
+                    });
+                    let revoked = at.hash(buf, "row", &revoked)?;
+                    let Some(entry) = unclaimed[1].remove(revoked.as_str()) else {
+                        let why = "no token.revoked entry carries this revocation: the token \
+                                   was revoked by an edit";
+                        return Err(at.broken("audit", Some(&revoked), None, why).into());
+                    };
+                    at.same("revoked_by", &entry.actor, revoked_by, || {
+                        format!(
+                            "the row is not what its token.revoked entry (seq {}) says",
+                            entry.seq
+                        )
+                    })?;
+                    at.same("revoked_at", &entry.at.to_string(), &revoked_at, || {
+                        format!(
+                            "the row is not what its token.revoked entry (seq {}) says",
+                            entry.seq
+                        )
+                    })?;
+                }
+                (revoked_at, _) => {
+                    let found = revoked_at.map(|t| t.to_string());
+                    let why = "revoked_at and revoked_by are set together, by a revocation";
+                    return Err(at.broken("revoked_at", None, found.as_deref(), why).into());
+                }
+            }
+            counts.tokens += 1;
+            Ok::<(), Stop>(())
+        })?;
+        let stray = unclaimed
+            .iter()
+            .flat_map(HashMap::values)
+            .min_by_key(|entry| entry.seq);
+        if let Some(entry) = stray {
+            let at = At {
+                table: "audit_log",
+                row: Row::Seq(entry.seq),
+            };
+            let why =
+                format!(
+                "the {} entry carries a token the tokens table does not hold as it says: the row \
+                 was removed or edited{}",
+                entry.action,
+                if entry.action == "token.revoked" { ", or its revocation undone" } else { "" }
+            );
+            return Err(at
+                .broken("payload_hash", None, Some(&entry.payload_hash), why)
+                .into());
         }
         Ok(())
     }
@@ -1078,6 +1222,8 @@ struct ChainGathered {
     catalog_entries: HashMap<String, Vec<(i64, String)>>,
     /// The entries that carry a workflow receipt, as `Known` keeps them.
     receipt_entries: Vec<(i64, String)>,
+    /// The entries that create or revoke a token, as `Known` keeps them.
+    token_entries: Vec<TokenEntry>,
     /// How many entries name a run.
     of_runs: u64,
 }
@@ -1120,6 +1266,15 @@ impl Pass for AuditPass<'_> {
             if RUN_ENDS.contains(&entry.action.as_str()) {
                 let at = (entry.seq, entry.payload_hash.clone());
                 gathered.receipt_entries.push(at);
+            }
+            if TOKEN_ACTIONS.contains(&entry.action.as_str()) {
+                gathered.token_entries.push(TokenEntry {
+                    seq: entry.seq,
+                    action: entry.action.clone(),
+                    actor: entry.actor.clone(),
+                    at: entry.at,
+                    payload_hash: entry.payload_hash.clone(),
+                });
             }
             linked.expected_seq = expected_seq;
             expected_seq += 1;

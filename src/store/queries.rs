@@ -362,7 +362,7 @@ pub fn list_agents(db: &impl Db) -> Result<Vec<Agent>, StoreError> {
 // ---------------------------------------------------------------------------------------------
 // Tokens. The secret is never stored; `token_hash` is its SHA-256 and is only ever compared.
 
-const TOKEN_COLUMNS: &str = token_columns!();
+pub(super) const TOKEN_COLUMNS: &str = token_columns!();
 
 pub(super) const INSERT_TOKEN: &str =
     "INSERT INTO tokens (token_id, name, role, token_hash, created_at, created_by)
@@ -375,7 +375,7 @@ pub(super) const LIVE_TOKEN_BY_HASH: &str = concat!(
 pub(super) const REVOKE_TOKEN: &str = "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3
      WHERE token_id = ?1 AND revoked_at IS NULL";
 
-fn token_from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
+pub(super) fn token_from_row(r: &Row<'_>) -> rusqlite::Result<Token> {
     Ok(Token {
         token_id: r.get(0)?,
         name: r.get(1)?,

@@ -7,8 +7,9 @@
 
 use super::queries::{
     audit_from_row, audit_into, decision_from_row, definition_from_row, fill_approvals,
-    gate_from_row, gate_select, policy_from_row, run_from_row, step_from_row, AUDIT_COLUMNS,
-    DECISION_COLUMNS, DEFINITION_COLUMNS, POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
+    gate_from_row, gate_select, policy_from_row, run_from_row, step_from_row, token_from_row,
+    AUDIT_COLUMNS, DECISION_COLUMNS, DEFINITION_COLUMNS, POLICY_COLUMNS, RUN_COLUMNS, STEP_COLUMNS,
+    TOKEN_COLUMNS,
 };
 use super::{Db, StoreError, MIGRATIONS};
 use crate::model::*;
@@ -265,6 +266,19 @@ pub fn for_each_decision<E: From<StoreError>>(
 ) -> Result<(), E> {
     let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions ORDER BY creation_order");
     for_each_row(db, &sql, [], "decisions", key_first, decision_from_row, f)
+}
+
+/// Calls `f` with each token ever made, revoked ones included, in the order they were made.
+/// The table arrived with schema version 2: an older file has none to call `f` with.
+pub fn for_each_token<E: From<StoreError>>(
+    db: &impl Db,
+    f: impl FnMut(Token) -> Result<(), E>,
+) -> Result<(), E> {
+    if db.schema_version() < 2 {
+        return Ok(());
+    }
+    let sql = format!("SELECT {TOKEN_COLUMNS} FROM tokens ORDER BY created_at, token_id");
+    for_each_row(db, &sql, [], "tokens", key_first, token_from_row, f)
 }
 
 /// The schema version a database was written with (`PRAGMA user_version`).

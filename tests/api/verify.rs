@@ -159,6 +159,21 @@ fn build_database() -> Built {
     assert_eq!(waiting["step"]["status"], "AWAITING_APPROVAL", "{waiting}");
     set_status(c, &cancelled_run, "CANCELLED");
 
+    // A token made and revoked, so the tokens table holds a revocation to tie to the log.
+    expect(
+        c.post(
+            "/tokens",
+            &json!({"name": "retired", "role": "agent", "actor": ADMIN}),
+        ),
+        201,
+        "create a token",
+    );
+    expect(
+        c.request("DELETE", "/tokens/retired", None),
+        200,
+        "revoke it",
+    );
+
     let head_before_tail = audit_head(c);
     let refused = c.post(
         &format!("/workflows/runs/{denied_run}/steps"),
@@ -989,6 +1004,99 @@ fn the_catalog_is_tied_to_its_entries() {
     restore_triggers(&conn, &built.db);
     drop(conn);
     assert_named(&expect_broken(&copy, &[]), "agents", AGENT, "row");
+}
+
+#[test]
+fn tokens_are_tied_to_their_entries() {
+    let built = build_database();
+    let token_of = |conn: &Connection, name: &str| -> String {
+        conn.query_row("SELECT token_id FROM tokens WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .expect("the token")
+    };
+
+    // A token no entry created, for a name that can then act as an admin.
+    let copy = built.copy("token-added");
+    let conn = attacker_opens(&copy);
+    conn.execute(
+        "INSERT INTO tokens (token_id, name, role, token_hash, created_at, created_by)
+         SELECT 'forged', 'mallory', 'admin', ?1, created_at, created_by FROM tokens LIMIT 1",
+        [sha256_hex(b"a secret the attacker knows")],
+    )
+    .expect("add a token");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    assert_named(&expect_broken(&copy, &[]), "tokens", "forged", "audit");
+
+    // An agent's token promoted to admin, and one whose creator is rewritten.
+    for (name, edit, field) in [
+        (
+            "promoted",
+            "UPDATE tokens SET role = 'admin' WHERE name = ?1",
+            "audit",
+        ),
+        (
+            "creator",
+            "UPDATE tokens SET created_by = 'someone-else' WHERE name = ?1",
+            "created_by",
+        ),
+    ] {
+        let copy = built.copy(name);
+        let conn = attacker_opens(&copy);
+        let token_id = token_of(&conn, AGENT);
+        assert_eq!(conn.execute(edit, [AGENT]).expect("edit"), 1);
+        restore_triggers(&conn, &built.db);
+        drop(conn);
+        assert_named(&expect_broken(&copy, &[]), "tokens", &token_id, field);
+    }
+
+    // A revoked token made live again: its token.revoked entry names a revocation no row holds.
+    let copy = built.copy("token-unrevoked");
+    let conn = attacker_opens(&copy);
+    let revoked_at: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit_log WHERE action = 'token.revoked'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the revocation's entry");
+    conn.execute(
+        "UPDATE tokens SET revoked_at = NULL, revoked_by = NULL WHERE name = 'retired'",
+        [],
+    )
+    .expect("un-revoke");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(
+        &failure,
+        "audit_log",
+        &revoked_at.to_string(),
+        "payload_hash",
+    );
+
+    // A token deleted: its token.created entry names a row that is gone.
+    let copy = built.copy("token-deleted");
+    let conn = attacker_opens(&copy);
+    let created_at: i64 = conn
+        .query_row(
+            "SELECT seq FROM audit_log WHERE action = 'token.created' AND subject = 'token:retired'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the creation's entry");
+    conn.execute("DELETE FROM tokens WHERE name = 'retired'", [])
+        .expect("delete");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(
+        &failure,
+        "audit_log",
+        &created_at.to_string(),
+        "payload_hash",
+    );
 }
 
 #[test]
