@@ -976,6 +976,34 @@ impl<D: Db> Checker<'_, D> {
             &pass,
         )?;
         self.signing_key = Some(key);
+        // fedcore signs a checkpoint in the transaction of every run end, so the last run end
+        // since the key was recorded has one at or after it. A log rewritten from some entry on
+        // (renumbered, rechained) must drop every checkpoint after that entry, whose signed
+        // hashes no longer match, and so loses this one; only the entries after the last
+        // checkpoint remain as open as a cut tail (see `--expect-head`).
+        let last_end = self
+            .known
+            .receipt_entries
+            .iter()
+            .rev()
+            .map(|(seq, _)| *seq)
+            .find(|seq| *seq >= row.first_seq);
+        let last_checkpoint = store::last_checkpoint(db)?.map_or(0, |c| c.seq);
+        if let Some(end) = last_end.filter(|end| last_checkpoint < *end) {
+            let at = At {
+                table: "audit_log",
+                row: Row::Seq(end),
+            };
+            let why = format!(
+                "this run end has no signed checkpoint at or after it (the last is at seq \
+                 {last_checkpoint}): fedcore signs one with every run end, so checkpoints were \
+                 removed, as a log rewritten from an earlier entry on must remove them"
+            );
+            let found = last_checkpoint.to_string();
+            return Err(at
+                .broken("checkpoint", Some(&end.to_string()), Some(&found), why)
+                .into());
+        }
         let unsigned = self
             .known
             .receipt_entries

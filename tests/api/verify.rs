@@ -1007,6 +1007,37 @@ fn the_catalog_is_tied_to_its_entries() {
 }
 
 #[test]
+fn checkpoints_removed_after_a_run_end_are_named_at_that_end() {
+    let built = build_database();
+    let copy = built.copy("checkpoints-removed");
+    let conn = attacker_opens(&copy);
+    let ends: Vec<i64> = {
+        let mut stmt = conn
+            .prepare(
+                "SELECT seq FROM audit_log WHERE action IN ('run.completed', 'run.failed', \
+                 'run.cancelled') ORDER BY seq",
+            )
+            .expect("prepare");
+        let rows = stmt.query_map([], |r| r.get(0)).expect("query");
+        rows.map(|r| r.expect("seq")).collect()
+    };
+    assert!(
+        ends.len() >= 2,
+        "the database has several run ends: {ends:?}"
+    );
+    // What a log rewritten after the first run end must do: drop every later checkpoint.
+    let removed = conn
+        .execute("DELETE FROM checkpoints WHERE seq > ?1", [ends[0]])
+        .expect("remove checkpoints");
+    assert!(removed > 0);
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let last_end = ends.last().expect("an end").to_string();
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", &last_end, "checkpoint");
+}
+
+#[test]
 fn tokens_are_tied_to_their_entries() {
     let built = build_database();
     let token_of = |conn: &Connection, name: &str| -> String {
