@@ -496,10 +496,17 @@ pub fn hash(value: &Value) -> Result<String, JcsError> {
 
 /// Refuses integers beyond ±(2^53−1) and numbers that are not finite as a double (RFC 7493 §2.2).
 /// Such numbers would be silently rounded by JCS, so two different bodies could share one hash.
+/// A number of magnitude 2^53 or more is refused however it is written (`1e16`,
+/// `9007199254740993.0`): a double cannot tell neighbouring integers apart there, so
+/// `9007199254740993.0` and `9007199254740992.0` would hash alike, and JCS would write such a
+/// value as integer digits that this check refuses when sent back.
 pub fn check_i_json(value: &Value) -> Result<(), IJsonError> {
     let mut path = String::new();
     check_i_json_at(value, &mut path)
 }
+
+/// 2^53: from here on a double skips integers.
+const TWO_TO_THE_53: f64 = 9_007_199_254_740_992.0;
 
 /// The largest integer a double holds exactly, 2^53−1, as decimal digits.
 const MAX_SAFE_INTEGER_DIGITS: &str = "9007199254740991";
@@ -551,16 +558,24 @@ fn check_number(number: &Number, path: &str) -> Result<(), IJsonError> {
             });
         }
     }
-    if number.as_f64().is_none() {
-        return Err(IJsonError {
+    match number.as_f64() {
+        None => Err(IJsonError {
             path: path.to_string(),
             message: format!(
                 "number {} is not finite as an IEEE 754 double",
                 abbreviated(literal)
             ),
-        });
+        }),
+        Some(value) if value.abs() >= TWO_TO_THE_53 => Err(IJsonError {
+            path: path.to_string(),
+            message: format!(
+                "number {} is 2^53 or more in magnitude, where a double no longer holds every \
+                 integer: outside the I-JSON range of ±(2^53−1) however it is written",
+                abbreviated(literal)
+            ),
+        }),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// Keeps error messages short when a client sends a number with thousands of digits.
@@ -1144,11 +1159,35 @@ mod tests {
     }
 
     #[test]
-    fn large_numbers_written_as_decimals_are_only_refused_when_not_finite() {
-        assert_eq!(check_i_json(&parse("9007199254740993.0")), Ok(()));
-        assert_eq!(check_i_json(&parse("1e300")), Ok(()));
-        assert!(check_i_json(&parse("1e400")).is_err());
-        assert!(check_i_json(&parse("-1e400")).is_err());
+    fn numbers_of_magnitude_two_to_the_53_or_more_are_refused_however_written() {
+        for literal in [
+            "9007199254740993.0",
+            "9007199254740992.0",
+            "12345678901234567890.0",
+            "1e16",
+            "-1e16",
+            "9.007199254740992e15",
+            "1e300",
+            "1e400",
+            "-1e400",
+        ] {
+            assert!(check_i_json(&parse(literal)).is_err(), "literal {literal}");
+        }
+        for literal in [
+            "9007199254740991.0",
+            "9.007199254740991e15",
+            "1e15",
+            "-1e15",
+            "0.5",
+        ] {
+            assert_eq!(check_i_json(&parse(literal)), Ok(()), "literal {literal}");
+        }
+        // What is accepted is accepted again in the canonical form JCS stores it in.
+        for literal in ["9007199254740991.0", "1e15", "123.456e3", "-0.0"] {
+            let canonical = canonical(&parse(literal)).expect("canonical");
+            let again = parse(std::str::from_utf8(&canonical).expect("utf-8"));
+            assert_eq!(check_i_json(&again), Ok(()), "{literal} stored as {again}");
+        }
     }
 
     #[test]

@@ -455,6 +455,13 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
         let small_input = format!(
             r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": -{BIG}}}, "actor": "{AGENT}"}}"#
         );
+        // The same value as 2^53+1 written as a decimal: it would hash as 2^53.
+        let decimal_input = format!(
+            r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": 9007199254740993.0}}, "actor": "{AGENT}"}}"#
+        );
+        let exponent_input = format!(
+            r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"a": [1e16]}}, "actor": "{AGENT}"}}"#
+        );
         let huge_input = format!(
             r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"n": 1e400}}, "actor": "{AGENT}"}}"#
         );
@@ -533,6 +540,14 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
                 .expect(400, "number_out_of_range")
                 .at("input.n"),
             Case::new("run input 1e400", "POST", RUNS_PATH).raw(huge_input).expect(400, "number_out_of_range"),
+            Case::new("run input 2^53+1 as a decimal", "POST", RUNS_PATH)
+                .raw(decimal_input)
+                .expect(400, "number_out_of_range")
+                .at("input.n"),
+            Case::new("run input 1e16", "POST", RUNS_PATH)
+                .raw(exponent_input)
+                .expect(400, "number_out_of_range")
+                .at("input.a[0]"),
             Case::new("step input 2^53", "POST", fx.run(&fx.pending, "/steps"))
                 .raw(big_step)
                 .expect(400, "number_out_of_range")
