@@ -1038,6 +1038,96 @@ fn checkpoints_removed_after_a_run_end_are_named_at_that_end() {
 }
 
 #[test]
+fn a_gates_terms_and_its_quorum_approvals_are_tied_to_their_entries() {
+    // A run paused at a quorum gate (two approvals, a deadline) that one approver approved, and
+    // the flagged run of the shared database, whose gate was approved and has no deadline.
+    let dir = TempDir::new();
+    let db = dir.path().join("paused-at-a-quorum-gate.db");
+    let mut server = Server::start_on(&db, &[]);
+    let mut client = server.client();
+    let c = &mut client;
+    let agent = json!({"status": "active", "capabilities": [], "tier": "T2", "actor": ADMIN});
+    expect(
+        c.put(&format!("/registry/agents/{AGENT}"), &agent),
+        200,
+        "agent",
+    );
+    let policy = json!({"tier": "T2", "default_effect": "deny", "actor": ADMIN, "rules": [
+        {"rule_id": "flag-high", "effect": "flag", "reason": "two people look",
+         "approvals_required": 2, "gate_expires_in_s": 3600,
+         "when": {"path": "input.risk", "eq": "high"}},
+        {"rule_id": "allow", "effect": "allow", "when": {"path": "agent.status", "eq": "active"}}]});
+    expect(c.put("/policies/quorum", &policy), 201, "policy");
+    let definition = json!({"policy_id": "quorum", "actor": ADMIN,
+                            "steps": [{"step_id": "observe", "step_type": "OBSERVE"}]});
+    expect(
+        c.put("/workflows/definitions/quorum_flow", &definition),
+        201,
+        "definition",
+    );
+    let body = json!({"workflow_id": "quorum_flow", "input": {}, "actor": AGENT});
+    let run_id = text(&expect(c.post("/workflows/runs", &body), 201, "run")["run_id"]).to_string();
+    let flagged = request_step(c, &run_id, "observe", "high");
+    let gate_id = text(&flagged["gate"]["gate_id"]).to_string();
+    let approval = json!({"decision": "approve", "actor": APPROVER});
+    let path = format!("/workflows/runs/{run_id}/gates/{gate_id}");
+    let approved = expect(c.patch(&path, &approval), 200, "the first approval");
+    assert_eq!(approved["gate"]["status"], "PENDING", "{approved}");
+    assert_eq!(server.terminate(), Some(0));
+    let (code, report) = verify_json(&db, &[]);
+    assert_eq!(code, 0, "the untouched file verifies: {report}");
+
+    let edits = [
+        (
+            "approver",
+            "UPDATE gate_approvals SET approver = 'approver-9'",
+            "approvals",
+        ),
+        ("quorum", "UPDATE gates SET approvals_required = 3", "audit"),
+        ("deadline", "UPDATE gates SET expires_at = NULL", "audit"),
+        (
+            "requester",
+            "UPDATE gates SET requested_by = 'approver-9'",
+            "audit",
+        ),
+        (
+            "reason",
+            "UPDATE gates SET reason = 'one person looks'",
+            "audit",
+        ),
+    ];
+    for (name, edit, field) in edits {
+        let copy = dir.path().join(format!("{name}.db"));
+        std::fs::copy(&db, &copy).expect("copy");
+        let conn = attacker_opens(&copy);
+        assert_eq!(conn.execute(edit, []).expect(edit), 1, "{edit}");
+        restore_triggers(&conn, &db);
+        drop(conn);
+        assert_named(&expect_broken(&copy, &[]), "gates", &gate_id, field);
+    }
+
+    // A resolved gate's deadline, which its receipt does not cover.
+    let built = build_database();
+    let copy = built.copy("resolved-gate-deadline");
+    let conn = attacker_opens(&copy);
+    let gate_id: String = conn
+        .query_row(
+            "SELECT gate_id FROM gates WHERE run_id = ?1",
+            [&built.flagged_run],
+            |r| r.get(0),
+        )
+        .expect("the flagged run's gate");
+    conn.execute(
+        "UPDATE gates SET expires_at = requested_at WHERE gate_id = ?1",
+        [&gate_id],
+    )
+    .expect("edit");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    assert_named(&expect_broken(&copy, &[]), "gates", &gate_id, "audit");
+}
+
+#[test]
 fn tokens_are_tied_to_their_entries() {
     let built = build_database();
     let token_of = |conn: &Connection, name: &str| -> String {

@@ -6,8 +6,10 @@
 //! of one run's record.
 
 use super::{At, Checked, Known, Row, RunRecord};
+use crate::engine::jcs;
 use crate::model::*;
 use crate::store::AuditLink;
+use serde_json::{json, Value};
 use std::collections::HashMap;
 
 /// Every rule of this module for one run, in the order: entries per object, the run's
@@ -20,7 +22,8 @@ pub(super) fn check_run_lifecycle(known: &Known, record: &RunRecord) -> Checked 
     check_attempt_columns(known, record)?;
     check_failure(record)?;
     check_attempt_base(record, &entries)?;
-    check_flagged_attempts(record, &entries)
+    check_flagged_attempts(record, &entries)?;
+    check_gates_as_logged(record)
 }
 
 /// How many entries of each kind name each object of the run, and where the first is.
@@ -551,6 +554,90 @@ fn check_flagged_attempts(record: &RunRecord, entries: &EntryIndex<'_>) -> Check
                 );
                 return Err(at.broken("gate", None, None, why));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A gate is what its `gate.requested` entry carried when it was opened, but for what resolving
+/// it writes (status, resolver, time, comment, receipt) and its approvals; and each
+/// `gate.approval` entry carries the approvals given until then as the rows hold them, the one
+/// it records last. So the terms of a PENDING gate (requester, reason, deadline, quorum), the
+/// deadline of a resolved one (no receipt covers it), and who approved a quorum gate cannot be
+/// edited unseen. A gate opened before quorum gates existed was logged without
+/// `approvals_required`; for a gate needing one approval that form is accepted too.
+fn check_gates_as_logged(record: &RunRecord) -> Checked {
+    for gate in &record.gates {
+        let at = At {
+            table: "gates",
+            row: Row::Key(&gate.gate_id),
+        };
+        let hash = |value: &Value| {
+            jcs::hash(value).map_err(|e| at.broken("audit", None, None, e.to_string()))
+        };
+        let subject = format!("gate:{}", gate.gate_id);
+        let entries = record.links.iter().filter(|l| l.subject == subject);
+        // `check_entry_counts` has found exactly one.
+        if let Some(requested) = entries.clone().find(|l| l.action == "gate.requested") {
+            let opened = Gate {
+                status: GateStatus::Pending,
+                resolved_by: None,
+                resolved_at: None,
+                comment: None,
+                receipt_hash: None,
+                approvals: Vec::new(),
+                ..gate.clone()
+            };
+            let mut value = serde_json::to_value(&opened)
+                .map_err(|e| at.broken("audit", None, None, e.to_string()))?;
+            let expected = hash(&value)?;
+            let logged = expected == requested.payload_hash
+                || (gate.approvals_required == 1
+                    && value
+                        .as_object_mut()
+                        .and_then(|fields| fields.remove("approvals_required"))
+                        .is_some()
+                    && hash(&value)? == requested.payload_hash);
+            if !logged {
+                let why = format!(
+                    "the gate is not what its gate.requested entry (seq {}) carried when it was \
+                     opened: its step, requester, reason, deadline or quorum was edited",
+                    requested.seq
+                );
+                let found = requested.payload_hash.as_str();
+                return Err(at.broken("audit", Some(&expected), Some(found), why));
+            }
+        }
+        // The k-th approval entry carries the approvals of the k−1 before it, in the order the
+        // rows are read (time, approver), and its own last: found by trying each row not yet
+        // matched, which is exact whatever the clock did between approvals.
+        let mut matched: Vec<usize> = Vec::new();
+        for link in entries.filter(|l| l.action == "gate.approval") {
+            let mut found = None;
+            for candidate in (0..gate.approvals.len()).filter(|i| !matched.contains(i)) {
+                let mut carried: Vec<&GateApproval> =
+                    matched.iter().map(|&i| &gate.approvals[i]).collect();
+                carried.push(&gate.approvals[candidate]);
+                let value = json!({
+                    "gate_id": gate.gate_id,
+                    "approvals_required": gate.approvals_required,
+                    "approvals": carried,
+                });
+                if hash(&value)? == link.payload_hash {
+                    found = Some(candidate);
+                    break;
+                }
+            }
+            let Some(candidate) = found else {
+                let why = format!(
+                    "the gate.approval entry seq {} carries approvals its gate_approvals rows do \
+                     not hold: an approval or the quorum was edited",
+                    link.seq
+                );
+                return Err(at.broken("approvals", None, Some(&link.payload_hash), why));
+            };
+            matched.push(candidate);
+            matched.sort_unstable();
         }
     }
     Ok(())
