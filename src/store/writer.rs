@@ -149,9 +149,32 @@ fn run_batch(
     }
     let tx = Tx { conn };
     let mut ran: Vec<(Box<dyn Job>, Option<StoreError>)> = Vec::with_capacity(jobs.len());
-    for mut job in jobs {
+    let mut jobs = jobs.into_iter();
+    while let Some(mut job) = jobs.next() {
         let now = tick();
         let failure = run_in_savepoint(&tx, job.as_mut(), now);
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back under this job (a full disk, an I/O
+            // error): every job of the batch so far went with it and must not be answered as
+            // kept. The jobs not yet run go on in a transaction of their own; none may run
+            // outside one, where its savepoint would begin, and its release commit, a
+            // transaction of its own, answered later as failed with the batch.
+            let lost = |failure: Option<StoreError>| {
+                Some(failure.unwrap_or_else(|| {
+                    StoreError::Transaction(
+                        "the transaction was rolled back before it could commit (SQLite undoes \
+                         the whole transaction on a full disk or an I/O error)"
+                            .into(),
+                    )
+                }))
+            };
+            for (job, failure) in ran {
+                job.finish(lost(failure));
+            }
+            job.finish(lost(failure));
+            let rest: Vec<Box<dyn Job>> = jobs.collect();
+            return !rest.is_empty() && run_batch(conn, rest, tick);
+        }
         ran.push((job, failure));
     }
     if let Err(e) = run_cached(conn, "COMMIT") {
@@ -272,7 +295,7 @@ impl Checkpointer {
     /// pending).
     fn after_commit(&self, conn: &Connection) {
         if self.wal_is_large.load(Ordering::Acquire) {
-            checkpoint(conn, "RESTART");
+            restart_wal(conn);
             self.wal_is_large.store(false, Ordering::Release);
         }
         let _ = self.nudge.try_send(());
@@ -283,6 +306,17 @@ impl Checkpointer {
         drop(self.nudge);
         let _ = self.thread.join();
     }
+}
+
+/// Starts the WAL over (`wal_checkpoint(RESTART)`) if no reader still needs its frames, never
+/// waiting for one: a long read (`fedcore verify` on a live file) keeps its snapshot for
+/// seconds, and a restart waiting out the busy timeout for it held every write back, batch after
+/// batch, for as long as the read lasted. When a reader is in the way the restart copies what it
+/// can and reports busy; the checkpointer raises the flag again and a later batch tries again.
+fn restart_wal(conn: &Connection) {
+    let _ = conn.busy_timeout(Duration::ZERO);
+    checkpoint(conn, "RESTART");
+    let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
 }
 
 /// Runs `wal_checkpoint(mode)` on `conn`; returns the frames the WAL held, `None` when the
@@ -332,11 +366,13 @@ mod tests {
     use std::sync::mpsc::{channel, Receiver, Sender};
     use std::time::Duration;
 
-    /// A job that inserts one row, optionally waits for a signal first, optionally panics.
+    /// A job that inserts one row, optionally waits for a signal first, optionally panics or
+    /// ends the whole transaction as SQLite does on a full disk.
     struct TestJob {
         value: i64,
         wait: Option<(Sender<()>, Receiver<()>)>,
         panic: bool,
+        roll_back_all: bool,
         done: Sender<(i64, Option<String>)>,
     }
 
@@ -351,6 +387,10 @@ mod tests {
                 .unwrap();
             if self.panic {
                 panic!("a job failed halfway");
+            }
+            if self.roll_back_all {
+                tx.conn.execute_batch("ROLLBACK").unwrap();
+                return false;
             }
             // A negative value stands for a refused request: its insert must not survive.
             self.value >= 0
@@ -483,6 +523,7 @@ mod tests {
             value,
             wait: None,
             panic: false,
+            roll_back_all: false,
             done: done.clone(),
         })
     }
@@ -592,5 +633,72 @@ mod tests {
             "expected the refused job's insert rolled back alone"
         );
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn when_sqlite_rolls_the_whole_batch_back_no_job_is_answered_as_kept_and_the_rest_commit() {
+        let path = temp_db("rolled-back");
+        let held = held_writer(&path, 8);
+        // One batch: 2, then a job under which the transaction ends (as SQLITE_FULL during a
+        // cache spill ends it), then 4 and 6, which must not commit one by one outside it.
+        held.writer.submit(job(2, &held.done)).unwrap();
+        let mut ending = job(5, &held.done);
+        ending.roll_back_all = true;
+        held.writer.submit(ending).unwrap();
+        for value in [4, 6] {
+            held.writer.submit(job(value, &held.done)).unwrap();
+        }
+        let finished = held.finish();
+        let answers: Vec<(i64, bool)> = finished.iter().map(|(v, f)| (*v, f.is_none())).collect();
+        assert_eq!(
+            answers,
+            vec![(1, true), (2, false), (5, false), (4, true), (6, true)],
+            "2 went with the rolled-back transaction and is answered as failed; 4 and 6 ran in \
+             a new one: {finished:?}"
+        );
+        assert_eq!(
+            rows(&path),
+            vec![1, 4, 6],
+            "exactly the rows answered as kept"
+        );
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn starting_the_wal_over_never_waits_for_a_reader() {
+        let path = temp_db("restart");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 0).unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER); INSERT INTO t VALUES (1);")
+            .unwrap();
+        // A reader holding a snapshot that needs the WAL's frames, as verify does for seconds.
+        let reader = Connection::open(&path).unwrap();
+        reader.execute_batch("BEGIN").unwrap();
+        let _: i64 = reader
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        conn.execute_batch("INSERT INTO t VALUES (2)").unwrap();
+        // The busy handler SQLite would call to wait for that reader: it must not be called.
+        static WAITED: AtomicBool = AtomicBool::new(false);
+        fn waits(_: i32) -> bool {
+            WAITED.store(true, Ordering::SeqCst);
+            false
+        }
+        conn.busy_handler(Some(waits)).unwrap();
+        restart_wal(&conn);
+        assert!(
+            !WAITED.load(Ordering::SeqCst),
+            "the restart waited for the reader"
+        );
+        let timeout: i64 = conn
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(timeout, 5000, "the connection's busy timeout is back");
+        reader.execute_batch("COMMIT").unwrap();
+        drop((reader, conn));
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
     }
 }
