@@ -86,6 +86,15 @@ pub enum StoreError {
         parent: String,
         n_rows: i64,
     },
+    /// A file read without locks (`immutable`, as nobody had it open) was written while it was
+    /// read: what was read may mix two states, so nothing of it is reported.
+    #[error(
+        "{path} changed while it was read: no connection had it open, so it was read without \
+         locks, and something (a server starting on it) wrote it meanwhile; what was read cannot \
+         be trusted, so nothing is reported. Check again: the file of a running server is read \
+         through its WAL"
+    )]
+    ChangedWhileRead { path: PathBuf },
     /// A file changed since fedcore wrote it, found before migrating it; nothing was changed.
     #[error(
         "{path} is not as fedcore left it ({why}); it was not migrated and its contents were not \
@@ -273,10 +282,17 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
     }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let (conn, immutable) = match immutable_uri(path) {
-        Some(uri) => (
-            Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)?,
-            Some((uri, path.to_path_buf())),
-        ),
+        Some(uri) => {
+            // Taken before opening, so a write between the two is seen too.
+            let before = FileState::of(path)?;
+            let conn = Connection::open_with_flags(&uri, flags | OpenFlags::SQLITE_OPEN_URI)?;
+            let immutable = Immutable {
+                uri,
+                path: path.to_path_buf(),
+                before,
+            };
+            (conn, Some(immutable))
+        }
         None => (Connection::open_with_flags(path, flags)?, None),
     };
     check_identity(&conn, path)?;
@@ -292,6 +308,38 @@ pub fn open_read_only(path: &Path) -> Result<Reader, StoreError> {
         });
     }
     Ok(reader)
+}
+
+/// A file opened `immutable`: how to open it again, and its size and modification time before
+/// it was first opened. SQLite takes no lock on such a file and trusts that nothing writes it,
+/// which held when it was opened (no `-wal` beside it: no connection had it open) but may not
+/// hold throughout: a server starting on it may write it (a checkpoint) while it is read. Every
+/// snapshot read from it ends by comparing the file with `before`, and reports nothing when it
+/// changed.
+#[derive(Clone)]
+struct Immutable {
+    uri: String,
+    path: PathBuf,
+    before: FileState,
+}
+
+/// What a write to a file changes in its metadata: its length or its modification time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileState {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileState {
+    fn of(path: &Path) -> Result<FileState, StoreError> {
+        let meta = std::fs::metadata(path).map_err(|e| {
+            StoreError::Corrupt(format!("could not read {}'s metadata: {e}", path.display()))
+        })?;
+        Ok(FileState {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        })
+    }
 }
 
 /// Reads a file opened `immutable` through a memory map (up to SQLite's own cap, 2 GiB unless
@@ -538,8 +586,8 @@ fn check_foreign_keys(conn: &Connection, path: &Path, version: i64) -> Result<()
 pub struct Reader {
     conn: Connection,
     schema_version: i64,
-    /// The URI and path of a file opened `immutable`, which a sibling opens again.
-    immutable: Option<(String, PathBuf)>,
+    /// A file opened `immutable`, which a sibling opens again.
+    immutable: Option<Immutable>,
 }
 
 impl Db for Reader {
@@ -550,7 +598,7 @@ impl Db for Reader {
         self.schema_version
     }
     fn sibling(&self) -> Result<Option<Reader>, StoreError> {
-        let Some((uri, path)) = &self.immutable else {
+        let Some(Immutable { uri, path, .. }) = &self.immutable else {
             return Ok(None);
         };
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
@@ -577,11 +625,26 @@ impl Reader {
     }
 
     /// Runs `f` inside one read transaction, so everything it reads is one consistent snapshot.
+    /// On a file read without locks (`immutable`), `ChangedWhileRead` instead of what `f` found
+    /// when the file was written since it was opened.
     pub fn snapshot<T>(&self, f: impl FnOnce(&Reader) -> T) -> Result<T, StoreError> {
-        run_cached(&self.conn, "BEGIN")?;
-        let out = f(self);
-        run_cached(&self.conn, "COMMIT")?;
-        Ok(out)
+        let begun = run_cached(&self.conn, "BEGIN").map_err(StoreError::from);
+        let out = begun.map(|()| f(self));
+        let ended = match &out {
+            Ok(_) => run_cached(&self.conn, "COMMIT").map_err(StoreError::from),
+            Err(_) => Ok(()),
+        };
+        if let Some(immutable) = &self.immutable {
+            // Checked even when reading failed: a file written under the reader reads as
+            // malformed, and the truth is that it changed.
+            if FileState::of(&immutable.path)? != immutable.before {
+                return Err(StoreError::ChangedWhileRead {
+                    path: immutable.path.clone(),
+                });
+            }
+        }
+        ended?;
+        out
     }
 }
 
@@ -662,6 +725,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_file_read_without_locks_and_written_meanwhile_reports_nothing_it_read() {
+        let dir = fresh_dir("changed-while-read");
+        let db = dir.join("f.db");
+        drop(open_for_writing(&db).unwrap());
+        let reader = open_read_only(&db).unwrap();
+        assert!(
+            reader.immutable.is_some(),
+            "no -wal beside it: read without locks"
+        );
+        assert_eq!(
+            reader.snapshot(|r| r.schema_version).unwrap(),
+            SCHEMA_VERSION
+        );
+        // A server starts on it and writes; closing folds its WAL into the file.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let writer = open_for_writing(&db).unwrap();
+        writer
+            .execute_batch("CREATE TABLE scratch (x); INSERT INTO scratch VALUES (1);")
+            .unwrap();
+        drop(writer);
+        let read = reader.snapshot(|r| r.schema_version);
+        assert!(
+            matches!(read, Err(StoreError::ChangedWhileRead { .. })),
+            "expected the change to be reported instead of what was read: {read:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
