@@ -548,6 +548,12 @@ impl store::Job for CommandJob {
         // The client may have gone away; its answer is then simply dropped.
         let _ = self.reply.send(reply);
     }
+
+    /// The request's task dropped its end: it timed out (the guard answered 503 and aborted the
+    /// handler) or the connection closed.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed()
+    }
 }
 
 /// Sends `command` to the writer thread and waits for its committed, encoded answer.

@@ -31,6 +31,12 @@ pub trait Job: Send {
     /// Called once after the transaction ended: `None` when it committed or was rolled back as the
     /// job asked, the error when the commit failed or the job panicked.
     fn finish(self: Box<Self>, failure: Option<StoreError>);
+    /// Whether nobody waits for the answer any more (the request timed out, or its client went
+    /// away). Such a job is not run: it is answered with an error (which nobody reads), so that a
+    /// client told its request timed out is not left with a change it was never told of.
+    fn abandoned(&self) -> bool {
+        false
+    }
 }
 
 /// Why a job was not queued.
@@ -151,6 +157,12 @@ fn run_batch(
     let mut ran: Vec<(Box<dyn Job>, Option<StoreError>)> = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter();
     while let Some(mut job) = jobs.next() {
+        if job.abandoned() {
+            job.finish(Some(StoreError::Transaction(
+                "nobody waits for the answer any more: not run".into(),
+            )));
+            continue;
+        }
         let now = tick();
         let failure = run_in_savepoint(&tx, job.as_mut(), now);
         if conn.is_autocommit() {

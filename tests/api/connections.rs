@@ -433,3 +433,36 @@ fn a_request_body_that_never_arrives_is_given_up_after_the_request_timeout() {
         first_few(&failures)
     );
 }
+
+#[test]
+fn a_write_answered_503_timeout_before_it_ran_is_never_made() {
+    let server = Server::start_with(&["--request-timeout-ms", "500"]);
+    let mut client = server.client();
+    install_workflow(&mut client);
+    // The first run also makes the agent's token, which is a write too.
+    let first = create_run(&mut client);
+    // Another process holds the write lock, so the writer's next transaction waits for it
+    // (up to its 5 s busy timeout) while the request's deadline passes.
+    let blocker = rusqlite::Connection::open(&server.db).expect("open the database");
+    blocker
+        .execute_batch("BEGIN IMMEDIATE")
+        .expect("take the write lock");
+    let timed_out = client.post("/workflows/runs", &crate::races::new_run_body());
+    assert_eq!(timed_out.status, 503, "{}", timed_out.json());
+    assert_eq!(timed_out.json()["error"]["code"], "timeout");
+    blocker.execute_batch("COMMIT").expect("let go");
+    // A write after it is answered only once the writer has passed the abandoned one.
+    let kept = create_run(&mut client);
+    let listed = client.get("/workflows/runs").json();
+    let runs: Vec<&str> = listed["runs"]
+        .as_array()
+        .expect("runs")
+        .iter()
+        .filter_map(|r| r["run_id"].as_str())
+        .collect();
+    assert_eq!(
+        runs,
+        vec![first.as_str(), kept.as_str()],
+        "the request answered 503 made no run: {listed}"
+    );
+}
