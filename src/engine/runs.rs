@@ -985,7 +985,9 @@ fn resume(
             ),
             json!({
                 "current_status": run.status,
-                "allowed": run.status.patch_targets(run.failure_code()),
+                // Resuming is the change refused; what the run may do meanwhile is the rest.
+                "allowed": run.status.patch_targets(run.failure_code()).into_iter()
+                    .filter(|&to| to != RunStatus::Running).collect::<Vec<_>>(),
                 "gates": blocking.iter().map(|g| json!({"gate_id": g.gate_id, "status": g.status})).collect::<Vec<_>>(),
             }),
         ));
