@@ -1581,9 +1581,11 @@ fn check_entry(
                 "the log jumps from seq {} to {seq}: entries were removed",
                 expected_seq - 1
             )
+        } else if expected_seq == 1 {
+            format!("the log starts at seq {seq}, before seq 1: an entry was added before it")
         } else {
             format!(
-                "seq {seq} comes after seq {}: entries were moved",
+                "seq {seq} comes after seq {}: entries were moved or added",
                 expected_seq - 1
             )
         };

@@ -1128,6 +1128,30 @@ fn a_gates_terms_and_its_quorum_approvals_are_tied_to_their_entries() {
 }
 
 #[test]
+fn an_entry_added_before_the_first_is_named_where_the_log_should_start() {
+    let built = build_database();
+    let copy = built.copy("before-the-first");
+    let conn = attacker_opens(&copy);
+    conn.execute_batch(
+        "INSERT INTO audit_log (seq, run_id, at, actor, action, subject, from_status, to_status,
+           decision, reason, message, evidence_pack_ref, payload_hash, prev_hash, entry_hash)
+         SELECT 0, run_id, at, actor, action, subject, from_status, to_status, decision, reason,
+           message, evidence_pack_ref, payload_hash, prev_hash, entry_hash
+         FROM audit_log WHERE seq = 1",
+    )
+    .expect("add an entry before the first");
+    restore_triggers(&conn, &built.db);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(&failure, "audit_log", "1", "seq");
+    assert_eq!(failure["found"], "0", "{failure}");
+    assert!(
+        text(&failure["message"]).contains("before seq 1"),
+        "the message says where the extra entry is: {failure}"
+    );
+}
+
+#[test]
 fn tokens_are_tied_to_their_entries() {
     let built = build_database();
     let token_of = |conn: &Connection, name: &str| -> String {
