@@ -470,8 +470,8 @@ struct Known {
     policy_hashes: HashMap<(String, i64), String>,
     /// `(workflow_id, version) → definition_hash`.
     definition_hashes: HashMap<(String, i64), String>,
-    /// `(workflow_id, version) →` its step ids in definition order.
-    definition_steps: HashMap<(String, i64), Vec<String>>,
+    /// `(workflow_id, version) →` its steps in definition order.
+    definition_steps: HashMap<(String, i64), Vec<StepDef>>,
     /// The `policy.put`, `definition.put` and `agent.put` entries: `subject → [(seq,
     /// payload_hash)]` in `seq` order, gathered while the chain is read.
     catalog_entries: HashMap<String, Vec<(i64, String)>>,
@@ -630,8 +630,7 @@ impl<D: Db> Checker<'_, D> {
             at.stored(&self.known, "definition_hash", &d.definition_hash)?;
             self.counts.definitions += 1;
             let key = (d.workflow_id, d.version);
-            let step_ids = d.steps.into_iter().map(|s| s.step_id).collect();
-            self.known.definition_steps.insert(key.clone(), step_ids);
+            self.known.definition_steps.insert(key.clone(), d.steps);
             self.known.definition_hashes.insert(key, d.definition_hash);
             Ok::<(), Stop>(())
         })

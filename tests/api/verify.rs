@@ -1106,6 +1106,17 @@ fn a_gates_terms_and_its_quorum_approvals_are_tied_to_their_entries() {
         assert_named(&expect_broken(&copy, &[]), "gates", &gate_id, field);
     }
 
+    // The open attempt's type, which no receipt covers yet.
+    let copy = dir.path().join("step-type.db");
+    std::fs::copy(&db, &copy).expect("copy");
+    let conn = attacker_opens(&copy);
+    let edit = "UPDATE steps SET step_type = 'ACT'";
+    assert_eq!(conn.execute(edit, []).expect(edit), 1);
+    restore_triggers(&conn, &db);
+    drop(conn);
+    let attempt = format!("{run_id}/observe#1");
+    assert_named(&expect_broken(&copy, &[]), "steps", &attempt, "step_type");
+
     // A resolved gate's deadline, which its receipt does not cover.
     let built = build_database();
     let copy = built.copy("resolved-gate-deadline");

@@ -282,16 +282,17 @@ fn check_next_step(known: &Known, record: &RunRecord) -> Checked {
     let run = &record.run;
     let key = (run.workflow_id.clone(), run.workflow_version);
     // A missing definition is named by `check_run` already.
-    let Some(step_ids) = known.definition_steps.get(&key) else {
+    let Some(steps) = known.definition_steps.get(&key) else {
         return Ok(());
     };
     let after = |step_id: &str| {
-        step_ids
+        steps
             .iter()
-            .position(|id| id == step_id)
-            .and_then(|i| step_ids.get(i + 1))
+            .position(|s| s.step_id == step_id)
+            .and_then(|i| steps.get(i + 1))
+            .map(|s| &s.step_id)
     };
-    let mut expected = step_ids.first();
+    let mut expected = steps.first().map(|s| &s.step_id);
     let mut last_completed: Option<&StepAttempt> = None;
     for step in &record.steps {
         if expected != Some(&step.step_id) {
@@ -334,24 +335,36 @@ fn check_next_step(known: &Known, record: &RunRecord) -> Checked {
     ))
 }
 
-/// An attempt's `step_index` is its step's place in the definition, and only a FAILED attempt
-/// has an `error` (its output hash covers it; no hash covers another's).
+/// An attempt's `step_index` is its step's place in the definition and its `step_type` that
+/// step's type (a finished attempt's receipt covers the type, an open one's nothing else), and
+/// only a FAILED attempt has an `error` (its output hash covers it; no hash covers another's).
 fn check_attempt_columns(known: &Known, record: &RunRecord) -> Checked {
     let run = &record.run;
     let key = (run.workflow_id.clone(), run.workflow_version);
-    let step_ids = known.definition_steps.get(&key);
+    let steps = known.definition_steps.get(&key);
     for step in &record.steps {
         let at = At {
             table: "steps",
             row: Row::Attempt(step),
         };
-        let index = step_ids.and_then(|ids| ids.iter().position(|id| *id == step.step_id));
-        if let Some(index) = index {
+        let defined = steps.and_then(|steps| {
+            steps
+                .iter()
+                .enumerate()
+                .find(|(_, s)| s.step_id == step.step_id)
+        });
+        if let Some((index, defined)) = defined {
             at.same(
                 "step_index",
                 &index.to_string(),
                 &step.step_index.to_string(),
                 || "step_index is the step's place in the definition".into(),
+            )?;
+            at.same(
+                "step_type",
+                defined.step_type.as_str(),
+                step.step_type.as_str(),
+                || "step_type is the type the run's definition gives the step".into(),
             )?;
         }
         if let (Some(error), false) = (&step.error, step.status == StepStatus::Failed) {
