@@ -178,3 +178,20 @@ fn a_body_that_names_a_member_twice_is_refused_and_writes_nothing() {
         "expected nothing written"
     );
 }
+
+#[test]
+fn a_declared_failure_names_the_step_open_at_the_time_and_verifies() {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
+    let failed = expect(set_status(&mut c, &run_id, "FAILED", ADMIN), 200, "declare");
+    assert_eq!(failed["failure"]["code"], "declared", "{failed}");
+    assert_eq!(failed["failure"]["step_id"], "observe", "{failed}");
+    expect(set_status(&mut c, &run_id, "RUNNING", ADMIN), 200, "retry");
+    // Declared again with no attempt open: no step is named.
+    let failed = expect(set_status(&mut c, &run_id, "FAILED", ADMIN), 200, "again");
+    assert_eq!(failed["failure"]["step_id"], Value::Null, "{failed}");
+    assert_eq!(server.terminate(), Some(0));
+    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+}

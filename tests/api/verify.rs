@@ -892,7 +892,7 @@ fn a_flagged_attempt_whose_gate_was_deleted_is_named() {
 #[test]
 fn edited_run_columns_that_no_hash_covers_are_named() {
     let built = build_database();
-    let edits: [(&str, &str, &str, &str); 6] = [
+    let edits: [(&str, &str, &str, &str); 7] = [
         (
             "step-index",
             "UPDATE steps SET step_index = 2 WHERE run_id = ?1 AND step_id = 'decide'",
@@ -921,6 +921,13 @@ fn edited_run_columns_that_no_hash_covers_are_named() {
         (
             "failure-reason",
             "UPDATE runs SET failure = json_set(failure, '$.reason', 'fine') WHERE run_id = ?1",
+            &built.denied_run,
+            "failure",
+        ),
+        (
+            "failure-step",
+            "UPDATE runs SET failure = json_set(failure, '$.step_id', 'observe')
+             WHERE run_id = ?1",
             &built.denied_run,
             "failure",
         ),

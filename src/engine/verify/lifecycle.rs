@@ -444,6 +444,41 @@ fn check_failure(record: &RunRecord) -> Checked {
         };
         return Err(at.broken("failure", Some(expected), Some(failure.code.as_str()), why));
     }
+    // The step named is the one whose attempt or gate failed the run: the rejected gate's, the
+    // first expired gate's (every gate past its deadline expires at once), the denied
+    // attempt's, the last attempt's when it failed on its own, and for a declared failure the
+    // attempt open at the time, which the run's end closed at its time, if any.
+    let closed_by_the_end = |s: &&StepAttempt| {
+        s.ended_at.is_some()
+            && s.ended_at == run.ended_at
+            && (s.status == StepStatus::Rejected
+                || s.error.as_ref().and_then(|e| e.get("code")?.as_str()) == Some("run_ended"))
+    };
+    let gate_step = |status: GateStatus| {
+        record
+            .gates
+            .iter()
+            .find(|g| g.status == status)
+            .map(|g| g.step_id.as_str())
+    };
+    let failed_step = match failure.code {
+        FailureCode::GateRejected => gate_step(GateStatus::Rejected),
+        FailureCode::GateExpired => gate_step(GateStatus::Expired),
+        FailureCode::PolicyDenied => record
+            .steps
+            .iter()
+            .find(|s| s.status == StepStatus::Denied)
+            .map(|s| s.step_id.as_str()),
+        FailureCode::StepFailed => last.map(|s| s.step_id.as_str()),
+        FailureCode::Declared => last.filter(closed_by_the_end).map(|s| s.step_id.as_str()),
+    };
+    let named = failure.step_id.as_deref();
+    at.same(
+        "failure",
+        failed_step.unwrap_or("null"),
+        named.unwrap_or("null"),
+        || "failure.step_id is not the step whose attempt or gate failed the run".into(),
+    )?;
     let ending = record
         .links
         .iter()
