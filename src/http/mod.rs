@@ -22,8 +22,10 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use request::Idempotency;
 use server::ServerConfig;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -397,6 +399,15 @@ struct CommandJob {
     /// idempotency key the answer is encoded by the request's own task, not on the writer thread,
     /// which every write waits for.
     reply: oneshot::Sender<Result<(Done, Encoder), ApiError>>,
+    /// Set by the request's guard when it stops waiting (its deadline passed, its client left),
+    /// before it answers; `None` outside a guarded request.
+    gone: Option<Arc<AtomicBool>>,
+}
+
+tokio::task_local! {
+    /// The flag a request's guard sets when it stops waiting for the handler, seen by the write
+    /// jobs the handler submits (`CommandJob::abandoned`).
+    pub(crate) static REQUEST_GONE: Arc<AtomicBool>;
 }
 
 /// What a command's transaction produced: its answer, or only its outcome when nothing inside the
@@ -539,6 +550,15 @@ impl store::Job for CommandJob {
     }
 
     fn finish(self: Box<Self>, failure: Option<StoreError>) {
+        if matches!(failure, Some(StoreError::Abandoned)) {
+            // Not an error of the server's: the request was answered (503 timeout) or left.
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "writer: a write whose request had gone (its deadline passed or its client left) \
+                 was not run"
+            );
+            return;
+        }
         let reply = match (failure, self.result) {
             (Some(e), _) => Err(ApiError::internal(e)),
             (None, Some(Ok(done))) => Ok((done, self.encode)),
@@ -549,10 +569,13 @@ impl store::Job for CommandJob {
         let _ = self.reply.send(reply);
     }
 
-    /// The request's task dropped its end: it timed out (the guard answered 503 and aborted the
-    /// handler) or the connection closed.
+    /// The request's guard stopped waiting (it answers 503 `timeout` right after setting the
+    /// flag, or its client left), or the handler's task dropped its end of the answer.
     fn abandoned(&self) -> bool {
-        self.reply.is_closed()
+        self.gone
+            .as_ref()
+            .is_some_and(|gone| gone.load(Ordering::Acquire))
+            || self.reply.is_closed()
     }
 }
 
@@ -572,6 +595,7 @@ async fn write(
         encode,
         result: None,
         reply,
+        gone: REQUEST_GONE.try_with(Arc::clone).ok(),
     };
     submit(state, Box::new(job))?;
     let (done, encode) = answer

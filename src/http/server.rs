@@ -254,12 +254,20 @@ async fn guard_request(
 
     // The handler runs in its own task so that a panic unwinds that task only and comes back
     // here as a JoinError, instead of tearing down the connection without an answer.
-    let mut handler = tokio::spawn(router.oneshot(request));
+    // Set before a timeout is answered, and when this future ends or is dropped (the client
+    // left): a write the handler queued and the writer has not started is then not run.
+    let gone = Arc::new(AtomicBool::new(false));
+    let mut handler =
+        tokio::spawn(super::REQUEST_GONE.scope(gone.clone(), router.oneshot(request)));
     // Nothing should keep running for a request nobody waits for any more, whether it timed out
     // or the client went away: the guard aborts the handler when this future ends or is dropped.
-    let _abort = AbortOnDrop(handler.abort_handle());
+    let _abort = AbortOnDrop(handler.abort_handle(), gone.clone());
 
-    let response = match tokio::time::timeout(request_timeout, &mut handler).await {
+    let outcome = tokio::time::timeout(request_timeout, &mut handler).await;
+    if outcome.is_err() {
+        gone.store(true, Ordering::Release);
+    }
+    let response = match outcome {
         Ok(Ok(Ok(response))) => response,
         Ok(Ok(Err(infallible))) => match infallible {},
         Ok(Err(join_error)) => {
@@ -366,10 +374,11 @@ impl Drop for RequestLog {
 }
 
 /// Aborts a task when dropped; aborting a task that already finished does nothing.
-struct AbortOnDrop(AbortHandle);
+struct AbortOnDrop(AbortHandle, Arc<AtomicBool>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
+        self.1.store(true, Ordering::Release);
         self.0.abort();
     }
 }

@@ -88,6 +88,7 @@ impl Harness {
             encode,
             result: None,
             reply,
+            gone: None,
         };
         let answer = store::write_once(&self.conn, |tx| {
             tx.savepoint("job").unwrap();

@@ -144,6 +144,9 @@ pub enum StoreError {
     },
     #[error("the operation panicked and was rolled back")]
     Panicked,
+    /// Nobody waited for the job's answer any more when its turn came, so it was not run.
+    #[error("nobody waits for the answer any more: not run")]
+    Abandoned,
     #[error("the write transaction failed: {0}")]
     Transaction(String),
 }

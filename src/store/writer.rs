@@ -158,9 +158,7 @@ fn run_batch(
     let mut jobs = jobs.into_iter();
     while let Some(mut job) = jobs.next() {
         if job.abandoned() {
-            job.finish(Some(StoreError::Transaction(
-                "nobody waits for the answer any more: not run".into(),
-            )));
+            job.finish(Some(StoreError::Abandoned));
             continue;
         }
         let now = tick();

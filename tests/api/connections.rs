@@ -436,7 +436,7 @@ fn a_request_body_that_never_arrives_is_given_up_after_the_request_timeout() {
 
 #[test]
 fn a_write_answered_503_timeout_before_it_ran_is_never_made() {
-    let server = Server::start_with(&["--request-timeout-ms", "500"]);
+    let server = Server::start_with(&["--request-timeout-ms", "2000"]);
     let mut client = server.client();
     install_workflow(&mut client);
     // The first run also makes the agent's token, which is a write too.
