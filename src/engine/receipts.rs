@@ -8,6 +8,60 @@ use super::jcs::{self, JcsError, Members};
 use crate::model::*;
 use serde_json::{json, Value};
 
+/// The evidence of `token.created`: the token without its secret's hash, which no entry names.
+pub fn token_created_evidence(t: &Token) -> Value {
+    json!({
+        "token_id": t.token_id, "name": t.name, "role": t.role.as_str(),
+        "created_at": t.created_at.to_string(),
+    })
+}
+
+/// The evidence of `token.revoked`, the revocation at `revoked_at`.
+pub fn token_revoked_evidence(t: &Token, revoked_at: Timestamp) -> Value {
+    json!({
+        "token_id": t.token_id, "name": t.name, "role": t.role.as_str(),
+        "revoked_at": revoked_at.to_string(),
+    })
+}
+
+/// The evidence of `gate.requested`: the gate as it was opened, every field as the contract's
+/// gate object has it plus `approvals_required` (PENDING, nothing resolved, no receipt and no
+/// approvals yet). Written out field by field, so that a field added to `Gate` later cannot
+/// change what is recomputed for the gates of older files.
+pub fn gate_requested_evidence(g: &Gate) -> Value {
+    json!({
+        "gate_id": g.gate_id,
+        "run_id": g.run_id,
+        "step_id": g.step_id,
+        "attempt": g.attempt,
+        "status": GateStatus::Pending,
+        "reason": g.reason,
+        "decision_id": g.decision_id,
+        "requested_by": g.requested_by,
+        "requested_at": g.requested_at,
+        "expires_at": g.expires_at,
+        "resolved_by": null,
+        "resolved_at": null,
+        "comment": null,
+        "receipt_hash": null,
+        "approvals_required": g.approvals_required,
+    })
+}
+
+/// The evidence of a quorum gate's `gate.approval`: the approvals given so far, the one the
+/// entry records last.
+pub fn gate_approval_evidence<A: serde::Serialize>(
+    gate_id: &str,
+    approvals_required: i64,
+    approvals: &[A],
+) -> Value {
+    json!({
+        "gate_id": gate_id,
+        "approvals_required": approvals_required,
+        "approvals": approvals,
+    })
+}
+
 /// `{"kind":"run", …}`: the object whose hash starts a run's receipt chain.
 pub fn genesis_object(run: &Run, definition_hash: &str) -> Value {
     json!({
@@ -273,6 +327,53 @@ pub fn write_entry(e: &AuditEntry, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Until `gate_requested_evidence` existed, the engine stored `serde_json::to_value` of the
+    /// gate it opened; every file written then must verify, so the two are the same object.
+    #[test]
+    fn a_gates_requested_evidence_is_the_gate_as_it_was_serialized_when_opened() {
+        let opened = |expires_at, decision_id: Option<&str>, approvals_required| Gate {
+            gate_id: "g".into(),
+            run_id: "r".into(),
+            step_id: "decide".into(),
+            attempt: 2,
+            status: GateStatus::Pending,
+            reason: "look".into(),
+            decision_id: decision_id.map(str::to_string),
+            requested_by: "agent-7".into(),
+            requested_at: Timestamp::from_micros(1_000_000),
+            expires_at,
+            resolved_by: None,
+            resolved_at: None,
+            comment: None,
+            receipt_hash: None,
+            approvals_required,
+            approvals: Vec::new(),
+        };
+        for gate in [
+            opened(None, None, 1),
+            opened(Some(Timestamp::from_micros(9_000_000)), Some("d"), 2),
+        ] {
+            assert_eq!(
+                gate_requested_evidence(&gate),
+                serde_json::to_value(&gate).unwrap()
+            );
+        }
+        // A resolved gate gives what it was when opened.
+        let mut resolved = opened(None, Some("d"), 2);
+        let evidence = gate_requested_evidence(&resolved);
+        resolved.status = GateStatus::Approved;
+        resolved.resolved_by = Some("approver-1".into());
+        resolved.resolved_at = Some(Timestamp::from_micros(2_000_000));
+        resolved.comment = Some("fine".into());
+        resolved.receipt_hash = Some("00".repeat(32));
+        resolved.approvals = vec![GateApproval {
+            approver: "approver-1".into(),
+            approved_at: Timestamp::from_micros(2_000_000),
+            comment: None,
+        }];
+        assert_eq!(gate_requested_evidence(&resolved), evidence);
+    }
 
     fn entry() -> AuditEntry {
         AuditEntry {

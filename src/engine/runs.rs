@@ -331,9 +331,7 @@ fn new_gate(
 /// Stores a new gate and audits its opening.
 fn open_gate(ctx: &mut Ctx<'_, '_>, gate: Gate) -> Result<Gate, Error> {
     store::insert_gate(ctx.tx, &gate)?;
-    let evidence = ctx.evidence(
-        &serde_json::to_value(&gate).map_err(|e| store::StoreError::Corrupt(e.to_string()))?,
-    )?;
+    let evidence = ctx.evidence(&receipts::gate_requested_evidence(&gate))?;
     ctx.audit(Draft {
         run_id: Some(gate.run_id.clone()),
         actor: &gate.requested_by,
@@ -880,11 +878,11 @@ fn approve_quorum_gate(
     store::insert_approval(ctx.tx, &gate.gate_id, &approval)?;
     gate.approvals.push(approval);
     let given = gate.approvals.len() as i64;
-    let evidence = ctx.evidence(&json!({
-        "gate_id": gate.gate_id,
-        "approvals_required": gate.approvals_required,
-        "approvals": gate.approvals,
-    }))?;
+    let evidence = ctx.evidence(&receipts::gate_approval_evidence(
+        &gate.gate_id,
+        gate.approvals_required,
+        &gate.approvals,
+    ))?;
     ctx.audit(Draft {
         run_id: Some(gate.run_id.clone()),
         actor,

@@ -3,10 +3,9 @@
 //! a name. Each change is an audit entry on subject `token:<name>` whose evidence names the token
 //! but never its secret or hash.
 
-use super::{Ctx, Draft, Error, Outcome, SYSTEM_ACTOR};
+use super::{receipts, Ctx, Draft, Error, Outcome, SYSTEM_ACTOR};
 use crate::model::*;
 use crate::store;
-use serde_json::json;
 
 pub(super) fn create_token(
     ctx: &mut Ctx<'_, '_>,
@@ -46,10 +45,7 @@ pub(super) fn create_token(
         revoked_by: None,
     };
     store::insert_token(ctx.tx, &token, token_hash)?;
-    let evidence = ctx.evidence(&json!({
-        "token_id": token.token_id, "name": name, "role": role.as_str(),
-        "created_at": token.created_at.to_string(),
-    }))?;
+    let evidence = ctx.evidence(&receipts::token_created_evidence(&token))?;
     ctx.audit(Draft {
         actor,
         action: "token.created",
@@ -82,10 +78,7 @@ pub(super) fn revoke_tokens(
         store::revoke_token(ctx.tx, &token.token_id, ctx.now, actor)?;
         token.revoked_at = Some(ctx.now);
         token.revoked_by = Some(actor.to_string());
-        let evidence = ctx.evidence(&json!({
-            "token_id": token.token_id, "name": name, "role": token.role.as_str(),
-            "revoked_at": ctx.now.to_string(),
-        }))?;
+        let evidence = ctx.evidence(&receipts::token_revoked_evidence(&token, ctx.now))?;
         ctx.audit(Draft {
             actor,
             action: "token.revoked",

@@ -737,7 +737,7 @@ impl<D: Db> Checker<'_, D> {
                     row: Row::Seq(entry.seq),
                 };
                 let why = format!(
-                    "a second {} entry for the token seq {} names: each is written once",
+                    "a second {} entry for the token seq {} already names: each is written once",
                     entry.action, first.seq
                 );
                 return Err(at
@@ -752,10 +752,7 @@ impl<D: Db> Checker<'_, D> {
                 table: "tokens",
                 row: Row::Key(&token.token_id),
             };
-            let created = json!({
-                "token_id": token.token_id, "name": token.name, "role": token.role.as_str(),
-                "created_at": token.created_at.to_string(),
-            });
+            let created = receipts::token_created_evidence(&token);
             let created = at.hash(buf, "row", &created)?;
             let Some(entry) = unclaimed[0].remove(created.as_str()) else {
                 let why =
@@ -787,12 +784,9 @@ impl<D: Db> Checker<'_, D> {
             match (&token.revoked_at, &token.revoked_by) {
                 (None, None) => {}
                 (Some(revoked_at), Some(revoked_by)) => {
-                    let revoked_at = revoked_at.to_string();
-                    let revoked = json!({
-                        "token_id": token.token_id, "name": token.name,
-                        "role": token.role.as_str(), "revoked_at": revoked_at,
-                    });
+                    let revoked = receipts::token_revoked_evidence(&token, *revoked_at);
                     let revoked = at.hash(buf, "row", &revoked)?;
+                    let revoked_at = revoked_at.to_string();
                     let Some(entry) = unclaimed[1].remove(revoked.as_str()) else {
                         let why = "no token.revoked entry carries this revocation: the token \
                                    was revoked by an edit";

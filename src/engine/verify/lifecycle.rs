@@ -6,10 +6,10 @@
 //! of one run's record.
 
 use super::{At, Checked, Known, Row, RunRecord};
-use crate::engine::jcs;
+use crate::engine::{jcs, receipts};
 use crate::model::*;
 use crate::store::AuditLink;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// Every rule of this module for one run, in the order: entries per object, the run's
@@ -627,17 +627,7 @@ fn check_gates_as_logged(record: &RunRecord) -> Checked {
         let entries = record.links.iter().filter(|l| l.subject == subject);
         // `check_entry_counts` has found exactly one.
         if let Some(requested) = entries.clone().find(|l| l.action == "gate.requested") {
-            let opened = Gate {
-                status: GateStatus::Pending,
-                resolved_by: None,
-                resolved_at: None,
-                comment: None,
-                receipt_hash: None,
-                approvals: Vec::new(),
-                ..gate.clone()
-            };
-            let mut value = serde_json::to_value(&opened)
-                .map_err(|e| at.broken("audit", None, None, e.to_string()))?;
+            let mut value = receipts::gate_requested_evidence(gate);
             let expected = hash(&value)?;
             let logged = expected == requested.payload_hash
                 || (gate.approvals_required == 1
@@ -666,11 +656,11 @@ fn check_gates_as_logged(record: &RunRecord) -> Checked {
                 let mut carried: Vec<&GateApproval> =
                     matched.iter().map(|&i| &gate.approvals[i]).collect();
                 carried.push(&gate.approvals[candidate]);
-                let value = json!({
-                    "gate_id": gate.gate_id,
-                    "approvals_required": gate.approvals_required,
-                    "approvals": carried,
-                });
+                let value = receipts::gate_approval_evidence(
+                    &gate.gate_id,
+                    gate.approvals_required,
+                    &carried,
+                );
                 if hash(&value)? == link.payload_hash {
                     found = Some(candidate);
                     break;
