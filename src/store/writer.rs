@@ -154,7 +154,7 @@ fn run_batch(
         return false;
     }
     let tx = Tx { conn };
-    let mut ran: Vec<(Box<dyn Job>, Option<StoreError>)> = Vec::with_capacity(jobs.len());
+    let mut ran: Vec<(Box<dyn Job>, Ran)> = Vec::with_capacity(jobs.len());
     let mut jobs = jobs.into_iter();
     while let Some(mut job) = jobs.next() {
         if job.abandoned() {
@@ -162,45 +162,42 @@ fn run_batch(
             continue;
         }
         let now = tick();
-        let failure = run_in_savepoint(&tx, job.as_mut(), now);
+        let outcome = run_in_savepoint(&tx, job.as_mut(), now);
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back under this job (a full disk, an I/O
-            // error): every job of the batch so far went with it and must not be answered as
+            // error): every change of the batch so far went with it and must not be answered as
             // kept. The jobs not yet run go on in a transaction of their own; none may run
             // outside one, where its savepoint would begin, and its release commit, a
             // transaction of its own, answered later as failed with the batch.
-            let lost = |failure: Option<StoreError>| {
-                Some(failure.unwrap_or_else(|| {
-                    StoreError::Transaction(
-                        "the transaction was rolled back before it could commit (SQLite undoes \
-                         the whole transaction on a full disk or an I/O error)"
-                            .into(),
-                    )
-                }))
+            let lost = || {
+                StoreError::Transaction(
+                    "the transaction was rolled back before it could commit (SQLite undoes the \
+                     whole transaction on a full disk or an I/O error)"
+                        .into(),
+                )
             };
-            for (job, failure) in ran {
-                job.finish(lost(failure));
+            for (job, ran) in ran {
+                job.finish(ran.without_commit(lost));
             }
-            job.finish(lost(failure));
+            job.finish(Some(outcome.failure.unwrap_or_else(lost)));
             let rest: Vec<Box<dyn Job>> = jobs.collect();
             return !rest.is_empty() && run_batch(conn, rest, tick);
         }
-        ran.push((job, failure));
+        ran.push((job, outcome));
     }
     if let Err(e) = run_cached(conn, "COMMIT") {
         if !conn.is_autocommit() {
             // A failed COMMIT can leave the transaction open; never let it leak into the next batch.
             let _ = conn.execute_batch("ROLLBACK");
         }
-        for (job, _) in ran {
-            job.finish(Some(StoreError::Transaction(format!(
-                "could not commit: {e}"
-            ))));
+        let failed = || StoreError::Transaction(format!("could not commit: {e}"));
+        for (job, ran) in ran {
+            job.finish(ran.without_commit(failed));
         }
         return false;
     }
-    for (job, failure) in ran {
-        job.finish(failure);
+    for (job, ran) in ran {
+        job.finish(ran.failure);
     }
     true
 }
@@ -373,20 +370,30 @@ fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
 
 /// Runs one job inside `SAVEPOINT job`: kept when it asks to commit, undone when it does not,
 /// undone (and reported) when it panics or its savepoint cannot be closed.
-fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Option<StoreError> {
+fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
+    let failed = |e| Ran {
+        kept: false,
+        failure: Some(e),
+    };
     if let Err(e) = tx.savepoint("job") {
-        return Some(e);
+        return failed(e);
     }
     let undo = || tx.rollback_to_savepoint("job").err();
     match catch_unwind(AssertUnwindSafe(|| job.run(tx, now))) {
         Ok(true) => match tx.release_savepoint("job") {
-            Ok(()) => None,
+            Ok(()) => Ran {
+                kept: true,
+                failure: None,
+            },
             Err(e) => {
                 let _ = undo();
-                Some(e)
+                failed(e)
             }
         },
-        Ok(false) => undo(),
+        Ok(false) => Ran {
+            kept: false,
+            failure: undo(),
+        },
         Err(_) => {
             // Never eprintln! here: a failed write to stderr would panic the writer itself.
             let _ = writeln!(
@@ -394,7 +401,25 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Option<St
                 "writer: an operation panicked; its changes were rolled back"
             );
             let _ = undo();
-            Some(StoreError::Panicked)
+            failed(StoreError::Panicked)
+        }
+    }
+}
+
+/// What running one job in its savepoint left: whether its changes are in the transaction, and
+/// the failure to answer it with, if any.
+struct Ran {
+    kept: bool,
+    failure: Option<StoreError>,
+}
+
+impl Ran {
+    /// The job's failure when the transaction around it did not commit (`why`): a job whose
+    /// changes were in it failed with it; one that asked to keep nothing keeps its own answer.
+    fn without_commit(self, why: impl FnOnce() -> StoreError) -> Option<StoreError> {
+        match (self.kept, self.failure) {
+            (true, _) => Some(why()),
+            (false, failure) => failure,
         }
     }
 }
@@ -703,6 +728,7 @@ mod tests {
         // One batch: 2, then a job under which the transaction ends (as SQLITE_FULL during a
         // cache spill ends it), then 4 and 6, which must not commit one by one outside it.
         held.writer.submit(job(2, &held.done)).unwrap();
+        held.writer.submit(job(-3, &held.done)).unwrap();
         let mut ending = job(5, &held.done);
         ending.roll_back_all = true;
         held.writer.submit(ending).unwrap();
@@ -713,9 +739,16 @@ mod tests {
         let answers: Vec<(i64, bool)> = finished.iter().map(|(v, f)| (*v, f.is_none())).collect();
         assert_eq!(
             answers,
-            vec![(1, true), (2, false), (5, false), (4, true), (6, true)],
-            "2 went with the rolled-back transaction and is answered as failed; 4 and 6 ran in \
-             a new one: {finished:?}"
+            vec![
+                (1, true),
+                (2, false),
+                (-3, true),
+                (5, false),
+                (4, true),
+                (6, true)
+            ],
+            "2 went with the rolled-back transaction and is answered as failed; -3, refused, \
+             kept nothing and keeps its answer; 4 and 6 ran in a new one: {finished:?}"
         );
         assert_eq!(
             rows(&path),
