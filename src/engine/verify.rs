@@ -997,6 +997,27 @@ impl<D: Db> Checker<'_, D> {
                 .broken("checkpoint", Some(&end.to_string()), Some(&found), why)
                 .into());
         }
+        // And it signs one whenever `CHECKPOINT_INTERVAL` entries went by without one, so fewer
+        // than that follow the last (or the key's record) in any file it committed: the stretch
+        // a rewrite could still touch without the key is that short.
+        let covered = last_checkpoint.max(row.first_seq - 1);
+        if self.head.seq - covered >= super::CHECKPOINT_INTERVAL {
+            let seq = covered + super::CHECKPOINT_INTERVAL;
+            let at = At {
+                table: "audit_log",
+                row: Row::Seq(seq),
+            };
+            let why = format!(
+                "{} entries follow seq {covered} without a signed checkpoint: fedcore signs one \
+                 at least every {} entries, so checkpoints were removed",
+                self.head.seq - covered,
+                super::CHECKPOINT_INTERVAL
+            );
+            let found = last_checkpoint.to_string();
+            return Err(at
+                .broken("checkpoint", Some(&seq.to_string()), Some(&found), why)
+                .into());
+        }
         let unsigned = self
             .known
             .receipt_entries
@@ -1958,6 +1979,42 @@ mod tests {
             db.display()
         );
         std::mem::replace(&mut reports[0], Err(String::new()))
+    }
+
+    #[test]
+    fn a_log_with_a_thousand_entries_past_its_last_checkpoint_is_named() {
+        let dir = std::env::temp_dir().join(format!("fedcore-interval-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("runs.db");
+        // Runs created and never ended: only the interval rule makes checkpoints here.
+        crate::bench::seed::seed_runs(&db, 1100, store::Durability::Normal).unwrap();
+        let intact = verify_file(&db, &Options::default()).unwrap();
+        assert!(intact.is_intact(), "{intact}");
+        let conn = store::Connection::open(&db).unwrap();
+        let checkpoints: i64 = conn
+            .query_row("SELECT count(*) FROM checkpoints", [], |r| r.get(0))
+            .unwrap();
+        assert!(checkpoints >= 1, "the interval made a checkpoint");
+        let trigger: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'checkpoints_no_delete'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        conn.execute_batch("DROP TRIGGER checkpoints_no_delete; DELETE FROM checkpoints;")
+            .unwrap();
+        conn.execute_batch(&trigger).unwrap();
+        drop(conn);
+        let report = verify_file(&db, &Options::default()).unwrap();
+        let failure = report.failure.expect("the missing checkpoints are named");
+        assert_eq!(
+            (failure.table, failure.field),
+            ("audit_log", "checkpoint"),
+            "{failure:?}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
