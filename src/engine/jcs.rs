@@ -569,8 +569,8 @@ fn check_number(number: &Number, path: &str) -> Result<(), IJsonError> {
         Some(value) if value.abs() >= TWO_TO_THE_53 => Err(IJsonError {
             path: path.to_string(),
             message: format!(
-                "number {} is 2^53 or more in magnitude, where a double no longer holds every \
-                 integer: outside the I-JSON range of ±(2^53−1) however it is written",
+                "number {} is, as a double, 2^53 or more in magnitude, where a double no longer \
+                 holds every integer: outside the I-JSON range of ±(2^53−1) however it is written",
                 abbreviated(literal)
             ),
         }),
