@@ -1363,6 +1363,11 @@ impl Pass for RunsPass<'_> {
             read.decisions += record.decisions.len() as u64;
             read.steps += record.steps.len() as u64;
             read.gates += record.gates.len() as u64;
+            read.approvals += record
+                .gates
+                .iter()
+                .map(|g| g.approvals.len() as u64)
+                .sum::<u64>();
             read.decision_ids += record
                 .decisions
                 .iter()

@@ -525,6 +525,8 @@ pub struct RunRowCounts {
     pub steps: u64,
     pub gates: u64,
     pub decision_ids: u64,
+    /// Quorum approvals (schema version 2 on).
+    pub approvals: u64,
 }
 
 impl RunRowCounts {
@@ -534,6 +536,7 @@ impl RunRowCounts {
         self.steps += other.steps;
         self.gates += other.gates;
         self.decision_ids += other.decision_ids;
+        self.approvals += other.approvals;
     }
 }
 
@@ -550,13 +553,18 @@ pub fn run_row_counts(db: &impl Db) -> Result<RunRowCounts, StoreError> {
         steps: count("SELECT count(*) FROM steps WHERE run_id IS NOT NULL")?,
         gates: count("SELECT count(*) FROM gates WHERE run_id IS NOT NULL")?,
         decision_ids: count("SELECT count(*) FROM decisions WHERE decision_id IS NOT NULL")?,
+        approvals: match db.schema_version() {
+            ..=1 => 0,
+            _ => count("SELECT count(*) FROM gate_approvals")?,
+        },
     })
 }
 
-/// The first row that names a run that does not exist, or a decision that no step attempt
-/// names. Each row of the run tables belongs to a run, and each decision to exactly one attempt.
+/// The first row that names a run that does not exist, a decision that no step attempt names,
+/// or an approval of a gate that does not exist. Each row of the run tables belongs to a run,
+/// each decision to exactly one attempt, each approval to a gate.
 pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
-    const CHECKS: [(&str, &str, &str, &str); 5] = [
+    const CHECKS: [(&str, &str, &str, &str); 6] = [
         (
             "audit_log",
             "run_id",
@@ -587,8 +595,17 @@ pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
             "decision_id",
             "decision_id NOT IN (SELECT decision_id FROM steps)",
         ),
+        (
+            "gate_approvals",
+            "gate_id",
+            "gate_id || '/' || approver",
+            "gate_id NOT IN (SELECT gate_id FROM gates)",
+        ),
     ];
     for (table, field, key, condition) in CHECKS {
+        if table == "gate_approvals" && db.schema_version() < 2 {
+            continue; // The table arrived with schema version 2.
+        }
         // Every piece is a constant of this function; nothing from the database is formatted in.
         let sql = format!("SELECT {key}, {field} FROM {table} WHERE {condition} LIMIT 1");
         let found = db

@@ -1124,6 +1124,23 @@ fn a_gates_terms_and_its_quorum_approvals_are_tied_to_their_entries() {
     let attempt = format!("{run_id}/observe#1");
     assert_named(&expect_broken(&copy, &[]), "steps", &attempt, "step_type");
 
+    // An approval of a gate that does not exist.
+    let copy = dir.path().join("orphan-approval.db");
+    std::fs::copy(&db, &copy).expect("copy");
+    let conn = attacker_opens(&copy);
+    let edit = "INSERT INTO gate_approvals (gate_id, approver, approved_at, comment)
+                SELECT 'no-such-gate', approver, approved_at, comment FROM gate_approvals";
+    assert_eq!(conn.execute(edit, []).expect(edit), 1);
+    restore_triggers(&conn, &db);
+    drop(conn);
+    let failure = expect_broken(&copy, &[]);
+    assert_named(
+        &failure,
+        "gate_approvals",
+        "no-such-gate/approver-1",
+        "gate_id",
+    );
+
     // A resolved gate's deadline, which its receipt does not cover.
     let built = build_database();
     let copy = built.copy("resolved-gate-deadline");
