@@ -1083,6 +1083,16 @@ fn a_gates_terms_and_its_quorum_approvals_are_tied_to_their_entries() {
     assert_eq!(server.terminate(), Some(0));
     let (code, report) = verify_json(&db, &[]);
     assert_eq!(code, 0, "the untouched file verifies: {report}");
+    // A copy with one row changed (or added) by `edit`, and what verify names in it.
+    let tampered = |name: &str, edit: &str| -> Value {
+        let copy = dir.path().join(format!("{name}.db"));
+        std::fs::copy(&db, &copy).expect("copy");
+        let conn = attacker_opens(&copy);
+        assert_eq!(conn.execute(edit, []).expect(edit), 1, "{edit}");
+        restore_triggers(&conn, &db);
+        drop(conn);
+        expect_broken(&copy, &[])
+    };
 
     let edits = [
         (
@@ -1104,42 +1114,22 @@ fn a_gates_terms_and_its_quorum_approvals_are_tied_to_their_entries() {
         ),
     ];
     for (name, edit, field) in edits {
-        let copy = dir.path().join(format!("{name}.db"));
-        std::fs::copy(&db, &copy).expect("copy");
-        let conn = attacker_opens(&copy);
-        assert_eq!(conn.execute(edit, []).expect(edit), 1, "{edit}");
-        restore_triggers(&conn, &db);
-        drop(conn);
-        assert_named(&expect_broken(&copy, &[]), "gates", &gate_id, field);
+        assert_named(&tampered(name, edit), "gates", &gate_id, field);
     }
 
     // The open attempt's type, which no receipt covers yet.
-    let copy = dir.path().join("step-type.db");
-    std::fs::copy(&db, &copy).expect("copy");
-    let conn = attacker_opens(&copy);
-    let edit = "UPDATE steps SET step_type = 'ACT'";
-    assert_eq!(conn.execute(edit, []).expect(edit), 1);
-    restore_triggers(&conn, &db);
-    drop(conn);
+    let failure = tampered("step-type", "UPDATE steps SET step_type = 'ACT'");
     let attempt = format!("{run_id}/observe#1");
-    assert_named(&expect_broken(&copy, &[]), "steps", &attempt, "step_type");
+    assert_named(&failure, "steps", &attempt, "step_type");
 
     // An approval of a gate that does not exist.
-    let copy = dir.path().join("orphan-approval.db");
-    std::fs::copy(&db, &copy).expect("copy");
-    let conn = attacker_opens(&copy);
-    let edit = "INSERT INTO gate_approvals (gate_id, approver, approved_at, comment)
-                SELECT 'no-such-gate', approver, approved_at, comment FROM gate_approvals";
-    assert_eq!(conn.execute(edit, []).expect(edit), 1);
-    restore_triggers(&conn, &db);
-    drop(conn);
-    let failure = expect_broken(&copy, &[]);
-    assert_named(
-        &failure,
-        "gate_approvals",
-        "no-such-gate/approver-1",
-        "gate_id",
+    let failure = tampered(
+        "orphan-approval",
+        "INSERT INTO gate_approvals (gate_id, approver, approved_at, comment)
+         SELECT 'no-such-gate', approver, approved_at, comment FROM gate_approvals",
     );
+    let approval = "no-such-gate/approver-1";
+    assert_named(&failure, "gate_approvals", approval, "gate_id");
 
     // A resolved gate's deadline, which its receipt does not cover.
     let built = build_database();
