@@ -225,7 +225,7 @@ impl Command {
     }
 
     /// The run a command changes, when it changes one that must already exist.
-    fn run_id(&self) -> Option<&str> {
+    pub(crate) fn run_id(&self) -> Option<&str> {
         match self {
             Command::RequestStep { run_id, .. }
             | Command::FinishStep { run_id, .. }

@@ -329,7 +329,8 @@ mod tests {
     use super::*;
 
     /// Until `gate_requested_evidence` existed, the engine stored `serde_json::to_value` of the
-    /// gate it opened; every file written then must verify, so the two are the same object.
+    /// gate it opened; every file written then must verify. What that gave, frozen here (not
+    /// the serde output of today's `Gate`, which a new field would change).
     #[test]
     fn a_gates_requested_evidence_is_the_gate_as_it_was_serialized_when_opened() {
         let opened = |expires_at, decision_id: Option<&str>, approvals_required| Gate {
@@ -350,15 +351,27 @@ mod tests {
             approvals_required,
             approvals: Vec::new(),
         };
-        for gate in [
-            opened(None, None, 1),
-            opened(Some(Timestamp::from_micros(9_000_000)), Some("d"), 2),
-        ] {
-            assert_eq!(
-                gate_requested_evidence(&gate),
-                serde_json::to_value(&gate).unwrap()
-            );
-        }
+        let stored = |expires_at: Value, decision_id: Value, approvals_required: i64| {
+            json!({
+                "gate_id": "g", "run_id": "r", "step_id": "decide", "attempt": 2,
+                "status": "PENDING", "reason": "look", "decision_id": decision_id,
+                "requested_by": "agent-7", "requested_at": "1970-01-01T00:00:01.000000Z",
+                "expires_at": expires_at, "resolved_by": null, "resolved_at": null,
+                "comment": null, "receipt_hash": null, "approvals_required": approvals_required,
+            })
+        };
+        assert_eq!(
+            gate_requested_evidence(&opened(None, None, 1)),
+            stored(Value::Null, Value::Null, 1)
+        );
+        assert_eq!(
+            gate_requested_evidence(&opened(
+                Some(Timestamp::from_micros(9_000_000)),
+                Some("d"),
+                2
+            )),
+            stored(json!("1970-01-01T00:00:09.000000Z"), json!("d"), 2)
+        );
         // A resolved gate gives what it was when opened.
         let mut resolved = opened(None, Some("d"), 2);
         let evidence = gate_requested_evidence(&resolved);

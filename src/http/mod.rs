@@ -22,7 +22,6 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use request::Idempotency;
 use server::ServerConfig;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -552,11 +551,13 @@ impl store::Job for CommandJob {
     fn finish(self: Box<Self>, failure: Option<StoreError>) {
         if matches!(failure, Some(StoreError::Abandoned)) {
             // Not an error of the server's: the request was answered (503 timeout) or left.
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "writer: a write whose request had gone (its deadline passed or its client left) \
-                 was not run"
-            );
+            server::log_line(format_args!(
+                "SKIPPED a write{} whose request had gone (its deadline passed or its client \
+                 left): not run",
+                self.command
+                    .run_id()
+                    .map_or_else(String::new, |id| format!(" to run {id}"))
+            ));
             return;
         }
         let reply = match (failure, self.result) {

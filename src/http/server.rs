@@ -265,6 +265,9 @@ async fn guard_request(
 
     let outcome = tokio::time::timeout(request_timeout, &mut handler).await;
     if outcome.is_err() {
+        // The handler first, so that a write the writer skips from now on never wakes it to
+        // report a dropped job.
+        handler.abort();
         gone.store(true, Ordering::Release);
     }
     let response = match outcome {

@@ -401,3 +401,80 @@ fn under_an_idempotency_key_what_is_committed_and_what_is_remembered() {
         assert_eq!((status, keyed.commit, keyed.remember), expected, "{case}");
     }
 }
+
+#[test]
+fn a_job_whose_request_guard_gave_up_is_abandoned_though_its_answer_is_still_awaited() {
+    use crate::store::Job;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let harness = Harness::new("abandoned");
+    let (reply, _answer) = oneshot::channel();
+    let gone = Arc::new(AtomicBool::new(false));
+    let job = CommandJob {
+        command: Command::RevokeTokens {
+            name: "nobody".into(),
+            actor: ADMIN.into(),
+        },
+        signer: harness.signer.clone(),
+        idempotency: None,
+        encode: Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))),
+        result: None,
+        reply,
+        gone: Some(gone.clone()),
+    };
+    assert!(!job.abandoned(), "the request still waits");
+    // The guard sets the flag before it answers 503, while the handler still holds the answer's
+    // receiving end: the writer must skip the job already.
+    gone.store(true, Ordering::Release);
+    assert!(job.abandoned());
+}
+
+#[test]
+fn a_run_declared_failed_twice_within_one_clock_tick_verifies() {
+    // The writer's clock never goes back, so after the wall clock steps back every command
+    // shares one time for a while: the failure's step is told by the log, not by times.
+    let mut harness = Harness::new("declared-one-tick");
+    harness.set_up();
+    let created = harness.expect(
+        Command::CreateRun {
+            workflow_id: WORKFLOW.into(),
+            input: json!({}),
+            actor: AGENT.into(),
+        },
+        Box::new(routes::created_run),
+        StatusCode::CREATED,
+    );
+    let run_id = created["run_id"].as_str().unwrap().to_string();
+    let tick = harness.micros;
+    let at_one_tick = |harness: &mut Harness, command: Command| {
+        harness.micros = tick;
+        let any: Encoder = Box::new(|_| Ok((StatusCode::OK, b"null".to_vec())));
+        harness.expect(command, any, StatusCode::OK);
+    };
+    let status = |status| Command::ChangeStatus {
+        run_id: run_id.clone(),
+        status,
+        reason: None,
+        actor: ADMIN.into(),
+    };
+    harness.micros = tick - 1000;
+    harness.expect(
+        Command::RequestStep {
+            run_id: run_id.clone(),
+            step_id: STEPS[0].into(),
+            input: json!({}),
+            actor: AGENT.into(),
+        },
+        Box::new(|_| Ok((StatusCode::CREATED, b"null".to_vec()))),
+        StatusCode::CREATED,
+    );
+    // Declared with the attempt open (it ends FAILED, run_ended), retried, declared again
+    // with none open: the two ends share one time.
+    at_one_tick(&mut harness, status(RunStatus::Failed));
+    at_one_tick(&mut harness, status(RunStatus::Running));
+    at_one_tick(&mut harness, status(RunStatus::Failed));
+    let db = harness.dir.join("work.db");
+    let report =
+        crate::engine::verify::verify_file(&db, &crate::engine::verify::Options::default())
+            .unwrap();
+    assert!(report.is_intact(), "{report}");
+}

@@ -564,47 +564,54 @@ pub fn run_row_counts(db: &impl Db) -> Result<RunRowCounts, StoreError> {
 /// or an approval of a gate that does not exist. Each row of the run tables belongs to a run,
 /// each decision to exactly one attempt, each approval to a gate.
 pub fn first_orphan(db: &impl Db) -> Result<Option<Orphan>, StoreError> {
-    const CHECKS: [(&str, &str, &str, &str); 6] = [
+    // (table, column naming the parent, the row's name, the condition, from schema version).
+    const CHECKS: [(&str, &str, &str, &str, i64); 6] = [
         (
             "audit_log",
             "run_id",
             "CAST(seq AS TEXT)",
             "run_id IS NOT NULL AND run_id NOT IN (SELECT run_id FROM runs)",
+            1,
         ),
         (
             "decisions",
             "run_id",
             "decision_id",
             "run_id NOT IN (SELECT run_id FROM runs)",
+            1,
         ),
         (
             "steps",
             "run_id",
             "run_id || '/' || step_id || '#' || attempt",
             "run_id NOT IN (SELECT run_id FROM runs)",
+            1,
         ),
         (
             "gates",
             "run_id",
             "gate_id",
             "run_id NOT IN (SELECT run_id FROM runs)",
+            1,
         ),
         (
             "decisions",
             "decision_id",
             "decision_id",
             "decision_id NOT IN (SELECT decision_id FROM steps)",
+            1,
         ),
         (
             "gate_approvals",
             "gate_id",
             "gate_id || '/' || approver",
             "gate_id NOT IN (SELECT gate_id FROM gates)",
+            2,
         ),
     ];
-    for (table, field, key, condition) in CHECKS {
-        if table == "gate_approvals" && db.schema_version() < 2 {
-            continue; // The table arrived with schema version 2.
+    for (table, field, key, condition, since) in CHECKS {
+        if db.schema_version() < since {
+            continue;
         }
         // Every piece is a constant of this function; nothing from the database is formatted in.
         let sql = format!("SELECT {key}, {field} FROM {table} WHERE {condition} LIMIT 1");

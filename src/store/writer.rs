@@ -9,6 +9,7 @@
 use super::{run_cached, StoreError, Tx};
 use crate::model::Timestamp;
 use rusqlite::{Connection, OpenFlags};
+use std::cell::Cell;
 use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
@@ -29,11 +30,13 @@ pub trait Job: Send {
     /// Runs inside the open transaction at time `now`; returns whether to commit.
     fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> Commit;
     /// Called once after the transaction ended: `None` when it committed or was rolled back as the
-    /// job asked, the error when the commit failed or the job panicked.
+    /// job asked (also when the transaction then failed, if the job kept nothing and read nothing
+    /// another job of it wrote), the error when its changes were lost with the transaction or
+    /// it panicked, `StoreError::Abandoned` when it was not run.
     fn finish(self: Box<Self>, failure: Option<StoreError>);
     /// Whether nobody waits for the answer any more (the request timed out, or its client went
-    /// away). Such a job is not run: it is answered with an error (which nobody reads), so that a
-    /// client told its request timed out is not left with a change it was never told of.
+    /// away). Such a job is not run (`finish` gets `StoreError::Abandoned`), so that a client told
+    /// its request timed out is not left with a change it was never told of.
     fn abandoned(&self) -> bool {
         false
     }
@@ -155,6 +158,8 @@ fn run_batch(
     }
     let tx = Tx { conn };
     let mut ran: Vec<(Box<dyn Job>, Ran)> = Vec::with_capacity(jobs.len());
+    // Whether a job so far kept changes: a job run after that may have read them.
+    let mut dirty = false;
     let mut jobs = jobs.into_iter();
     while let Some(mut job) = jobs.next() {
         if job.abandoned() {
@@ -162,7 +167,9 @@ fn run_batch(
             continue;
         }
         let now = tick();
-        let outcome = run_in_savepoint(&tx, job.as_mut(), now);
+        let mut outcome = run_in_savepoint(&tx, job.as_mut(), now);
+        outcome.read_clean = !dirty;
+        dirty |= outcome.kept;
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back under this job (a full disk, an I/O
             // error): every change of the batch so far went with it and must not be answered as
@@ -241,7 +248,10 @@ struct Checkpointer {
     /// Set when the WAL has grown past `WAL_RESTART_FRAMES`.
     wal_is_large: Arc<AtomicBool>,
     /// When the writer may try a restart again, after one a reader kept from happening.
-    retry_restart_at: std::cell::Cell<Option<Instant>>,
+    retry_restart_at: Cell<Option<Instant>>,
+    /// Restarts readers kept from happening since the last one that did (logged at the first
+    /// and when they end, so a reader that never lets go shows in the log).
+    busy_restarts: Cell<u32>,
 }
 
 /// How long the writer's restart of the WAL waits for readers of older snapshots. Ordinary reads
@@ -311,7 +321,8 @@ impl Checkpointer {
             nudge,
             thread,
             wal_is_large,
-            retry_restart_at: std::cell::Cell::new(None),
+            retry_restart_at: Cell::new(None),
+            busy_restarts: Cell::new(0),
         }))
     }
 
@@ -325,6 +336,23 @@ impl Checkpointer {
                 let restarted = restart_wal(conn, RESTART_WAIT);
                 self.retry_restart_at
                     .set((!restarted).then(|| now + RESTART_RETRY));
+                let busy = self.busy_restarts.get();
+                let line = match (restarted, busy) {
+                    (false, 0) => Some(
+                        "checkpoint: a reader holds an old snapshot, so the WAL cannot start \
+                         over; it grows until the reader lets go (tried again every second)"
+                            .to_string(),
+                    ),
+                    (true, n) if n > 0 => Some(format!(
+                        "checkpoint: the WAL started over after {n} tries a reader held back"
+                    )),
+                    _ => None,
+                };
+                if let Some(line) = line {
+                    let _ = writeln!(std::io::stderr().lock(), "{line}");
+                }
+                self.busy_restarts
+                    .set(if restarted { 0 } else { busy.saturating_add(1) });
             }
             // Meanwhile the checkpointer copies what it can, and raises the flag again.
             self.wal_is_large.store(false, Ordering::Release);
@@ -373,6 +401,7 @@ fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
 fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
     let failed = |e| Ran {
         kept: false,
+        read_clean: true,
         failure: Some(e),
     };
     if let Err(e) = tx.savepoint("job") {
@@ -383,6 +412,7 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
         Ok(true) => match tx.release_savepoint("job") {
             Ok(()) => Ran {
                 kept: true,
+                read_clean: true,
                 failure: None,
             },
             Err(e) => {
@@ -392,6 +422,7 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
         },
         Ok(false) => Ran {
             kept: false,
+            read_clean: true,
             failure: undo(),
         },
         Err(_) => {
@@ -406,21 +437,26 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
     }
 }
 
-/// What running one job in its savepoint left: whether its changes are in the transaction, and
-/// the failure to answer it with, if any.
+/// What running one job in its savepoint left: whether its changes are in the transaction,
+/// whether it ran before any job of the transaction kept changes (so all it read was committed),
+/// and the failure to answer it with, if any.
 struct Ran {
     kept: bool,
+    read_clean: bool,
     failure: Option<StoreError>,
 }
 
 impl Ran {
-    /// The job's failure when the transaction around it did not commit (`why`): a job whose
-    /// changes were in it failed with it; one that asked to keep nothing keeps its own answer.
+    /// The job's failure when the transaction around it did not commit (`why`). A job that kept
+    /// nothing and ran before any other kept something keeps its own answer (a refusal that
+    /// wrote nothing, on committed state); any other failed with the transaction: its changes
+    /// were lost, or its answer may rest on a neighbour's that were (an idempotent replay of an
+    /// answer stored in the same batch, a 404 for a token a lost revoke had revoked).
     fn without_commit(self, why: impl FnOnce() -> StoreError) -> Option<StoreError> {
-        match (self.kept, self.failure) {
-            (true, _) => Some(why()),
-            (false, failure) => failure,
+        if !self.kept && self.read_clean {
+            return self.failure;
         }
+        Some(self.failure.unwrap_or_else(why))
     }
 }
 
@@ -437,6 +473,7 @@ mod tests {
         wait: Option<(Sender<()>, Receiver<()>)>,
         panic: bool,
         roll_back_all: bool,
+        gone: bool,
         done: Sender<(i64, Option<String>)>,
     }
 
@@ -461,6 +498,9 @@ mod tests {
         }
         fn finish(self: Box<Self>, failure: Option<StoreError>) {
             let _ = self.done.send((self.value, failure.map(|e| e.to_string())));
+        }
+        fn abandoned(&self) -> bool {
+            self.gone
         }
     }
 
@@ -572,6 +612,9 @@ mod tests {
         let (done, results) = channel();
         let (jobs, size) = (24_000, 16 * 1024);
         let (mut sent, mut answered) = (0, 0);
+        // The largest the WAL file gets, sampled as answers come: it is cut back after each
+        // restart, so its size at the end says little.
+        let mut largest = 0;
         while answered < jobs {
             while sent < jobs {
                 match writer.submit(Box::new(BlobJob {
@@ -585,6 +628,9 @@ mod tests {
             if let Ok((_, failure)) = results.recv_timeout(Duration::from_secs(30)) {
                 assert_eq!(failure, None);
                 answered += 1;
+                if answered % 200 == 0 {
+                    largest = largest.max(wal_size());
+                }
             }
         }
         stop.store(true, Ordering::Relaxed);
@@ -592,7 +638,7 @@ mod tests {
             reader.join().unwrap();
         }
         let written = (jobs * size) as u64;
-        let largest = wal_size();
+        let largest = largest.max(wal_size());
         assert!(
             largest < written / 2,
             "the WAL grew to {largest} bytes while {written} were written"
@@ -610,6 +656,7 @@ mod tests {
             wait: None,
             panic: false,
             roll_back_all: false,
+            gone: false,
             done: done.clone(),
         })
     }
@@ -725,10 +772,12 @@ mod tests {
     fn when_sqlite_rolls_the_whole_batch_back_no_job_is_answered_as_kept_and_the_rest_commit() {
         let path = temp_db("rolled-back");
         let held = held_writer(&path, 8);
-        // One batch: 2, then a job under which the transaction ends (as SQLITE_FULL during a
+        // One batch: -7 (refused, on committed state), 2, -3 (refused after 2 kept a row it may
+        // have read), then a job under which the transaction ends (as SQLITE_FULL during a
         // cache spill ends it), then 4 and 6, which must not commit one by one outside it.
-        held.writer.submit(job(2, &held.done)).unwrap();
-        held.writer.submit(job(-3, &held.done)).unwrap();
+        for value in [-7, 2, -3] {
+            held.writer.submit(job(value, &held.done)).unwrap();
+        }
         let mut ending = job(5, &held.done);
         ending.roll_back_all = true;
         held.writer.submit(ending).unwrap();
@@ -741,14 +790,15 @@ mod tests {
             answers,
             vec![
                 (1, true),
+                (-7, true),
                 (2, false),
-                (-3, true),
+                (-3, false),
                 (5, false),
                 (4, true),
                 (6, true)
             ],
-            "2 went with the rolled-back transaction and is answered as failed; -3, refused, \
-             kept nothing and keeps its answer; 4 and 6 ran in a new one: {finished:?}"
+            "-7 kept nothing and read only committed rows: its answer stands; 2 went with the \
+             rolled-back transaction, and -3 ran after it; 4 and 6 ran in a new one: {finished:?}"
         );
         assert_eq!(
             rows(&path),
@@ -791,5 +841,24 @@ mod tests {
         for suffix in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
         }
+    }
+
+    #[test]
+    fn a_job_nobody_waits_for_any_more_is_not_run() {
+        let path = temp_db("abandoned");
+        let held = held_writer(&path, 8);
+        let mut gone = job(2, &held.done);
+        gone.gone = true;
+        held.writer.submit(gone).unwrap();
+        held.writer.submit(job(3, &held.done)).unwrap();
+        let finished = held.finish();
+        assert_eq!(finished[1].0, 2);
+        assert_eq!(
+            finished[1].1.as_deref(),
+            Some(StoreError::Abandoned.to_string().as_str())
+        );
+        assert_eq!(finished[2], (3, None));
+        assert_eq!(rows(&path), vec![1, 3], "the abandoned job wrote nothing");
+        let _ = std::fs::remove_file(&path);
     }
 }

@@ -447,12 +447,27 @@ fn check_failure(record: &RunRecord) -> Checked {
     // The step named is the one whose attempt or gate failed the run: the rejected gate's, the
     // first expired gate's (every gate past its deadline expires at once), the denied
     // attempt's, the last attempt's when it failed on its own, and for a declared failure the
-    // attempt open at the time, which the run's end closed at its time, if any.
-    let closed_by_the_end = |s: &&StepAttempt| {
-        s.ended_at.is_some()
-            && s.ended_at == run.ended_at
-            && (s.status == StepStatus::Rejected
-                || s.error.as_ref().and_then(|e| e.get("code")?.as_str()) == Some("run_ended"))
+    // attempt open at the time, if any. The end closed that one (REJECTED, or FAILED with
+    // run_ended), and its closing entry is the one right before the run's last `run.failed`:
+    // told by the log, not by times, which two commands may share.
+    let ending_at = record
+        .links
+        .iter()
+        .rposition(|l| l.action == "run.failed" && l.subject == format!("run:{}", run.run_id));
+    let closed_by_the_end = || {
+        let closing = &record.links[ending_at?.checked_sub(1)?];
+        if !matches!(closing.action.as_str(), "step.failed" | "step.rejected") {
+            return None;
+        }
+        let subject = closing.subject.strip_prefix("step:")?;
+        record
+            .steps
+            .iter()
+            .find(|s| format!("{}#{}", s.step_id, s.attempt) == subject)
+            .filter(|s| {
+                s.status == StepStatus::Rejected
+                    || s.error.as_ref().and_then(|e| e.get("code")?.as_str()) == Some("run_ended")
+            })
     };
     let gate_step = |status: GateStatus| {
         record
@@ -470,7 +485,7 @@ fn check_failure(record: &RunRecord) -> Checked {
             .find(|s| s.status == StepStatus::Denied)
             .map(|s| s.step_id.as_str()),
         FailureCode::StepFailed => last.map(|s| s.step_id.as_str()),
-        FailureCode::Declared => last.filter(closed_by_the_end).map(|s| s.step_id.as_str()),
+        FailureCode::Declared => closed_by_the_end().map(|s| s.step_id.as_str()),
     };
     let named = failure.step_id.as_deref();
     at.same(
