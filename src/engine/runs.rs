@@ -249,7 +249,7 @@ fn end_run(
                 close_attempt(ctx, run, open, StepStatus::Rejected, None, actor)?
             }
             _ => {
-                let error = json!({"code": "run_ended", "reason": to.as_str()});
+                let error = json!({"code": RUN_ENDED, "reason": to.as_str()});
                 close_attempt(ctx, run, open, StepStatus::Failed, Some(error), actor)?
             }
         };
@@ -645,6 +645,10 @@ pub(super) fn request_step(
     })
 }
 
+/// The `error.code` of an attempt its run's end closed while it had started (contract §3);
+/// reserved to fedcore, so the log tells such an attempt from one that failed on its own.
+const RUN_ENDED: &str = "run_ended";
+
 pub(super) fn finish_step(
     ctx: &mut Ctx<'_, '_>,
     run_id: &str,
@@ -652,6 +656,18 @@ pub(super) fn finish_step(
     result: &StepResult,
     actor: &str,
 ) -> Result<Outcome, Error> {
+    if let StepResult::Failed { error } = result {
+        if error.get("code").and_then(Value::as_str) == Some(RUN_ENDED) {
+            return Err(Error::invalid(
+                "invalid_value",
+                "error.code",
+                format!(
+                    "{RUN_ENDED:?} is the code fedcore gives an attempt that its run's end \
+                     closes; a step that fails on its own gives another"
+                ),
+            ));
+        }
+    }
     let mut run = load_run(ctx, run_id)?;
     let def = load_definition(ctx, &run)?;
     let (step_index, step) = step_def(&def, step_id)?;

@@ -498,6 +498,10 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
                 .json(set(agent_body(), "status", json!(5)))
                 .expect(400, "wrong_type")
                 .at("status"),
+            Case::new("step failed with fedcore's run_ended", "PATCH", running_step.clone())
+                .json(json!({"status": "FAILED", "error": {"code": "run_ended"}, "actor": AGENT}))
+                .expect(422, "invalid_value")
+                .at("error.code"),
             Case::new("step finish status: true", "PATCH", running_step.clone())
                 .json(set(finish_body(), "status", json!(true)))
                 .expect(400, "wrong_type")

@@ -448,8 +448,11 @@ fn check_failure(record: &RunRecord) -> Checked {
     // first expired gate's (every gate past its deadline expires at once), the denied
     // attempt's, the last attempt's when it failed on its own, and for a declared failure the
     // attempt open at the time, if any. The end closed that one (REJECTED, or FAILED with
-    // run_ended), and its closing entry is the one right before the run's last `run.failed`:
-    // told by the log, not by times, which two commands may share.
+    // run_ended) at its own time, and its closing entry is the one right before the run's last
+    // `run.failed`. Both are asked: times alone mislead when two commands share one (the
+    // writer's clock holds still after the wall clock steps back), and the entry before alone
+    // when the attempt failed on its own just before (`run_ended` is refused from clients
+    // since this rule, but older files may hold it).
     let ending_at = record
         .links
         .iter()
@@ -465,8 +468,11 @@ fn check_failure(record: &RunRecord) -> Checked {
             .iter()
             .find(|s| format!("{}#{}", s.step_id, s.attempt) == subject)
             .filter(|s| {
-                s.status == StepStatus::Rejected
-                    || s.error.as_ref().and_then(|e| e.get("code")?.as_str()) == Some("run_ended")
+                s.ended_at.is_some()
+                    && s.ended_at == run.ended_at
+                    && (s.status == StepStatus::Rejected
+                        || s.error.as_ref().and_then(|e| e.get("code")?.as_str())
+                            == Some("run_ended"))
             })
     };
     let gate_step = |status: GateStatus| {
