@@ -108,8 +108,9 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             .map_err(|e| ApiError::bad_request("number_out_of_range", &e.path, e.to_string()))?;
         // I-JSON (RFC 7493 §2.3): member names are unique. A parser that kept the first of two
         // would read another request than the one hashed and stored, so both are refused.
-        serde_json::from_slice::<UniqueKeys>(&bytes)
-            .map_err(|e| ApiError::bad_request("duplicate_key", "", format!("{e}")))?;
+        if let Some((path, message)) = duplicate_member(&bytes) {
+            return Err(ApiError::bad_request("duplicate_key", &path, message));
+        }
         if depth(&value) > MAX_BODY_DEPTH {
             return Err(ApiError::bad_request(
                 "too_deep",
@@ -190,63 +191,114 @@ impl<S: Send + Sync> FromRequest<S> for Body {
     }
 }
 
-/// Deserializes a JSON document only to refuse an object that names a member twice.
-struct UniqueKeys;
+/// Where a value lies in the document, as a chain to the root, so that nothing is allocated
+/// unless a duplicate is found: `input.items[2].amount`, as `check_i_json` writes paths.
+enum Place<'a> {
+    Root,
+    Member(&'a Place<'a>, &'a str),
+    Item(&'a Place<'a>, usize),
+}
 
-impl<'de> serde::Deserialize<'de> for UniqueKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(UniqueKeysVisitor)
+impl Place<'_> {
+    fn path(&self) -> String {
+        match self {
+            Place::Root => String::new(),
+            Place::Member(parent, name) => match parent.path() {
+                path if path.is_empty() => (*name).to_string(),
+                path => format!("{path}.{name}"),
+            },
+            Place::Item(parent, index) => format!("{}[{index}]", parent.path()),
+        }
     }
 }
 
-struct UniqueKeysVisitor;
+/// Reads a JSON document only to refuse an object that names a member twice; the path of the
+/// second one is left in `found`.
+struct UniqueKeys<'a> {
+    place: &'a Place<'a>,
+    found: &'a std::cell::RefCell<Option<String>>,
+}
 
-impl<'de> serde::de::Visitor<'de> for UniqueKeysVisitor {
-    type Value = UniqueKeys;
+impl<'de> serde::de::DeserializeSeed<'de> for UniqueKeys<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for UniqueKeys<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("any JSON value")
     }
 
-    fn visit_bool<E>(self, _: bool) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E>(self, _: f64) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_str<E>(self, _: &str) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<UniqueKeys, E> {
-        Ok(UniqueKeys)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<UniqueKeys, A::Error> {
-        while items.next_element::<UniqueKeys>()?.is_some() {}
-        Ok(UniqueKeys)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut members: A,
-    ) -> Result<UniqueKeys, A::Error> {
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut items: A) -> Result<(), A::Error> {
+        for index in 0.. {
+            let place = Place::Item(self.place, index);
+            let seed = UniqueKeys {
+                place: &place,
+                found: self.found,
+            };
+            if items.next_element_seed(seed)?.is_none() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut members: A) -> Result<(), A::Error> {
         let mut seen = std::collections::HashSet::new();
         while let Some(name) = members.next_key::<String>()? {
-            if !seen.insert(name.clone()) {
-                return Err(serde::de::Error::custom(format!(
-                    "the member {name:?} appears twice"
-                )));
+            let place = Place::Member(self.place, &name);
+            if seen.contains(&name) {
+                let path = place.path();
+                let message = format!("the member {path:?} appears twice");
+                *self.found.borrow_mut() = Some(path);
+                return Err(serde::de::Error::custom(message));
             }
-            members.next_value::<UniqueKeys>()?;
+            members.next_value_seed(UniqueKeys {
+                place: &place,
+                found: self.found,
+            })?;
+            seen.insert(name);
         }
-        Ok(UniqueKeys)
+        Ok(())
     }
+}
+
+/// The path of a member named twice in `bytes` (a JSON document already parsed once), if any,
+/// with the parser's message.
+fn duplicate_member(bytes: &[u8]) -> Option<(String, String)> {
+    use serde::de::DeserializeSeed;
+    let found = std::cell::RefCell::new(None);
+    let seed = UniqueKeys {
+        place: &Place::Root,
+        found: &found,
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let error = seed.deserialize(&mut deserializer).err()?;
+    Some((found.into_inner().unwrap_or_default(), error.to_string()))
 }
 
 /// How deeply `value` nests: 1 for a scalar, one more for each array or object around it.
@@ -451,14 +503,19 @@ mod tests {
 
     #[test]
     fn a_member_named_twice_is_found_at_any_depth() {
-        let unique = |text: &str| serde_json::from_str::<UniqueKeys>(text).is_ok();
-        assert!(unique(
-            r#"{"a": 1, "b": [1.5, 12345678901234567890, {"a": 2}], "c": null}"#
-        ));
-        assert!(!unique(r#"{"a": 1, "a": 2}"#));
-        assert!(!unique(r#"{"x": [{"k": true, "k": false}]}"#));
-        assert!(
-            !unique(r#"{"a": 1, "\u0061": 2}"#),
+        let twice = |text: &str| duplicate_member(text.as_bytes()).map(|(path, _)| path);
+        assert_eq!(
+            twice(r#"{"a": 1, "b": [1.5, 12345678901234567890, {"a": 2}], "c": null}"#),
+            None
+        );
+        assert_eq!(twice(r#"{"a": 1, "a": 2}"#).as_deref(), Some("a"));
+        assert_eq!(
+            twice(r#"{"x": [{"k": true, "k": false}]}"#).as_deref(),
+            Some("x[0].k")
+        );
+        assert_eq!(
+            twice(r#"{"a": 1, "\u0061": 2}"#).as_deref(),
+            Some("a"),
             "escapes name the same member"
         );
     }

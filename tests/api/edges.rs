@@ -172,6 +172,23 @@ fn a_body_that_names_a_member_twice_is_refused_and_writes_nothing() {
     );
     assert_eq!(refused.status, 400, "I-JSON forbids a member named twice");
     assert_eq!(refused.error_code(), "duplicate_key");
+    let error = &refused.json()["error"];
+    assert_eq!(
+        error["details"]["path"], "input.risk",
+        "the member named twice: {error}"
+    );
+    let deeper = format!(
+        r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"list": [1, {{"a": 1, "b": {{}}, "a": 2}}]}}, "actor": "{AGENT}"}}"#
+    );
+    let refused = c.send(
+        "POST",
+        "/workflows/runs",
+        &[("Content-Type", "application/json")],
+        deeper.as_bytes(),
+    );
+    let error = &refused.json()["error"];
+    assert_eq!(error["code"], "duplicate_key", "{error}");
+    assert_eq!(error["details"]["path"], "input.list[1].a", "{error}");
     assert_eq!(
         c.get("/audit?limit=1").json()["head"],
         before,
