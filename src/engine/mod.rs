@@ -22,7 +22,7 @@ use signing::Signer;
 /// made, even within one millisecond (where a v7 id is otherwise random) or when the clock steps
 /// back: every id of the process comes from one `ContextV7`, whose counter keeps them
 /// increasing. `run_id` order is creation order (the run list is sorted by it).
-pub fn id_at(now: Timestamp) -> String {
+fn id_at(now: Timestamp) -> String {
     static CONTEXT: std::sync::Mutex<uuid::ContextV7> =
         std::sync::Mutex::new(uuid::ContextV7::new());
     let micros = now.micros().max(0) as u64;
@@ -41,6 +41,11 @@ pub fn id_at(now: Timestamp) -> String {
 
 /// A signed checkpoint of the audit head is written at least once every this many entries.
 pub const CHECKPOINT_INTERVAL: i64 = 1000;
+
+/// The `error.code` of a started attempt its run's end closed (contract §3); reserved to fedcore
+/// (a step finished FAILED with it is refused), so the log tells such an attempt from one that
+/// failed on its own.
+pub const RUN_ENDED: &str = "run_ended";
 
 /// The actor name fedcore itself uses for changes nobody asked for (a gate that expired).
 pub const SYSTEM_ACTOR: &str = "fedcore";

@@ -10,18 +10,19 @@ use serde_json::{json, Value};
 
 /// The evidence of `token.created`: the token without its secret's hash, which no entry names.
 pub fn token_created_evidence(t: &Token) -> Value {
-    json!({
-        "token_id": t.token_id, "name": t.name, "role": t.role.as_str(),
-        "created_at": t.created_at.to_string(),
-    })
+    token_evidence(t, "created_at", t.created_at)
 }
 
 /// The evidence of `token.revoked`, the revocation at `revoked_at`.
 pub fn token_revoked_evidence(t: &Token, revoked_at: Timestamp) -> Value {
-    json!({
-        "token_id": t.token_id, "name": t.name, "role": t.role.as_str(),
-        "revoked_at": revoked_at.to_string(),
-    })
+    token_evidence(t, "revoked_at", revoked_at)
+}
+
+/// `{token_id, name, role, <when>: at}`.
+fn token_evidence(t: &Token, when: &str, at: Timestamp) -> Value {
+    let mut evidence = json!({"token_id": t.token_id, "name": t.name, "role": t.role.as_str()});
+    evidence[when] = json!(at.to_string());
+    evidence
 }
 
 /// The evidence of `gate.requested`: the gate as it was opened, every field as the contract's

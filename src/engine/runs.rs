@@ -3,7 +3,9 @@
 //! goes through `RunStatus::transition` or `StepStatus::can_become`, writes its receipt when it
 //! finishes something, and leaves an audit entry.
 
-use super::{jcs, policy, receipts, Ctx, Draft, Error, Outcome, StepResult, SYSTEM_ACTOR};
+use super::{
+    jcs, policy, receipts, Ctx, Draft, Error, Outcome, StepResult, RUN_ENDED, SYSTEM_ACTOR,
+};
 use crate::model::*;
 use crate::store;
 use serde_json::{json, Value};
@@ -644,10 +646,6 @@ pub(super) fn request_step(
         gate,
     })
 }
-
-/// The `error.code` of an attempt its run's end closed while it had started (contract §3);
-/// reserved to fedcore, so the log tells such an attempt from one that failed on its own.
-const RUN_ENDED: &str = "run_ended";
 
 pub(super) fn finish_step(
     ctx: &mut Ctx<'_, '_>,

@@ -760,50 +760,32 @@ impl<D: Db> Checker<'_, D> {
                            was added, or its name, role or creation time changed";
                 return Err(at.broken("audit", Some(&created), None, why).into());
             };
-            let logged = |field: &'static str, value: &str, stored: &str, action: &str| {
-                at.same(field, value, stored, || {
+            // The row's actor and time columns are the entry's own.
+            let made_by = |entry: &TokenEntry, fields: [&'static str; 2], by: &str, when| {
+                let why = || {
                     format!(
-                        "the row is not what its {action} entry (seq {}) says",
-                        entry.seq
+                        "the row is not what its {} entry (seq {}) says",
+                        entry.action, entry.seq
                     )
-                })
+                };
+                at.same(fields[0], &entry.actor, by, why)?;
+                let when = Timestamp::to_string(when);
+                at.same(fields[1], &entry.at.to_string(), &when, why)
             };
-            logged(
-                "created_by",
-                &entry.actor,
-                &token.created_by,
-                "token.created",
-            )?;
-            let created_at = token.created_at.to_string();
-            logged(
-                "created_at",
-                &entry.at.to_string(),
-                &created_at,
-                "token.created",
-            )?;
+            let created = ["created_by", "created_at"];
+            made_by(entry, created, &token.created_by, &token.created_at)?;
             match (&token.revoked_at, &token.revoked_by) {
                 (None, None) => {}
                 (Some(revoked_at), Some(revoked_by)) => {
                     let revoked = receipts::token_revoked_evidence(&token, *revoked_at);
                     let revoked = at.hash(buf, "row", &revoked)?;
-                    let revoked_at = revoked_at.to_string();
                     let Some(entry) = unclaimed[1].remove(revoked.as_str()) else {
                         let why = "no token.revoked entry carries this revocation: the token \
                                    was revoked by an edit";
                         return Err(at.broken("audit", Some(&revoked), None, why).into());
                     };
-                    at.same("revoked_by", &entry.actor, revoked_by, || {
-                        format!(
-                            "the row is not what its token.revoked entry (seq {}) says",
-                            entry.seq
-                        )
-                    })?;
-                    at.same("revoked_at", &entry.at.to_string(), &revoked_at, || {
-                        format!(
-                            "the row is not what its token.revoked entry (seq {}) says",
-                            entry.seq
-                        )
-                    })?;
+                    let revoked = ["revoked_by", "revoked_at"];
+                    made_by(entry, revoked, revoked_by, revoked_at)?;
                 }
                 (revoked_at, _) => {
                     let found = revoked_at.map(|t| t.to_string());
@@ -1986,11 +1968,17 @@ mod tests {
         std::mem::replace(&mut reports[0], Err(String::new()))
     }
 
-    #[test]
-    fn a_log_with_a_thousand_entries_past_its_last_checkpoint_is_named() {
-        let dir = std::env::temp_dir().join(format!("fedcore-interval-{}", std::process::id()));
+    /// An empty folder of its own under the temporary directory.
+    fn fresh_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("fedcore-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_log_with_a_thousand_entries_past_its_last_checkpoint_is_named() {
+        let dir = fresh_dir("interval");
         let db = dir.join("runs.db");
         // Runs created and never ended: only the interval rule makes checkpoints here.
         crate::bench::seed::seed_runs(&db, 1100, store::Durability::Normal).unwrap();
@@ -2024,9 +2012,7 @@ mod tests {
 
     #[test]
     fn reading_in_slices_over_several_connections_reports_what_one_reader_reports() {
-        let dir = std::env::temp_dir().join(format!("fedcore-slices-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = fresh_dir("slices");
         let clean = dir.join("clean.db");
         crate::bench::seed::seed(&clean, 21, store::Durability::Normal).unwrap();
         let intact = both_ways(&clean).unwrap();

@@ -119,7 +119,6 @@ impl Harness {
                 _ => unreachable!(),
             }
         };
-        let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))) };
         self.expect(
             Command::PutAgent {
                 agent_id: AGENT.into(),
@@ -128,7 +127,7 @@ impl Harness {
                 ),
                 actor: ADMIN.into(),
             },
-            any(),
+            null_with(StatusCode::OK),
             StatusCode::OK,
         );
         self.expect(
@@ -143,7 +142,7 @@ impl Harness {
                    "when":{"path":"agent.status","eq":"active"}}]})),
                 actor: ADMIN.into(),
             },
-            any(),
+            null_with(StatusCode::OK),
             StatusCode::OK,
         );
         let steps: Vec<Value> = STEPS
@@ -156,7 +155,7 @@ impl Harness {
                 doc: doc(json!({"policy_id": "bench_policy", "steps": steps})),
                 actor: ADMIN.into(),
             },
-            any(),
+            null_with(StatusCode::OK),
             StatusCode::OK,
         );
     }
@@ -240,6 +239,11 @@ impl Harness {
     }
 }
 
+/// An encoder that answers `status` with `null`, for commands whose answer a test does not read.
+fn null_with(status: StatusCode) -> Encoder {
+    Box::new(move |_| Ok((status, b"null".to_vec())))
+}
+
 impl Drop for Harness {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -264,7 +268,6 @@ fn a_new_policy_version_decides_the_next_step_though_the_last_one_was_kept() {
     let mut harness = Harness::new("policy-version");
     harness.set_up();
     assert_eq!(harness.workflow(1), "allow");
-    let any = || -> Encoder { Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))) };
     let doc = json!({"tier": "T3", "default_effect": "deny", "rules": []});
     let Value::Object(doc) = doc else {
         unreachable!()
@@ -275,7 +278,7 @@ fn a_new_policy_version_decides_the_next_step_though_the_last_one_was_kept() {
             doc,
             actor: ADMIN.into(),
         },
-        any(),
+        null_with(StatusCode::OK),
         StatusCode::OK,
     );
     let created = harness.expect(
@@ -416,7 +419,7 @@ fn a_job_whose_request_guard_gave_up_is_abandoned_though_its_answer_is_still_awa
         },
         signer: harness.signer.clone(),
         idempotency: None,
-        encode: Box::new(|_| Ok((StatusCode::OK, b"null".to_vec()))),
+        encode: null_with(StatusCode::OK),
         result: None,
         reply,
         gone: Some(gone.clone()),
@@ -431,7 +434,7 @@ fn a_job_whose_request_guard_gave_up_is_abandoned_though_its_answer_is_still_awa
 #[test]
 fn a_run_declared_failed_twice_within_one_clock_tick_verifies() {
     // The writer's clock never goes back, so after the wall clock steps back every command
-    // shares one time for a while: the failure's step is told by the log, not by times.
+    // shares one time for a while: times alone cannot tell the failure's step.
     let mut harness = Harness::new("declared-one-tick");
     harness.set_up();
     let created = harness.expect(
@@ -447,8 +450,7 @@ fn a_run_declared_failed_twice_within_one_clock_tick_verifies() {
     let tick = harness.micros;
     let at_one_tick = |harness: &mut Harness, command: Command| {
         harness.micros = tick;
-        let any: Encoder = Box::new(|_| Ok((StatusCode::OK, b"null".to_vec())));
-        harness.expect(command, any, StatusCode::OK);
+        harness.expect(command, null_with(StatusCode::OK), StatusCode::OK);
     };
     let status = |status| Command::ChangeStatus {
         run_id: run_id.clone(),
@@ -464,7 +466,7 @@ fn a_run_declared_failed_twice_within_one_clock_tick_verifies() {
             input: json!({}),
             actor: AGENT.into(),
         },
-        Box::new(|_| Ok((StatusCode::CREATED, b"null".to_vec()))),
+        null_with(StatusCode::CREATED),
         StatusCode::CREATED,
     );
     // Declared with the attempt open (it ends FAILED, run_ended), retried, declared again

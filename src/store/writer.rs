@@ -157,8 +157,9 @@ fn run_batch(
         return false;
     }
     let tx = Tx { conn };
-    let mut ran: Vec<(Box<dyn Job>, Ran)> = Vec::with_capacity(jobs.len());
-    // Whether a job so far kept changes: a job run after that may have read them.
+    // Each job run, what it left, and whether it ran before any job kept changes (so all it
+    // read was committed).
+    let mut ran: Vec<(Box<dyn Job>, Ran, bool)> = Vec::with_capacity(jobs.len());
     let mut dirty = false;
     let mut jobs = jobs.into_iter();
     while let Some(mut job) = jobs.next() {
@@ -167,8 +168,8 @@ fn run_batch(
             continue;
         }
         let now = tick();
-        let mut outcome = run_in_savepoint(&tx, job.as_mut(), now);
-        outcome.read_clean = !dirty;
+        let outcome = run_in_savepoint(&tx, job.as_mut(), now);
+        let read_clean = !dirty;
         dirty |= outcome.kept;
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back under this job (a full disk, an I/O
@@ -183,14 +184,14 @@ fn run_batch(
                         .into(),
                 )
             };
-            for (job, ran) in ran {
-                job.finish(ran.without_commit(lost));
+            for (job, ran, read_clean) in ran {
+                job.finish(ran.without_commit(read_clean, lost));
             }
             job.finish(Some(outcome.failure.unwrap_or_else(lost)));
             let rest: Vec<Box<dyn Job>> = jobs.collect();
             return !rest.is_empty() && run_batch(conn, rest, tick);
         }
-        ran.push((job, outcome));
+        ran.push((job, outcome, read_clean));
     }
     if let Err(e) = run_cached(conn, "COMMIT") {
         if !conn.is_autocommit() {
@@ -198,12 +199,12 @@ fn run_batch(
             let _ = conn.execute_batch("ROLLBACK");
         }
         let failed = || StoreError::Transaction(format!("could not commit: {e}"));
-        for (job, ran) in ran {
-            job.finish(ran.without_commit(failed));
+        for (job, ran, read_clean) in ran {
+            job.finish(ran.without_commit(read_clean, failed));
         }
         return false;
     }
-    for (job, ran) in ran {
+    for (job, ran, _) in ran {
         job.finish(ran.failure);
     }
     true
@@ -290,7 +291,7 @@ impl Checkpointer {
             .spawn(move || {
                 let mut pending = false;
                 while pending || nudged.recv().is_ok() {
-                    let frames = checkpoint(&own, "PASSIVE").unwrap_or(0);
+                    let frames = checkpoint(&own, "PASSIVE").map_or(0, |(_, frames)| frames);
                     pending = false;
                     if frames >= WAL_RESTART_FRAMES {
                         // The writer restarts the WAL between two batches; stay out of its way
@@ -372,23 +373,20 @@ impl Checkpointer {
 /// restarted. The connection's own busy timeout is put back after.
 fn restart_wal(conn: &Connection, wait: Duration) -> bool {
     let _ = conn.busy_timeout(wait);
-    let done = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0));
+    let done = checkpoint(conn, "RESTART");
     let _ = conn.busy_timeout(super::BUSY_TIMEOUT);
-    match done {
-        Ok(busy) => busy == 0,
-        Err(e) => {
-            let _ = writeln!(std::io::stderr().lock(), "checkpoint (RESTART): {e}");
-            false
-        }
-    }
+    done.is_some_and(|(busy, _)| !busy)
 }
 
-/// Runs `wal_checkpoint(mode)` on `conn`; returns the frames the WAL held, `None` when the
-/// checkpoint failed (reported; the next one tries again).
-fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
+/// Runs `wal_checkpoint(mode)` on `conn`; returns whether it was kept from finishing (busy) and
+/// the frames the WAL held, `None` when the checkpoint failed (reported; the next one tries
+/// again).
+fn checkpoint(conn: &Connection, mode: &str) -> Option<(bool, i64)> {
     let sql = format!("PRAGMA wal_checkpoint({mode})");
-    match conn.query_row(&sql, [], |r| r.get::<_, i64>(1)) {
-        Ok(frames) => Some(frames),
+    match conn.query_row(&sql, [], |r| {
+        Ok((r.get::<_, i64>(0)? != 0, r.get::<_, i64>(1)?))
+    }) {
+        Ok(done) => Some(done),
         Err(e) => {
             let _ = writeln!(std::io::stderr().lock(), "checkpoint ({mode}): {e}");
             None
@@ -401,7 +399,6 @@ fn checkpoint(conn: &Connection, mode: &str) -> Option<i64> {
 fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
     let failed = |e| Ran {
         kept: false,
-        read_clean: true,
         failure: Some(e),
     };
     if let Err(e) = tx.savepoint("job") {
@@ -412,7 +409,6 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
         Ok(true) => match tx.release_savepoint("job") {
             Ok(()) => Ran {
                 kept: true,
-                read_clean: true,
                 failure: None,
             },
             Err(e) => {
@@ -422,7 +418,6 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
         },
         Ok(false) => Ran {
             kept: false,
-            read_clean: true,
             failure: undo(),
         },
         Err(_) => {
@@ -437,23 +432,26 @@ fn run_in_savepoint(tx: &Tx<'_>, job: &mut dyn Job, now: Timestamp) -> Ran {
     }
 }
 
-/// What running one job in its savepoint left: whether its changes are in the transaction,
-/// whether it ran before any job of the transaction kept changes (so all it read was committed),
-/// and the failure to answer it with, if any.
+/// What running one job in its savepoint left: whether its changes are in the transaction, and
+/// the failure to answer it with, if any.
 struct Ran {
     kept: bool,
-    read_clean: bool,
     failure: Option<StoreError>,
 }
 
 impl Ran {
     /// The job's failure when the transaction around it did not commit (`why`). A job that kept
-    /// nothing and ran before any other kept something keeps its own answer (a refusal that
-    /// wrote nothing, on committed state); any other failed with the transaction: its changes
-    /// were lost, or its answer may rest on a neighbour's that were (an idempotent replay of an
-    /// answer stored in the same batch, a 404 for a token a lost revoke had revoked).
-    fn without_commit(self, why: impl FnOnce() -> StoreError) -> Option<StoreError> {
-        if !self.kept && self.read_clean {
+    /// nothing and ran before any other kept something (`read_clean`) keeps its own answer (a
+    /// refusal that wrote nothing, on committed state); any other failed with the transaction:
+    /// its changes were lost, or its answer may rest on a neighbour's that were (an idempotent
+    /// replay of an answer stored in the same batch, a 404 for a token a lost revoke had
+    /// revoked).
+    fn without_commit(
+        self,
+        read_clean: bool,
+        why: impl FnOnce() -> StoreError,
+    ) -> Option<StoreError> {
+        if !self.kept && read_clean {
             return self.failure;
         }
         Some(self.failure.unwrap_or_else(why))

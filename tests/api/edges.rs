@@ -161,15 +161,14 @@ fn a_body_that_names_a_member_twice_is_refused_and_writes_nothing() {
     );
     assert_eq!(warm_up.status, 404);
     let before = c.get("/audit?limit=1").json()["head"].clone();
-    let body = format!(
-        r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"risk": "low", "risk": "critical"}}, "actor": "{AGENT}"}}"#
-    );
-    let refused = c.send(
-        "POST",
-        "/workflows/runs",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
+    // A run whose input is `input`, sent as written (a JSON encoder would drop the duplicate).
+    let mut create_raw = |input: &str| {
+        let body =
+            format!(r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {input}, "actor": "{AGENT}"}}"#);
+        let headers = [("Content-Type", "application/json")];
+        c.send("POST", "/workflows/runs", &headers, body.as_bytes())
+    };
+    let refused = create_raw(r#"{"risk": "low", "risk": "critical"}"#);
     assert_eq!(refused.status, 400, "I-JSON forbids a member named twice");
     assert_eq!(refused.error_code(), "duplicate_key");
     let error = &refused.json()["error"];
@@ -177,16 +176,9 @@ fn a_body_that_names_a_member_twice_is_refused_and_writes_nothing() {
         error["details"]["path"], "input.risk",
         "the member named twice: {error}"
     );
-    let deeper = format!(
-        r#"{{"workflow_id": "{WORKFLOW_ID}", "input": {{"list": [1, {{"a": 1, "b": {{}}, "a": 2}}]}}, "actor": "{AGENT}"}}"#
-    );
-    let refused = c.send(
-        "POST",
-        "/workflows/runs",
-        &[("Content-Type", "application/json")],
-        deeper.as_bytes(),
-    );
+    let refused = create_raw(r#"{"list": [1, {"a": 1, "b": {}, "a": 2}]}"#);
     let error = &refused.json()["error"];
+    assert_eq!(refused.status, 400, "{error}");
     assert_eq!(error["code"], "duplicate_key", "{error}");
     assert_eq!(error["details"]["path"], "input.list[1].a", "{error}");
     assert_eq!(

@@ -423,10 +423,8 @@ fn check_failure(record: &RunRecord) -> Checked {
         (Some(f), true) => f,
     };
     let last = record.steps.last();
-    let last_failed = last.is_some_and(|s| {
-        s.status == StepStatus::Failed
-            && s.error.as_ref().and_then(|e| e.get("code")?.as_str()) != Some("run_ended")
-    });
+    let last_failed =
+        last.is_some_and(|s| s.status == StepStatus::Failed && !closed_by_a_run_end(s));
     let fits = match (forced, failure.code) {
         (Some(code), found) => code == found,
         (None, FailureCode::StepFailed) => last_failed,
@@ -457,6 +455,7 @@ fn check_failure(record: &RunRecord) -> Checked {
         .links
         .iter()
         .rposition(|l| l.action == "run.failed" && l.subject == format!("run:{}", run.run_id));
+    let ending = ending_at.map(|i| &record.links[i]);
     let closed_by_the_end = || {
         let closing = &record.links[ending_at?.checked_sub(1)?];
         if !matches!(closing.action.as_str(), "step.failed" | "step.rejected") {
@@ -470,9 +469,7 @@ fn check_failure(record: &RunRecord) -> Checked {
             .filter(|s| {
                 s.ended_at.is_some()
                     && s.ended_at == run.ended_at
-                    && (s.status == StepStatus::Rejected
-                        || s.error.as_ref().and_then(|e| e.get("code")?.as_str())
-                            == Some("run_ended"))
+                    && (s.status == StepStatus::Rejected || closed_by_a_run_end(s))
             })
     };
     let gate_step = |status: GateStatus| {
@@ -500,16 +497,16 @@ fn check_failure(record: &RunRecord) -> Checked {
         named.unwrap_or("null"),
         || "failure.step_id is not the step whose attempt or gate failed the run".into(),
     )?;
-    let ending = record
-        .links
-        .iter()
-        .rev()
-        .find(|l| l.action == "run.failed" && l.subject == format!("run:{}", run.run_id));
     let logged = ending.and_then(|l| l.reason.as_deref()).unwrap_or("null");
     at.same("failure", logged, &failure.reason, || {
         let seq = ending.map_or(0, |l| l.seq);
         format!("the failure reason is not the one its run.failed entry (seq {seq}) gives")
     })
+}
+
+/// Whether a FAILED attempt was failed by its run's end (`RUN_ENDED`), not on its own.
+fn closed_by_a_run_end(step: &StepAttempt) -> bool {
+    step.error.as_ref().and_then(|e| e.get("code")?.as_str()) == Some(crate::engine::RUN_ENDED)
 }
 
 /// `attempt_base` is what the last retry granted: the attempts the next step had used before it,
