@@ -1,7 +1,7 @@
 //! RFC 8785 JSON Canonicalization Scheme (JCS) and the hash `H(x)` that every receipt is built on.
 //! `canonical` writes the one byte sequence a JSON value has under JCS: keys sorted by UTF-16 code
 //! units, no whitespace, strings escaped as ECMAScript's `JSON.stringify` does, numbers in
-//! ECMAScript `Number.prototype.toString` form. `check_i_json` refuses the numbers (RFC 7493) that
+//! ECMAScript `Number.prototype.toString` form. `admit` refuses the numbers (RFC 7493) that
 //! would not survive that round trip through an IEEE 754 double, so a body that passes it hashes the
 //! same in any conforming implementation.
 
@@ -494,15 +494,21 @@ pub fn hash(value: &Value) -> Result<String, JcsError> {
     Ok(hash_bytes(&canonical(value)?))
 }
 
+/// Admits a parsed body as I-JSON, and writes every number in it as its canonical form.
+///
 /// Refuses integers beyond ±(2^53−1) and numbers that are not finite as a double (RFC 7493 §2.2).
 /// Such numbers would be silently rounded by JCS, so two different bodies could share one hash.
 /// A number of magnitude 2^53 or more is refused however it is written (`1e16`,
 /// `9007199254740993.0`): a double cannot tell neighbouring integers apart there, so
 /// `9007199254740993.0` and `9007199254740992.0` would hash alike, and JCS would write such a
 /// value as integer digits that this check refuses when sent back.
-pub fn check_i_json(value: &Value) -> Result<(), IJsonError> {
+///
+/// Every number admitted is rewritten as JCS writes it (`1.0` and `1e0` become `1`, `-0` becomes
+/// `0`): the value fedcore hashes and stores is then the value it works with and answers with, so
+/// an answer to a write shows the numbers as a later read of the same object does.
+pub fn admit(value: &mut Value) -> Result<(), IJsonError> {
     let mut path = String::new();
-    check_i_json_at(value, &mut path)
+    admit_at(value, &mut path)
 }
 
 /// 2^53: from here on a double skips integers.
@@ -511,27 +517,31 @@ const TWO_TO_THE_53: f64 = 9_007_199_254_740_992.0;
 /// The largest integer a double holds exactly, 2^53−1, as decimal digits.
 const MAX_SAFE_INTEGER_DIGITS: &str = "9007199254740991";
 
-fn check_i_json_at(value: &Value, path: &mut String) -> Result<(), IJsonError> {
+fn admit_at(value: &mut Value, path: &mut String) -> Result<(), IJsonError> {
     match value {
-        Value::Number(number) => check_number(number, path),
+        Value::Number(number) => {
+            check_number(number, path)?;
+            *number = canonical_number(number, path)?;
+            Ok(())
+        }
         Value::Array(items) => {
-            for (index, item) in items.iter().enumerate() {
+            for (index, item) in items.iter_mut().enumerate() {
                 let parent_length = path.len();
                 // Writing to a String cannot fail.
                 let _ = write!(path, "[{index}]");
-                check_i_json_at(item, path)?;
+                admit_at(item, path)?;
                 path.truncate(parent_length);
             }
             Ok(())
         }
         Value::Object(map) => {
-            for (key, item) in map {
+            for (key, item) in map.iter_mut() {
                 let parent_length = path.len();
                 if !path.is_empty() {
                     path.push('.');
                 }
                 path.push_str(key);
-                check_i_json_at(item, path)?;
+                admit_at(item, path)?;
                 path.truncate(parent_length);
             }
             Ok(())
@@ -576,6 +586,21 @@ fn check_number(number: &Number, path: &str) -> Result<(), IJsonError> {
         }),
         Some(_) => Ok(()),
     }
+}
+
+/// `number` as the number JCS writes for it. Every number `check_number` admits has one: it is
+/// finite as a double, and the ECMAScript form of a finite double is a JSON number.
+fn canonical_number(number: &Number, path: &str) -> Result<Number, IJsonError> {
+    ecmascript_number(number)
+        .ok()
+        .and_then(|text| text.parse::<Number>().ok())
+        .ok_or_else(|| IJsonError {
+            path: path.to_string(),
+            message: format!(
+                "number {} has no canonical form",
+                abbreviated(number.as_str())
+            ),
+        })
 }
 
 /// Keeps error messages short when a client sends a number with thousands of digits.
@@ -1136,10 +1161,10 @@ mod tests {
 
     #[test]
     fn the_largest_safe_integer_is_valid_i_json() {
-        assert_eq!(check_i_json(&parse("9007199254740991")), Ok(()));
-        assert_eq!(check_i_json(&parse("-9007199254740991")), Ok(()));
-        assert_eq!(check_i_json(&parse("1.5")), Ok(()));
-        assert_eq!(check_i_json(&parse("-0")), Ok(()));
+        assert_eq!(admit(&mut parse("9007199254740991")), Ok(()));
+        assert_eq!(admit(&mut parse("-9007199254740991")), Ok(()));
+        assert_eq!(admit(&mut parse("1.5")), Ok(()));
+        assert_eq!(admit(&mut parse("-0")), Ok(()));
     }
 
     #[test]
@@ -1149,7 +1174,7 @@ mod tests {
             "-9007199254740992",
             "123456789012345678901",
         ] {
-            let error = check_i_json(&parse(literal)).err();
+            let error = admit(&mut parse(literal)).err();
             assert_eq!(
                 error.map(|e| e.path),
                 Some(String::new()),
@@ -1171,7 +1196,7 @@ mod tests {
             "1e400",
             "-1e400",
         ] {
-            assert!(check_i_json(&parse(literal)).is_err(), "literal {literal}");
+            assert!(admit(&mut parse(literal)).is_err(), "literal {literal}");
         }
         for literal in [
             "9007199254740991.0",
@@ -1180,20 +1205,35 @@ mod tests {
             "-1e15",
             "0.5",
         ] {
-            assert_eq!(check_i_json(&parse(literal)), Ok(()), "literal {literal}");
+            assert_eq!(admit(&mut parse(literal)), Ok(()), "literal {literal}");
         }
         // What is accepted is accepted again in the canonical form JCS stores it in.
         for literal in ["9007199254740991.0", "1e15", "123.456e3", "-0.0"] {
             let canonical = canonical(&parse(literal)).expect("canonical");
-            let again = parse(std::str::from_utf8(&canonical).expect("utf-8"));
-            assert_eq!(check_i_json(&again), Ok(()), "{literal} stored as {again}");
+            let mut again = parse(std::str::from_utf8(&canonical).expect("utf-8"));
+            assert_eq!(admit(&mut again), Ok(()), "{literal} stored as {again}");
         }
     }
 
     #[test]
+    fn admitted_numbers_are_rewritten_as_jcs_writes_them() {
+        let mut body = parse(
+            r#"{"a": 1.0, "b": [1e2, -0, 0.50, 1E-7, 123.456e3], "c": {"d": 25E-1, "e": "1.0"}}"#,
+        );
+        assert_eq!(admit(&mut body), Ok(()));
+        let written = serde_json::to_string(&body).expect("serializes");
+        assert_eq!(
+            written,
+            r#"{"a":1,"b":[100,0,0.5,1e-7,123456],"c":{"d":2.5,"e":"1.0"}}"#
+        );
+        // The rewritten value is its own canonical form: serde writes what JCS writes.
+        assert_eq!(written.as_bytes(), canonical(&body).expect("canonical"));
+    }
+
+    #[test]
     fn the_i_json_error_names_the_path_to_the_number() {
-        let body = parse(r#"{"step_id": "x", "input": {"items": [1, 2, {"amount": 1e400}]}}"#);
-        let error = check_i_json(&body).err();
+        let mut body = parse(r#"{"step_id": "x", "input": {"items": [1, 2, {"amount": 1e400}]}}"#);
+        let error = admit(&mut body).err();
         assert_eq!(
             error.as_ref().map(|e| e.path.as_str()),
             Some("input.items[2].amount")
@@ -1201,8 +1241,8 @@ mod tests {
         let message = error.map(|e| e.to_string()).unwrap_or_default();
         assert!(message.starts_with("input.items[2].amount: "), "{message}");
 
-        let nested_arrays = parse("[[0], [1, 9007199254740992]]");
-        let error = check_i_json(&nested_arrays).err();
+        let mut nested_arrays = parse("[[0], [1, 9007199254740992]]");
+        let error = admit(&mut nested_arrays).err();
         assert_eq!(error.map(|e| e.path), Some("[1][1]".to_string()));
     }
 }

@@ -97,14 +97,14 @@ impl<S: Send + Sync> FromRequest<S> for Body {
                 "the body is empty; a JSON object is required",
             ));
         }
-        let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        let mut value: Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
                 format!("malformed JSON: {e}"),
             )
         })?;
-        jcs::check_i_json(&value)
+        jcs::admit(&mut value)
             .map_err(|e| ApiError::bad_request("number_out_of_range", &e.path, e.to_string()))?;
         // I-JSON (RFC 7493 §2.3): member names are unique. A parser that kept the first of two
         // would read another request than the one hashed and stored, so both are refused.
@@ -192,7 +192,7 @@ impl<S: Send + Sync> FromRequest<S> for Body {
 }
 
 /// Where a value lies in the document, as a chain to the root, so that nothing is allocated
-/// unless a duplicate is found: `input.items[2].amount`, as `check_i_json` writes paths.
+/// unless a duplicate is found: `input.items[2].amount`, as `jcs::admit` writes paths.
 enum Place<'a> {
     Root,
     Member(&'a Place<'a>, &'a str),

@@ -204,3 +204,47 @@ fn a_declared_failure_names_the_step_open_at_the_time_and_verifies() {
     let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
     assert_eq!(code, 0, "expected the database to verify: {stdout}");
 }
+
+#[test]
+fn numbers_are_answered_in_the_form_they_are_stored_and_integers_may_be_written_as_decimals() {
+    let (_server, mut c) = pt004_server();
+    let json_header = [("Content-Type", "application/json")];
+    let policy = br#"{"tier": "T1", "default_effect": "allow", "actor": "admin",
+        "rules": [{"rule_id": "big", "effect": "flag", "when": {"path": "input.amount", "gt": 1.50e3}}]}"#;
+    let put = expect(
+        c.send("PUT", "/policies/numbers", &json_header, policy),
+        201,
+        "a policy with a number written as 1.50e3",
+    );
+    assert_eq!(put["rules"][0]["when"]["gt"].to_string(), "1500");
+    let read = expect(c.get("/policies/numbers"), 200, "the policy read back");
+    assert_eq!(
+        read["rules"][0]["when"].to_string(),
+        put["rules"][0]["when"].to_string()
+    );
+
+    // `2.0` is the integer 2 under JCS, so a field that wants an integer takes it as 2.
+    let definition = br#"{"policy_id": "numbers", "actor": "admin",
+        "steps": [{"step_id": "only", "step_type": "OBSERVE", "max_attempts": 2.0}]}"#;
+    let put = expect(
+        c.send(
+            "PUT",
+            "/workflows/definitions/numbers",
+            &json_header,
+            definition,
+        ),
+        201,
+        "a definition with max_attempts 2.0",
+    );
+    assert_eq!(put["steps"][0]["max_attempts"].to_string(), "2");
+    let refused = br#"{"policy_id": "numbers", "actor": "admin",
+        "steps": [{"step_id": "only", "step_type": "OBSERVE", "max_attempts": 2.5}]}"#;
+    let resp = c.send(
+        "PUT",
+        "/workflows/definitions/numbers",
+        &json_header,
+        refused,
+    );
+    assert_eq!(resp.status, 422, "expected max_attempts 2.5 refused");
+    assert_eq!(resp.error_code(), "invalid_definition");
+}

@@ -825,8 +825,22 @@ fn non_ascii_keys_and_number_forms_hash_as_rfc_8785_says() {
         canonical,
         "expected the evidence bytes to be the JCS form"
     );
+    // The answer shows every number as it is stored, hashed and later read (`4.50` as `4.5`,
+    // `-0` as `0`, `1e3` as `1000`), not as it was sent.
+    let stored: Value = serde_json::from_str(canonical).expect("the canonical text parses");
+    assert_eq!(
+        run["input"].to_string(),
+        stored.to_string(),
+        "expected the 201 answer's input in the stored form"
+    );
 
     let run_id = text(&run, "run_id");
+    let read = c.get(&format!("/workflows/runs/{run_id}")).json();
+    assert_eq!(
+        read["input"].to_string(),
+        run["input"].to_string(),
+        "expected GET to show the input as the 201 answer did"
+    );
     let body = format!(r#"{{"step_id": "observe", "actor": "{AGENT}", "input": {input_text}}}"#);
     let path = format!("/workflows/runs/{run_id}/steps");
     let resp = c.send(
