@@ -27,6 +27,8 @@ pub struct AuditLink {
     pub from_status: Option<String>,
     pub to_status: Option<String>,
     pub reason: Option<String>,
+    /// The entry's `at`, as stored.
+    pub at: String,
 }
 
 /// A row that names a run, or a decision, that is not there.
@@ -324,7 +326,7 @@ pub fn for_each_run_with_rows_in<E: From<StoreError>>(
     let mut gates = prepare(sql(&gate_select(version), "gates", "creation_order"))?;
     let params = || rusqlite::params_from_iter(bound.iter());
     let query = |stmt| query_if(linked, stmt, &bound);
-    let mut links = Linked::new(query(&mut links)?, 7, "audit_log", key_first, link_from_row);
+    let mut links = Linked::new(query(&mut links)?, 8, "audit_log", key_first, link_from_row);
     let mut decisions = Linked::new(
         query(&mut decisions)?,
         1,
@@ -411,7 +413,7 @@ impl RunRows {
 
 /// The columns of an audit link, and last the run it names.
 const LINK_COLUMNS: &str =
-    "seq, action, subject, payload_hash, from_status, to_status, reason, run_id";
+    "seq, action, subject, payload_hash, from_status, to_status, reason, at, run_id";
 
 fn link_from_row(row: &Row<'_>) -> rusqlite::Result<AuditLink> {
     Ok(AuditLink {
@@ -422,6 +424,7 @@ fn link_from_row(row: &Row<'_>) -> rusqlite::Result<AuditLink> {
         from_status: row.get(4)?,
         to_status: row.get(5)?,
         reason: row.get(6)?,
+        at: row.get(7)?,
     })
 }
 

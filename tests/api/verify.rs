@@ -892,7 +892,7 @@ fn a_flagged_attempt_whose_gate_was_deleted_is_named() {
 #[test]
 fn edited_run_columns_that_no_hash_covers_are_named() {
     let built = build_database();
-    let edits: [(&str, &str, &str, &str); 7] = [
+    let edits: [(&str, &str, &str, &str); 9] = [
         (
             "step-index",
             "UPDATE steps SET step_index = 2 WHERE run_id = ?1 AND step_id = 'decide'",
@@ -936,6 +936,18 @@ fn edited_run_columns_that_no_hash_covers_are_named() {
             "UPDATE runs SET attempt_base = 7 WHERE run_id = ?1",
             &built.retried_run,
             "attempt_base",
+        ),
+        (
+            "updated-at",
+            "UPDATE runs SET updated_at = '2000-01-01T00:00:00.000000Z' WHERE run_id = ?1",
+            &built.completed_run,
+            "updated_at",
+        ),
+        (
+            "updated-at-as-created",
+            "UPDATE runs SET updated_at = created_at WHERE run_id = ?1",
+            &built.retried_run,
+            "updated_at",
         ),
     ];
     for (name, sql, run, field) in edits {

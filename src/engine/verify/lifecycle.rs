@@ -1,7 +1,8 @@
 //! What no hash covers: a run's lifecycle as its audit entries tell it. Receipts tie each object
 //! to *an* entry; these checks bind each to exactly *one*, so that entries appended to the log
 //! (which keeps any head written down before them) cannot tell another story, and derive the
-//! run's mutable columns (`status`, `next_step_id`, `failure`, `attempt_base`, `ended_at`) from
+//! run's mutable columns (`status`, `next_step_id`, `failure`, `attempt_base`, `ended_at`,
+//! `updated_at`) from
 //! its attempts, gates and entries. A flagged attempt must have passed its gate. Pure functions
 //! of one run's record.
 
@@ -18,6 +19,7 @@ pub(super) fn check_run_lifecycle(known: &Known, record: &RunRecord) -> Checked 
     let entries = EntryIndex::of(record)?;
     check_entry_counts(record, &entries)?;
     check_run_story(record)?;
+    check_updated_at(record)?;
     check_next_step(known, record)?;
     check_attempt_columns(known, record)?;
     check_failure(record)?;
@@ -273,6 +275,39 @@ fn check_run_story(record: &RunRecord) -> Checked {
         return Err(at.broken("ended_at", None, found.as_deref(), why));
     }
     Ok(())
+}
+
+/// `updated_at` is the time of the last command that changed the run's row: its creation, a
+/// status change or end, or a step finished (which moves `next_step_id` or ends the run). Every
+/// entry a command writes carries that command's time. A run without a `run.created` entry is
+/// refused by the entry counts before this.
+fn check_updated_at(record: &RunRecord) -> Checked {
+    let changes_the_row = |link: &&AuditLink| {
+        matches!(
+            link.action.as_str(),
+            "run.created"
+                | "run.status_changed"
+                | "run.completed"
+                | "run.failed"
+                | "run.cancelled"
+                | "step.completed"
+                | "step.failed"
+        )
+    };
+    let Some(last) = record.links.iter().rfind(changes_the_row) else {
+        return Ok(());
+    };
+    let run = &record.run;
+    let at = At {
+        table: "runs",
+        row: Row::Key(&run.run_id),
+    };
+    at.same("updated_at", &last.at, &run.updated_at.to_string(), || {
+        format!(
+            "the run's row last changed with seq {} ({}), at {}",
+            last.seq, last.action, last.at
+        )
+    })
 }
 
 /// Steps run in definition order: each attempt is of the step after the last completed one (the
