@@ -692,6 +692,18 @@ pub(super) fn finish_step(
             ))
         }
     };
+    if open.actor != actor {
+        // The policy decided on the actor that requested the attempt (its registry entry, its
+        // name), so only that actor may report what the step did.
+        return Err(Error::Forbidden {
+            code: "not_attempt_actor",
+            message: format!(
+                "{actor} may not finish attempt {} of step {step_id}: {} requested it, and the \
+                 policy decided on {}",
+                open.attempt, open.actor, open.actor
+            ),
+        });
+    }
     let from = open.status;
     let mut attempt = open;
     match result {

@@ -369,9 +369,19 @@ impl Body {
         }
     }
 
-    /// Any JSON value; absent is `null`.
-    pub fn value(&mut self, name: &str) -> Value {
-        self.fields.remove(name).unwrap_or(Value::Null)
+    /// Any JSON value, `null` included when it is sent; absent is 400 `missing_field`.
+    pub fn required_value(&mut self, name: &str) -> Result<Value, ApiError> {
+        self.fields.remove(name).ok_or_else(|| {
+            ApiError::bad_request("missing_field", name, format!("{name} is required"))
+        })
+    }
+
+    /// A JSON object; absent is 400 `missing_field`, anything else 400 `wrong_type`.
+    pub fn required_object(&mut self, name: &str) -> Result<Value, ApiError> {
+        match self.required_value(name)? {
+            object @ Value::Object(_) => Ok(object),
+            _ => Err(Body::wrong_type(name, "a JSON object")),
+        }
     }
 
     pub fn has(&self, name: &str) -> bool {

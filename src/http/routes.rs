@@ -290,7 +290,7 @@ async fn list_agents(State(state): State<AppState>) -> Answer {
 async fn create_run(State(state): State<AppState>, who: Principal, mut body: Body) -> Answer {
     let idempotency = body.idempotency.take();
     let workflow_id = body.required_str("workflow_id")?;
-    let input = body.value("input");
+    let input = body.required_value("input")?;
     let actor = body.finish()?;
     write_as(
         &state,
@@ -408,7 +408,7 @@ async fn request_step(
 ) -> Answer {
     let idempotency = body.idempotency.take();
     let step_id = body.required_str("step_id")?;
-    let input = body.value("input");
+    let input = body.required_value("input")?;
     let actor = body.finish()?;
     write_as(
         &state,
@@ -450,10 +450,10 @@ async fn finish_step(
             ))
         }
         "COMPLETED" => StepResult::Completed {
-            output: body.value("output"),
+            output: body.required_value("output")?,
         },
         "FAILED" => StepResult::Failed {
-            error: body.value("error"),
+            error: body.required_object("error")?,
         },
         _ => {
             return Err(ApiError::invalid(

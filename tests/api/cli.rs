@@ -54,7 +54,7 @@ fn serve_logs_one_line_per_request_with_method_path_and_status() {
     assert_eq!(
         c.post(
             "/workflows/runs",
-            &json!({"workflow_id": "nope", "actor": "a"})
+            &json!({"workflow_id": "nope", "input": {}, "actor": "a"})
         )
         .status,
         404

@@ -157,7 +157,7 @@ fn a_body_that_names_a_member_twice_is_refused_and_writes_nothing() {
     // The test client makes agent-7's token on first use (an audit entry): do that first.
     let warm_up = c.post(
         "/workflows/runs",
-        &json!({"workflow_id": "none", "actor": AGENT}),
+        &json!({"workflow_id": "none", "input": {}, "actor": AGENT}),
     );
     assert_eq!(warm_up.status, 404);
     let before = c.get("/audit?limit=1").json()["head"].clone();
@@ -247,4 +247,53 @@ fn numbers_are_answered_in_the_form_they_are_stored_and_integers_may_be_written_
     );
     assert_eq!(resp.status, 422, "expected max_attempts 2.5 refused");
     assert_eq!(resp.error_code(), "invalid_definition");
+}
+
+#[test]
+fn only_the_agent_that_requested_an_attempt_may_finish_it() {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
+    let before = c.get(&format!("/workflows/runs/{run_id}")).json();
+
+    // agent-8 holds an agent token, but the policy decided on agent-7's request.
+    let path = format!("/workflows/runs/{run_id}/steps/observe");
+    let by_another =
+        json!({"status": "COMPLETED", "output": {"by": "agent-8"}, "actor": "agent-8"});
+    let refused = expect_error(
+        c.patch(&path, &by_another),
+        403,
+        "not_attempt_actor",
+        "agent-8 completes agent-7's attempt",
+    );
+    assert!(
+        refused["message"].as_str().unwrap_or("").contains(AGENT),
+        "expected the message to name the attempt's actor: {refused}"
+    );
+    let failed_by_another = json!({"status": "FAILED", "error": {"code": "x"}, "actor": "agent-8"});
+    expect_error(
+        c.patch(&path, &failed_by_another),
+        403,
+        "not_attempt_actor",
+        "agent-8 fails agent-7's attempt",
+    );
+
+    // Nothing of the run changed; each refusal is on the record.
+    let after = c.get(&format!("/workflows/runs/{run_id}")).json();
+    assert_eq!(after, before, "expected the run unchanged by the refusals");
+    let refusals: Vec<Value> = run_logs(&mut c, &run_id)
+        .into_iter()
+        .filter(|e| e["action"] == "request.refused")
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        2,
+        "expected both refusals logged: {refusals:?}"
+    );
+    assert!(refusals.iter().all(|e| e["actor"] == "agent-8"));
+
+    complete_step(&mut c, &run_id, "observe", &step_output("observe"));
+    assert_eq!(server.terminate(), Some(0));
+    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(code, 0, "expected the database to verify: {stdout}");
 }
