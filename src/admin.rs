@@ -35,10 +35,29 @@ pub fn run(args: &TokenArgs) -> Done {
 }
 
 fn try_run(args: &TokenArgs) -> Result<Done, String> {
+    match &args.command {
+        TokenCommand::List => list(args),
+        TokenCommand::Create { .. } | TokenCommand::Revoke { .. } => change(args),
+    }
+}
+
+/// A read: never creates, migrates or signs anything.
+fn list(args: &TokenArgs) -> Result<Done, String> {
+    let reader = store::open_read_only(&args.db).map_err(|e| e.to_string())?;
+    let tokens = store::list_tokens(&reader).map_err(|e| e.to_string())?;
+    Ok(Done {
+        stdout: tokens.iter().map(line).collect(),
+        stderr: String::new(),
+        exit: 0,
+    })
+}
+
+fn change(args: &TokenArgs) -> Result<Done, String> {
     let conn = store::open_for_writing(&args.db).map_err(|e| e.to_string())?;
     // Token changes extend the same chain a server writes, so they sign (checkpoints) with the
-    // same key: the one beside the database, recorded in it.
-    let signer = crate::http::open_signer(&conn, &args.db, None).map_err(|e| e.to_string())?;
+    // same key, the one the database records.
+    let signer = crate::http::open_signer(&conn, &args.db, args.key.as_deref())
+        .map_err(|e| e.to_string())?;
     let apply = |command: Command| {
         store::write_once(&conn, |tx| engine::apply(tx, now(), &signer, &command))
             .map_err(|e| e.to_string())
@@ -85,16 +104,7 @@ fn try_run(args: &TokenArgs) -> Result<Done, String> {
                 Err(e) => Err(e.to_string()),
             }
         }
-        TokenCommand::List => {
-            let tokens = store::write_once(&conn, |tx| (store::list_tokens(tx), false))
-                .and_then(|listed| listed)
-                .map_err(|e| e.to_string())?;
-            Ok(Done {
-                stdout: tokens.iter().map(line).collect(),
-                stderr: String::new(),
-                exit: 0,
-            })
-        }
+        TokenCommand::List => list(args),
     }
 }
 

@@ -85,8 +85,8 @@ Exits 0 after a clean shutdown, 2 when it cannot start.
 pub const TOKEN_USAGE: &str = "\
 fedcore token: bearer tokens, the identities requests act under
 
-Usage: fedcore token create --name NAME --role ROLE [--db PATH]
-       fedcore token revoke --name NAME [--db PATH]
+Usage: fedcore token create --name NAME --role ROLE [--db PATH] [--key PATH]
+       fedcore token revoke --name NAME [--db PATH] [--key PATH]
        fedcore token list [--db PATH]
 
   --name NAME   who the token acts as: the actor of every request made with it (1-128 letters,
@@ -96,7 +96,10 @@ Usage: fedcore token create --name NAME --role ROLE [--db PATH]
                 admin     policies, definitions, the registry, run status changes, tokens
                 auditor   read only
                 (every role may read)
-  --db PATH     database file (default ./fedcore.db); created with the schema if it does not exist
+  --db PATH     database file (default ./fedcore.db); create and revoke make it with the schema
+                if it does not exist; list only reads, and needs it to exist
+  --key PATH    the signing key, as for serve (default PATH.key beside the database): the audit
+                entries of create and revoke extend the chain, whose checkpoints it signs
 
 create prints the new token on stdout, once: fedcore keeps only its SHA-256. revoke revokes every
 live token of NAME. Creating and revoking are audit entries (token.created, token.revoked on
@@ -144,7 +147,8 @@ Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay] [
                             the manifest's file hashes, every evidence blob, the run's genesis,
                             decisions, step receipt chain, gate and workflow receipts, and each
                             audit entry's entry_hash, and the workflow receipt's signature
-                            (signature.json; required with --pubkey)
+                            (receipts/workflow.sig.json; required with --pubkey). A folder
+                            without a manifest.json is not an export: exit 2
 
 Recomputes every evidence hash, policy and definition hash, decision hash, step receipt chain,
 gate receipt, workflow receipt and the whole audit chain, every signature and signed checkpoint
@@ -297,6 +301,8 @@ pub enum BenchCommand {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TokenArgs {
     pub db: PathBuf,
+    /// The signing key file; `None` is the one beside the database.
+    pub key: Option<PathBuf>,
     pub command: TokenCommand,
 }
 
@@ -395,9 +401,9 @@ fn parse_serve(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(SERVE_USAGE)),
-            Long("db") => args.db = parser.value()?.into(),
+            Long("db") => args.db = path(parser, "--db")?,
             Long("listen") => args.listen = parser.value()?.parse()?,
-            Long("key") => args.key = Some(parser.value()?.into()),
+            Long("key") => args.key = Some(path(parser, "--key")?),
             Long("durability") => args.durability = durability(parser)?,
             Long("bench-ceiling") => args.bench_ceiling = true,
             Long("header-timeout-ms") => args.header_timeout = millis(parser)?,
@@ -438,8 +444,8 @@ fn parse_bench_load(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
             Long("seconds") => options.seconds = seconds(parser, "--seconds")?,
             Long("warmup") => options.warmup = seconds(parser, "--warmup")?,
             Long("durability") => options.durability = durability(parser)?,
-            Long("keep") => options.keep = Some(parser.value()?.into()),
-            Long("db") => options.db = Some(parser.value()?.into()),
+            Long("keep") => options.keep = Some(path(parser, "--keep")?),
+            Long("db") => options.db = Some(path(parser, "--db")?),
             Long("no-verify") => options.verify = false,
             Long("json") => json = true,
             other => return Err(other.unexpected()),
@@ -463,9 +469,9 @@ fn parse_export(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(EXPORT_USAGE)),
-            Long("db") => db = parser.value()?.into(),
+            Long("db") => db = path(parser, "--db")?,
             Long("run") => run_id = Some(parser.value()?.string()?),
-            Long("out") => out = Some(PathBuf::from(parser.value()?)),
+            Long("out") => out = Some(path(parser, "--out")?),
             other => return Err(other.unexpected()),
         }
     }
@@ -492,12 +498,12 @@ fn parse_verify(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(VERIFY_USAGE)),
             Long("db") => {
-                args.db = parser.value()?.into();
+                args.db = path(parser, "--db")?;
                 db_given = true;
             }
             Long("json") => args.json = true,
             Long("replay") => args.replay = true,
-            Long("receipts") => args.receipts = Some(parser.value()?.into()),
+            Long("receipts") => args.receipts = Some(path(parser, "--receipts")?),
             Long("pubkey") => args.pubkey = Some(parser.value()?.string()?),
             Long("expect-head") => args.expect_head = Some(head(&parser.value()?.string()?)?),
             other => return Err(other.unexpected()),
@@ -516,11 +522,30 @@ fn parse_proof(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(PROOF_USAGE)),
-            Long("out") => out = parser.value()?.into(),
+            Long("out") => out = path(parser, "--out")?,
             other => return Err(other.unexpected()),
         }
     }
     Ok(Cli::Proof { out })
+}
+
+/// The path an option names. An empty one is refused (SQLite would take `""` for a private
+/// temporary database, a different one on each connection), and so is one that is another option:
+/// `verify --db --json` forgot the path.
+fn path(parser: &mut lexopt::Parser, option: &str) -> Result<PathBuf, lexopt::Error> {
+    let value = parser.value()?;
+    let refused = |why: String| Err(lexopt::Error::Custom(why.into()));
+    if value.is_empty() {
+        return refused(format!("{option} wants a path, and was given an empty one"));
+    }
+    if value.to_string_lossy().starts_with("--") {
+        return refused(format!(
+            "{option} wants a path, not the option {} (write ./{} for a file of that name)",
+            value.to_string_lossy(),
+            value.to_string_lossy()
+        ));
+    }
+    Ok(value.into())
 }
 
 fn parse_token(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
@@ -532,11 +557,12 @@ fn parse_token(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         Some(Value(action)) => action.string()?,
         _ => return Err(usage()),
     };
-    let (mut db, mut name, mut role) = (PathBuf::from(DEFAULT_DB), None, None);
+    let (mut db, mut key, mut name, mut role) = (PathBuf::from(DEFAULT_DB), None, None, None);
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(TOKEN_USAGE)),
-            Long("db") => db = parser.value()?.into(),
+            Long("db") => db = path(parser, "--db")?,
+            Long("key") if action != "list" => key = Some(path(parser, "--key")?),
             Long("name") if action != "list" => name = Some(parser.value()?.string()?),
             Long("role") if action == "create" => {
                 let text = parser.value()?.string()?;
@@ -564,7 +590,7 @@ fn parse_token(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
         "list" => TokenCommand::List,
         _ => return Err(usage()),
     };
-    Ok(Cli::Token(TokenArgs { db, command }))
+    Ok(Cli::Token(TokenArgs { db, key, command }))
 }
 
 fn parse_key(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
@@ -577,8 +603,8 @@ fn parse_key(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(KEY_USAGE)),
-            Long("db") => db = parser.value()?.into(),
-            Long("key") => key = Some(parser.value()?.into()),
+            Long("db") => db = path(parser, "--db")?,
+            Long("key") => key = Some(path(parser, "--key")?),
             other => return Err(other.unexpected()),
         }
     }
@@ -590,7 +616,7 @@ fn parse_checkpoint(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(CHECKPOINT_USAGE)),
-            Long("db") => db = parser.value()?.into(),
+            Long("db") => db = path(parser, "--db")?,
             other => return Err(other.unexpected()),
         }
     }
@@ -611,7 +637,7 @@ fn parse_bench(parser: &mut lexopt::Parser) -> Result<Cli, lexopt::Error> {
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(BENCH_USAGE)),
-            Long("db") => db = Some(PathBuf::from(parser.value()?)),
+            Long("db") => db = Some(path(parser, "--db")?),
             Long("workflows") if action == "seed" => workflows = Some(parser.value()?.parse()?),
             Long("durability") if action == "seed" => durability_given = Some(durability(parser)?),
             Long("runs-only") if action == "seed" => runs_only = true,
@@ -816,6 +842,7 @@ mod tests {
             parse_strs(&["token", "create", "--name", "agent-7", "--role", "agent"]).unwrap(),
             Cli::Token(TokenArgs {
                 db: PathBuf::from(DEFAULT_DB),
+                key: None,
                 command: TokenCommand::Create {
                     name: "agent-7".into(),
                     role: Role::Agent

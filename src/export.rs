@@ -431,7 +431,8 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
     {
         return Err(format!("{extra} is not in the manifest"));
     }
-    report.n_files = listed.len();
+    // The files checked, and the manifest that lists them: as many as `export` said it wrote.
+    report.n_files = listed.len() + 1;
 
     // Evidence: each blob is named by the hash of its bytes, and holds canonical JSON.
     let mut evidence = BTreeSet::new();

@@ -265,11 +265,20 @@ fn bench_verify(db: &std::path::Path, entries: u64, rounds: usize) -> Result<(),
     Ok(())
 }
 
-/// `verify --receipts DIR`: exit 0 intact, 1 broken or unreadable, 2 no such folder.
+/// `verify --receipts DIR`: exit 0 intact, 1 broken or unreadable, 2 no such folder or no
+/// export in it (a mistyped path is not a forgery).
 fn run_verify_folder(dir: &std::path::Path, json: bool, pubkey: Option<&PublicKey>) -> ExitCode {
     if !dir.is_dir() {
         eprintln!(
             "fedcore verify --receipts: {} is not a folder",
+            dir.display()
+        );
+        return ExitCode::from(2);
+    }
+    if !dir.join("manifest.json").exists() {
+        eprintln!(
+            "fedcore verify --receipts: {} holds no manifest.json, so it is not a folder \
+             `fedcore export` wrote; nothing was checked",
             dir.display()
         );
         return ExitCode::from(2);

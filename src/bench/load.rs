@@ -495,6 +495,7 @@ impl Drop for Server {
 fn admin_token(db: &Path) -> Result<String, LoadError> {
     let done = crate::admin::run(&crate::cli::TokenArgs {
         db: db.to_path_buf(),
+        key: None,
         command: crate::cli::TokenCommand::Create {
             name: "bench-admin".to_string(),
             role: crate::model::Role::Admin,

@@ -230,6 +230,27 @@ pub fn open_signer(
     key: Option<&Path>,
 ) -> Result<Signer, ServeError> {
     let path = key.map_or_else(|| crate::keyfile::default_path(db), Path::to_path_buf);
+    let recorded_names = |recorded: &[store::KeyRow]| {
+        let names: Vec<String> = recorded
+            .iter()
+            .map(|k| format!("{} ({})", k.key_name, k.key_id))
+            .collect();
+        names.join(", ")
+    };
+    // A new key is made only for a database that records none: one made for a database signed
+    // with another key could never be used, and would lie beside it looking like its key.
+    if !path.exists() {
+        let recorded = store::recorded_signing_keys(conn)?;
+        if !recorded.is_empty() {
+            return Err(ServeError::KeyMismatch(format!(
+                "there is no key file at {}, and {} records the signing key {}; refusing to \
+                 make another (pass --key with the key this database was signed with)",
+                path.display(),
+                db.display(),
+                recorded_names(&recorded)
+            )));
+        }
+    }
     let (signer, created) = crate::keyfile::load_or_create(&path)?;
     if created {
         eprintln!("created signing key {} (mode 0600)", path.display());
@@ -245,10 +266,6 @@ pub fn open_signer(
     };
     let sign_record = |first_seq| signer.sign_key_record(first_seq);
     if let Some(recorded) = store::record_signing_key(conn, &row, now(), sign_record)? {
-        let names: Vec<String> = recorded
-            .iter()
-            .map(|k| format!("{} ({})", k.key_name, k.key_id))
-            .collect();
         return Err(ServeError::KeyMismatch(format!(
             "the key file {} holds key {} ({}), but {} records the signing key {}; \
              refusing to start (pass --key with the key this database was signed with)",
@@ -256,7 +273,7 @@ pub fn open_signer(
             public.name,
             public.key_id_hex(),
             db.display(),
-            names.join(", ")
+            recorded_names(&recorded)
         )));
     }
     Ok(signer)

@@ -508,7 +508,11 @@ fn migrate_in_one_transaction(
             });
         }
         if user_version == supported {
-            return Ok(());
+            // Nothing to migrate, but a writer must not work on a file whose append-only
+            // triggers are gone or changed: what it wrote could then be rewritten unseen.
+            // (The scan for dangling references is left to migrations and `verify`: it reads
+            // every row, which a server's start need not.)
+            return refuse_unless_triggers_as_written(conn, path, user_version);
         }
         if user_version > 0 {
             refuse_unless_as_written(conn, path, user_version)?;
@@ -538,22 +542,32 @@ fn refuse_unless_as_written(
     path: &Path,
     user_version: i64,
 ) -> Result<(), StoreError> {
-    let db = Tx { conn };
-    let refuse = |why: String| StoreError::NotAsWritten {
-        path: path.to_path_buf(),
-        why,
-    };
-    for trigger in expected_triggers(&db, user_version)? {
-        if let Err(mismatch) = trigger.compared_with(&db)? {
-            return Err(refuse(mismatch.why));
-        }
-    }
+    refuse_unless_triggers_as_written(conn, path, user_version)?;
     match first_dangling_reference(conn)? {
         None => Ok(()),
-        Some((table, parent, n_rows)) => Err(refuse(format!(
-            "{n_rows} row(s) of {table} name a row of {parent} that is not there"
-        ))),
+        Some((table, parent, n_rows)) => Err(StoreError::NotAsWritten {
+            path: path.to_path_buf(),
+            why: format!("{n_rows} row(s) of {table} name a row of {parent} that is not there"),
+        }),
     }
+}
+
+/// The file's immutability triggers must be exactly those its schema version declares.
+fn refuse_unless_triggers_as_written(
+    conn: &Connection,
+    path: &Path,
+    user_version: i64,
+) -> Result<(), StoreError> {
+    let db = Tx { conn };
+    for trigger in expected_triggers(&db, user_version)? {
+        if let Err(mismatch) = trigger.compared_with(&db)? {
+            return Err(StoreError::NotAsWritten {
+                path: path.to_path_buf(),
+                why: mismatch.why,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The first table (with its parent and how many of its rows) that names a missing parent row.

@@ -89,6 +89,11 @@ pub fn signing_keys(db: &impl Db) -> Result<Vec<KeyRow>, StoreError> {
     read_keys(db.conn())
 }
 
+/// The signing keys recorded in a database opened for writing (and so migrated), oldest first.
+pub fn recorded_signing_keys(conn: &Connection) -> Result<Vec<KeyRow>, StoreError> {
+    read_keys(conn)
+}
+
 fn read_keys(conn: &Connection) -> Result<Vec<KeyRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT key_id, key_name, public_key, created_at, first_seq, signature FROM signing_keys

@@ -1,7 +1,7 @@
 //! The command line and the server's own output: help texts, exit codes for bad usage, the
 //! request log, and how evidence is served.
 
-use crate::support::{run_cli, Server};
+use crate::support::{bin, files_in, run_cli, Server, TempDir};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,42 @@ fn every_command_answers_help_with_exit_zero() {
             stdout.contains("Usage"),
             "expected usage text from `fedcore {}`, got {stdout:?}",
             args.join(" ")
+        );
+    }
+}
+
+#[test]
+fn an_empty_path_or_an_option_where_a_path_belongs_is_refused_and_makes_nothing() {
+    // SQLite takes "" for a private temporary database, another one on each connection: a
+    // server on it answered 500 to everything, and a token made on it was lost.
+    let dir = TempDir::new();
+    let commands: [&[&str]; 6] = [
+        &["serve", "--db", "", "--listen", "127.0.0.1:0"],
+        &[
+            "token", "create", "--name", "x", "--role", "agent", "--db", "",
+        ],
+        &["verify", "--db", ""],
+        &["verify", "--db", "--json"],
+        &["export", "--db", "x.db", "--run", "r", "--out", ""],
+        &["serve", "--db", "x.db", "--key", ""],
+    ];
+    for args in commands {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("run fedcore");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "expected {args:?} refused: {stderr}"
+        );
+        assert!(stderr.contains("wants a path"), "{args:?}: {stderr}");
+        assert_eq!(
+            files_in(dir.path()),
+            Vec::<String>::new(),
+            "{args:?} made files"
         );
     }
 }

@@ -35,6 +35,20 @@ fn an_exported_run_carries_its_receipts_as_the_exact_hashed_bytes_and_a_manifest
     let db = server.db.to_str().expect("utf-8 path");
     let (code, stdout, stderr) = export_cli(db, &run_id, folder.to_str().unwrap());
     assert_eq!(code, 0, "expected export to succeed: {stdout} {stderr}");
+    // Export and verify count the same files, the manifest included.
+    let files_said = |text: &str| {
+        text.split([',', ':'])
+            .map(str::trim)
+            .find(|part| part.ends_with(" files"))
+            .map(str::to_string)
+    };
+    let (_, verified, _) = run_cli(&["verify", "--receipts", folder.to_str().unwrap()]);
+    assert!(files_said(&stdout).is_some(), "{stdout}");
+    assert_eq!(
+        files_said(&stdout),
+        files_said(&verified),
+        "{stdout} / {verified}"
+    );
 
     // Each receipt file is the JCS of the receipt object, so its SHA-256 is the receipt hash.
     assert_eq!(
@@ -259,6 +273,17 @@ fn a_file_added_to_an_export_is_caught_and_a_missing_folder_cannot_be_checked() 
         folder.join("nope").to_str().unwrap(),
     ]);
     assert_eq!(code, 2, "expected a missing folder to be exit 2");
+    // A folder that is not an export (here one inside it) was not checked: exit 2, not 1.
+    let (code, _, stderr) = run_cli(&[
+        "verify",
+        "--receipts",
+        folder.join("evidence").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code, 2,
+        "expected a folder without a manifest to be exit 2: {stderr}"
+    );
+    assert!(stderr.contains("no manifest.json"), "{stderr}");
 }
 
 #[test]

@@ -277,6 +277,43 @@ fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_
 }
 
 #[test]
+fn a_current_file_missing_an_immutability_trigger_is_refused_by_every_command_that_writes() {
+    let dir = TempDir::new();
+    let db = dir.path().join("current.db");
+    let db_text = db.to_str().expect("utf-8");
+    let (code, _, err) = run_cli(&[
+        "token", "create", "--name", "x", "--role", "agent", "--db", db_text,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    Connection::open(&db)
+        .expect("open the file")
+        .execute_batch("DROP TRIGGER decisions_no_update")
+        .expect("drop a trigger");
+    let bytes = std::fs::read(&db).expect("read the file");
+    // (serve last: before this rule it would have started, and not returned.)
+    let commands: [&[&str]; 2] = [
+        &[
+            "token", "create", "--name", "y", "--role", "agent", "--db", db_text,
+        ],
+        &["serve", "--db", db_text, "--listen", "127.0.0.1:0"],
+    ];
+    for command in commands {
+        let (code, _, err) = run_cli(command);
+        assert_eq!(code, 2, "expected {command:?} refused: {err}");
+        assert!(
+            err.contains("the immutability trigger decisions_no_update is missing"),
+            "{err}"
+        );
+        assert!(
+            std::fs::read(&db).expect("read the file") == bytes,
+            "expected {command:?} to leave the file unchanged"
+        );
+    }
+    let (code, report) = verify_json(&db, &[]);
+    assert_eq!(code, 1, "expected verify to name the trigger: {report}");
+}
+
+#[test]
 fn a_version_1_database_migrates_through_every_migration_and_still_verifies() {
     let dir = TempDir::new();
     let db = fixture_copy(&dir, V1, "v1.db");
@@ -493,7 +530,10 @@ fn a_version_5_database_is_verified_as_it_is_and_stays_at_version_5() {
 fn a_new_database_has_no_index_on_entry_hash_and_its_evidence_in_a_rowid_table() {
     let dir = TempDir::new();
     let db = dir.path().join("new.db");
-    let (code, out, err) = run_cli(&["token", "list", "--db", db.to_str().expect("utf-8")]);
+    let db_text = db.to_str().expect("utf-8");
+    let (code, out, err) = run_cli(&[
+        "token", "create", "--name", "x", "--role", "agent", "--db", db_text,
+    ]);
     assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     let created = Snapshot::of(&db);
     assert_eq!(created.user_version, fedcore::store::SCHEMA_VERSION);

@@ -4,7 +4,7 @@
 use crate::scenarios::{
     complete_step, new_pt004_run, pt004_server, start_step, step_input, step_output, PT004_STEPS,
 };
-use crate::support::{run_cli, Server, TempDir};
+use crate::support::{files_in, run_cli, Server, TempDir};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use ed25519_dalek::{Signature, Signer as _, SigningKey, Verifier as _, VerifyingKey};
@@ -303,18 +303,91 @@ fn a_receipt_altered_and_re_signed_with_another_key_is_named() {
 #[test]
 fn serve_refuses_a_key_file_other_than_the_one_the_database_records() {
     let (dir, db, _) = completed_database();
-    let other = dir.path().join("other.key");
+    // Another database's key, which exists.
+    let other_db = dir.path().join("other.db");
     let (code, _, stderr) = run_cli(&[
-        "serve",
+        "token",
+        "create",
+        "--name",
+        "x",
+        "--role",
+        "agent",
         "--db",
-        db.to_str().unwrap(),
-        "--listen",
-        "127.0.0.1:0",
-        "--key",
-        other.to_str().unwrap(),
+        other_db.to_str().unwrap(),
     ]);
+    assert_eq!(code, 0, "{stderr}");
+    let other = dir.path().join("other.db.key");
+    assert!(other.exists());
+    let serve_with = |key: &Path| {
+        run_cli(&[
+            "serve",
+            "--db",
+            db.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            key.to_str().unwrap(),
+        ])
+    };
+    let (code, _, stderr) = serve_with(&other);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("refusing to start"), "{stderr}");
+
+    // A key file that does not exist is not made: it could never sign for this database.
+    let missing = dir.path().join("missing.key");
+    let (code, _, stderr) = serve_with(&missing);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("refusing to make another"), "{stderr}");
+    assert!(
+        !missing.exists(),
+        "expected no key file made at {}",
+        missing.display()
+    );
+}
+
+#[test]
+fn token_commands_sign_with_the_key_given_and_make_none_beside_a_signed_database() {
+    let (dir, db, _) = completed_database();
+    let db_text = db.to_str().unwrap();
+    // The key kept away from the database, as README advises.
+    let kept = dir.path().join("kept.key");
+    std::fs::rename(
+        dir.path()
+            .join(format!("{}.key", db.file_name().unwrap().to_str().unwrap())),
+        &kept,
+    )
+    .expect("move the key away");
+    let create = |extra: &[&str]| {
+        let mut args = vec![
+            "token", "create", "--name", "later", "--role", "agent", "--db", db_text,
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&args)
+    };
+    let (code, _, stderr) = create(&[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("refusing to make another"), "{stderr}");
+    assert_eq!(
+        files_in(dir.path())
+            .iter()
+            .filter(|f| f.ends_with(".key"))
+            .count(),
+        1
+    );
+
+    let (code, stdout, stderr) = create(&["--key", kept.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("fc_"), "{stdout}");
+
+    // Listing only reads: on a path with no database it makes nothing.
+    let typo = dir.path().join("typo.db");
+    let (code, _, stderr) = run_cli(&["token", "list", "--db", typo.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(!typo.exists());
+    assert!(!dir.path().join("typo.db.key").exists());
+    let (code, stdout, _) = run_cli(&["token", "list", "--db", db_text]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("later\tagent"), "{stdout}");
 }
 
 #[test]
