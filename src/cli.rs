@@ -132,7 +132,8 @@ Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay] [
 
   --db PATH                 database file (default ./fedcore.db); opened read-only, never
                             created or changed
-  --json                    print one JSON object: {\"ok\", \"counts\", \"head\", \"failure\"}
+  --json                    print one JSON object: {\"ok\", \"counts\", \"head\", \"failure\"}, or
+                            {\"ok\": false, \"checked\": false, \"error\"} when it could not check
   --expect-head SEQ:HASH    also fail unless the log still holds the entry SEQ with entry_hash
                             HASH (a head printed by an earlier verify): detects a truncated or
                             rewritten log

@@ -80,8 +80,7 @@ fn main() -> ExitCode {
                 None => None,
                 Some(Ok(key)) => Some(key),
                 Some(Err(e)) => {
-                    eprintln!("fedcore verify --pubkey: {e}");
-                    return ExitCode::from(2);
+                    return could_not_check(args.json, format!("fedcore verify --pubkey: {e}"))
                 }
             };
             match args.receipts.clone() {
@@ -172,11 +171,21 @@ fn run_verify(args: VerifyArgs, pubkey: Option<PublicKey>) -> ExitCode {
             }
             ExitCode::from(if report.is_intact() { 0 } else { 1 })
         }
-        Err(e) => {
-            eprintln!("fedcore verify: {e}");
-            ExitCode::from(2)
-        }
+        Err(e) => could_not_check(args.json, format!("fedcore verify: {e}")),
     }
+}
+
+/// Exit 2, could not check: the reason on stderr and, under `--json`, as the one JSON object a
+/// caller reads from stdout, `{"ok": false, "checked": false, "error": "…"}`.
+fn could_not_check(json: bool, message: String) -> ExitCode {
+    eprintln!("{message}");
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": false, "checked": false, "error": message})
+        );
+    }
+    ExitCode::from(2)
 }
 
 /// `bench load` (see `run_bench_load`); `bench seed` and `bench verify`: exit 0 done, 2 when a
@@ -269,19 +278,19 @@ fn bench_verify(db: &std::path::Path, entries: u64, rounds: usize) -> Result<(),
 /// export in it (a mistyped path is not a forgery).
 fn run_verify_folder(dir: &std::path::Path, json: bool, pubkey: Option<&PublicKey>) -> ExitCode {
     if !dir.is_dir() {
-        eprintln!(
+        let why = format!(
             "fedcore verify --receipts: {} is not a folder",
             dir.display()
         );
-        return ExitCode::from(2);
+        return could_not_check(json, why);
     }
     if !dir.join("manifest.json").exists() {
-        eprintln!(
+        let why = format!(
             "fedcore verify --receipts: {} holds no manifest.json, so it is not a folder \
              `fedcore export` wrote; nothing was checked",
             dir.display()
         );
-        return ExitCode::from(2);
+        return could_not_check(json, why);
     }
     let report = fedcore::export::verify_folder(dir, pubkey);
     if json {

@@ -149,3 +149,30 @@ fn evidence_is_served_as_json_with_its_exact_bytes() {
         "expected the JCS bytes of the registry entry"
     );
 }
+
+#[test]
+fn verify_json_answers_a_json_object_also_when_it_could_not_check() {
+    let dir = TempDir::new();
+    let missing = dir.path().join("missing.db");
+    let cases: [&[&str]; 3] = [
+        &["verify", "--db", missing.to_str().unwrap(), "--json"],
+        &["verify", "--receipts", missing.to_str().unwrap(), "--json"],
+        &[
+            "verify",
+            "--db",
+            missing.to_str().unwrap(),
+            "--json",
+            "--pubkey",
+            "not-a-key",
+        ],
+    ];
+    for args in cases {
+        let (code, stdout, stderr) = run_cli(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        let report: serde_json::Value = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: stdout is not JSON ({e}): {stdout:?}"));
+        assert_eq!(report["ok"], false);
+        assert_eq!(report["checked"], false);
+        assert_eq!(report["error"].as_str(), Some(stderr.trim()), "{report}");
+    }
+}

@@ -497,7 +497,20 @@ fn assert_refused_by_every_command_and_unchanged(
             err.contains(expected) && says_all(&err),
             "{name}: {args:?}: {err}"
         );
-        assert!(out.is_empty(), "{name}: {args:?}: {out}");
+        match command.contains(&"--json") {
+            // The one object a JSON caller reads, saying what stderr says.
+            true => {
+                let report: serde_json::Value = serde_json::from_str(out.trim())
+                    .unwrap_or_else(|e| panic!("{name}: {args:?}: not JSON ({e}): {out}"));
+                assert_eq!(report["checked"], false, "{name}: {report}");
+                assert_eq!(
+                    report["error"].as_str(),
+                    Some(err.trim()),
+                    "{name}: {report}"
+                );
+            }
+            false => assert!(out.is_empty(), "{name}: {args:?}: {out}"),
+        }
     }
     assert_refused_and_untouched(db);
 
