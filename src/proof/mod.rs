@@ -118,9 +118,8 @@ impl Proof {
 /// Runs the whole proof into `out` and writes the report there.
 pub fn run(out: &Path) -> Result<Proof, ProofError> {
     let started_at = crate::http::now().to_string();
-    // Before anything is written: the proof overwrites its own committed files under --out, which
-    // would otherwise mark every rerun "-dirty".
-    let git_sha = git_sha();
+    // The commit the binary was built from (build.rs), not the folder the proof runs in.
+    let git_sha = env!("FEDCORE_BUILD_COMMIT").to_string();
     let dir = out.join(PROOF_DIR);
     if dir.exists() {
         // The proof's own output folder: a proof always starts from a fresh database.
@@ -798,28 +797,6 @@ fn negative_scenarios(db: &Path, scenarios: &[Scenario]) -> Vec<Check> {
     });
     let _ = std::fs::remove_dir_all(&scratch);
     checks
-}
-
-/// The commit of the checkout the proof ran in, marked `-dirty` when the tree had changes.
-fn git_sha() -> String {
-    let run = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match run(&["rev-parse", "HEAD"]) {
-        Some(sha)
-            if run(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty()) =>
-        {
-            format!("{sha}-dirty")
-        }
-        Some(sha) => sha,
-        None => "unknown (not a git checkout)".into(),
-    }
 }
 
 /// SHA-256 of the running binary: the "image digest".

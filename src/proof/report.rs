@@ -27,7 +27,11 @@ pub fn render(proof: &Proof) -> String {
         env!("CARGO_PKG_VERSION"),
         crate::store::SCHEMA_VERSION
     );
-    let _ = writeln!(out, "| git SHA | `{}` |", proof.git_sha);
+    let _ = writeln!(
+        out,
+        "| git SHA (the commit the binary was built from) | `{}` |",
+        proof.git_sha
+    );
     let _ = writeln!(
         out,
         "| binary SHA-256 (image digest) | `{}` |",

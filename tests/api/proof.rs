@@ -24,6 +24,8 @@ fn the_proof_passes_writes_its_report_and_every_exported_folder_verifies() {
         "## Test C",
         "binary SHA-256",
         "git SHA",
+        // The commit the binary was built from, whatever folder the proof ran in.
+        env!("FEDCORE_BUILD_COMMIT"),
         "rules_triggered",
         "evidence_pack_ref",
         "Receipt chain",
