@@ -781,7 +781,24 @@ pub(super) fn request_gate(
             "request a gate",
         ));
     }
-    let attempt = match open_attempt(ctx, run_id)? {
+    let open = open_attempt(ctx, run_id)?;
+    // A gate stops the run, and one left to expire fails it for good: only the run's creator,
+    // or the actor whose attempt the gate would bind to, may ask for one.
+    let open_actor = open
+        .as_ref()
+        .filter(|o| o.step_id == step_id)
+        .map(|o| o.actor.as_str());
+    if actor != run.created_by && open_actor != Some(actor) {
+        return Err(Error::Forbidden {
+            code: "not_run_actor",
+            message: format!(
+                "{actor} may not request a gate on run {run_id}: only its creator ({}) or the \
+                 actor of the step's open attempt may",
+                run.created_by
+            ),
+        });
+    }
+    let attempt = match open {
         Some(open) if open.step_id == step_id => open.attempt,
         Some(open) => {
             return Err(Error::conflict(

@@ -22,6 +22,9 @@ use axum::response::{IntoResponse, Response};
 pub struct Principal {
     pub name: String,
     pub role: Role,
+    /// The token the request was made with: a write checks again, in the writer's transaction,
+    /// that it is still live.
+    pub token_id: String,
 }
 
 /// The only route open without a token: liveness probes need no credentials, and it tells
@@ -66,6 +69,7 @@ pub async fn authenticate(
             request.extensions_mut().insert(Principal {
                 name: token.name,
                 role: token.role,
+                token_id: token.token_id,
             });
             next.run(request).await
         }
@@ -153,8 +157,9 @@ pub async fn write_as(
     idempotency: Option<Idempotency>,
     encode: impl Fn(Outcome) -> super::Encoded + Send + 'static,
 ) -> Result<Response, ApiError> {
+    let token = Some(who.token_id.clone());
     match who.require(permission) {
-        Ok(()) => write(state, command, idempotency, encode).await,
+        Ok(()) => write(state, token, command, idempotency, encode).await,
         Err(refused) if !command.changes_a_run() => Err(refused),
         Err(_) => {
             let refused = Command::Refused {
@@ -162,7 +167,7 @@ pub async fn write_as(
                 code: FORBIDDEN_ROLE,
                 command: Box::new(command),
             };
-            write(state, refused, idempotency, encode).await
+            write(state, token, refused, idempotency, encode).await
         }
     }
 }

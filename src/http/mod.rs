@@ -357,7 +357,7 @@ async fn sweep_expired_gates(state: AppState) {
         })
         .await;
         if let Ok(false) = due {
-            let done = write(&state, Command::ExpireGates, None, |_| {
+            let done = write(&state, None, Command::ExpireGates, None, |_| {
                 Ok((StatusCode::OK, Vec::new()))
             })
             .await;
@@ -406,6 +406,8 @@ impl IntoResponse for Answer {
 /// A write job: one engine command, (under an idempotency key) encoded and remembered inside the
 /// command's own transaction, answered over a oneshot channel after that transaction ended.
 struct CommandJob {
+    /// The token the request was made with; `None` for fedcore's own writes (the gate sweep).
+    token_id: Option<String>,
     command: Command,
     signer: Arc<Signer>,
     idempotency: Option<Idempotency>,
@@ -456,6 +458,9 @@ fn encode_answer(encode: &Encoder, outcome: Outcome) -> Result<Answer, ApiError>
 impl CommandJob {
     /// Runs the job's transaction body; returns what it produced and whether to commit.
     fn execute(&self, tx: &Tx<'_>, now: Timestamp) -> (Result<Done, ApiError>, bool) {
+        if let Some(refused) = self.token_id.as_deref().and_then(|t| token_revoked(tx, t)) {
+            return (Err(refused), false);
+        }
         if let Some(idem) = &self.idempotency {
             match store::get_idempotency(tx, &idem.actor, &idem.key) {
                 Ok(Some(first)) if first.request_hash == idem.request_hash => {
@@ -558,6 +563,20 @@ impl Keyed {
     }
 }
 
+/// 401 when the request's token was revoked after it was authenticated. A request is
+/// authenticated when its headers arrive; its body may come many seconds later, and the
+/// revocation may be committed meanwhile. Checked in the transaction that would write, so the
+/// log never holds a change made under a token after that token's `token.revoked`.
+fn token_revoked(tx: &Tx<'_>, token_id: &str) -> Option<ApiError> {
+    match store::token_is_live(tx, token_id) {
+        Ok(true) => None,
+        Ok(false) => Some(ApiError::unauthenticated(
+            "the bearer token was revoked before this request was carried out",
+        )),
+        Err(e) => Some(ApiError::internal(e)),
+    }
+}
+
 impl store::Job for CommandJob {
     fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
         let (answer, commit) = self.execute(tx, now);
@@ -600,6 +619,7 @@ impl store::Job for CommandJob {
 /// Sends `command` to the writer thread and waits for its committed, encoded answer.
 async fn write(
     state: &AppState,
+    token_id: Option<String>,
     command: Command,
     idempotency: Option<Idempotency>,
     encode: impl Fn(Outcome) -> Encoded + Send + 'static,
@@ -607,6 +627,7 @@ async fn write(
     let encode: Encoder = Box::new(encode);
     let (reply, answer) = oneshot::channel();
     let job = CommandJob {
+        token_id,
         command,
         signer: state.signer.clone(),
         idempotency,
@@ -623,15 +644,19 @@ async fn write(
 }
 
 /// The benchmark's ceiling write: one row inserted in its own savepoint of the writer's batch,
-/// answered after the commit, exactly as a command's job is.
+/// under the same check of its token, answered after the commit, exactly as a command's job is.
 struct CeilingJob {
-    id: Option<Result<i64, StoreError>>,
+    token_id: String,
+    id: Option<Result<i64, ApiError>>,
     reply: oneshot::Sender<Result<i64, ApiError>>,
 }
 
 impl store::Job for CeilingJob {
     fn run(&mut self, tx: &Tx<'_>, now: Timestamp) -> bool {
-        let inserted = store::bench::insert_ceiling_row(tx, now);
+        let inserted = match token_revoked(tx, &self.token_id) {
+            Some(refused) => Err(refused),
+            None => store::bench::insert_ceiling_row(tx, now).map_err(ApiError::internal),
+        };
         let commit = inserted.is_ok();
         self.id = Some(inserted);
         commit
@@ -639,8 +664,8 @@ impl store::Job for CeilingJob {
 
     fn finish(self: Box<Self>, failure: Option<StoreError>) {
         let answer = match (failure, self.id) {
-            (Some(e), _) | (None, Some(Err(e))) => Err(ApiError::internal(e)),
-            (None, Some(Ok(id))) => Ok(id),
+            (Some(e), _) => Err(ApiError::internal(e)),
+            (None, Some(answer)) => answer,
             (None, None) => Err(ApiError::internal("the operation produced no result")),
         };
         let _ = self.reply.send(answer);
@@ -656,9 +681,14 @@ fn submit(state: &AppState, job: Box<dyn store::Job>) -> Result<(), ApiError> {
 }
 
 /// Inserts one ceiling row through the writer and waits for its commit.
-async fn write_ceiling_row(state: &AppState) -> Result<i64, ApiError> {
+async fn write_ceiling_row(state: &AppState, token_id: String) -> Result<i64, ApiError> {
     let (reply, answer) = oneshot::channel();
-    submit(state, Box::new(CeilingJob { id: None, reply }))?;
+    let job = CeilingJob {
+        token_id,
+        id: None,
+        reply,
+    };
+    submit(state, Box::new(job))?;
     answer
         .await
         .map_err(|_| ApiError::internal("the writer dropped a job"))?

@@ -79,7 +79,7 @@ type Answer = Result<Response, ApiError>;
 /// least a write can cost, for `fedcore bench` to compare against.
 async fn bench_ceiling_row(State(state): State<AppState>, who: Principal) -> Answer {
     who.require(Permission::Work)?;
-    let id = super::write_ceiling_row(&state).await?;
+    let id = super::write_ceiling_row(&state, who.token_id).await?;
     reply(StatusCode::CREATED, json!({ "id": id }))
 }
 
@@ -599,6 +599,16 @@ async fn evidence(State(state): State<AppState>, Params(hash): Params<String>) -
 }
 
 async fn create_token(State(state): State<AppState>, who: Principal, mut body: Body) -> Answer {
+    if body.idempotency.is_some() {
+        // Ignoring the key would let a retry make a second live token that nobody holds.
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            "POST /tokens takes no Idempotency-Key: its answer carries the new token, which \
+             fedcore never stores, so it cannot be replayed; after a lost answer, revoke the \
+             name (DELETE /tokens/{name}) and create it again",
+        ));
+    }
     let name = body.required_str("name")?;
     let role_text = body.required_str("role")?;
     let actor = body.finish()?;

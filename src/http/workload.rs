@@ -42,6 +42,8 @@ struct Harness {
     micros: i64,
     /// The `Idempotency-Key` every command is sent with, if any.
     idempotency: Option<Idempotency>,
+    /// The token every command is made under, checked by each job as on the server.
+    token_id: String,
 }
 
 impl Harness {
@@ -55,12 +57,26 @@ impl Harness {
         // As on the writer thread, no commit copies the WAL back into the file.
         conn.execute_batch("PRAGMA wal_autocheckpoint = 0").unwrap();
         let signer = super::open_signer(&conn, &db, Some(&dir.join("work.key"))).unwrap();
+        let micros = 1_795_428_000_000_000;
+        let token = Command::CreateToken {
+            name: AGENT.into(),
+            role: crate::model::Role::Agent,
+            token_hash: crate::secret::token_hash("fc_workload"),
+            actor: crate::engine::SYSTEM_ACTOR.into(),
+        };
+        let made = store::write_once(&conn, |tx| {
+            crate::engine::apply(tx, Timestamp::from_micros(micros), &signer, &token)
+        });
+        let Ok(Ok(crate::engine::Outcome::Token(token))) = made else {
+            panic!("the workload's token: {made:?}");
+        };
         Harness {
             dir,
             conn,
             signer: Arc::new(signer),
-            micros: 1_795_428_000_000_000,
+            micros,
             idempotency: None,
+            token_id: token.token_id,
         }
     }
 
@@ -82,6 +98,7 @@ impl Harness {
         let now = Timestamp::from_micros(self.micros);
         let (reply, _answer) = oneshot::channel();
         let job = CommandJob {
+            token_id: Some(self.token_id.clone()),
             command,
             signer: self.signer.clone(),
             idempotency: self.idempotency.clone(),
@@ -413,6 +430,7 @@ fn a_job_whose_request_guard_gave_up_is_abandoned_though_its_answer_is_still_awa
     let (reply, _answer) = oneshot::channel();
     let gone = Arc::new(AtomicBool::new(false));
     let job = CommandJob {
+        token_id: None,
         command: Command::RevokeTokens {
             name: "nobody".into(),
             actor: ADMIN.into(),

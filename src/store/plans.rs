@@ -71,6 +71,13 @@ fn hot_statements() -> Vec<Hot> {
             vec![hash.clone()],
             &["SEARCH tokens USING INDEX sqlite_autoindex_tokens_2 (token_hash=?)"],
         ),
+        // Every write made under a token, in the writer's transaction: still not revoked.
+        hot(
+            "token_is_live",
+            TOKEN_IS_LIVE,
+            vec![text("0193b1e2-7c4d-7a10-8000-000000000003")],
+            &["SEARCH tokens USING INDEX sqlite_autoindex_tokens_1 (token_id=?)"],
+        ),
         // A write under an Idempotency-Key, in the writer's transaction.
         hot(
             "get_idempotency",

@@ -372,6 +372,8 @@ pub(super) const LIVE_TOKEN_BY_HASH: &str = concat!(
     token_columns!(),
     " FROM tokens WHERE token_hash = ?1 AND revoked_at IS NULL"
 );
+pub(super) const TOKEN_IS_LIVE: &str =
+    "SELECT 1 FROM tokens WHERE token_id = ?1 AND revoked_at IS NULL";
 pub(super) const REVOKE_TOKEN: &str = "UPDATE tokens SET revoked_at = ?2, revoked_by = ?3
      WHERE token_id = ?1 AND revoked_at IS NULL";
 
@@ -407,6 +409,16 @@ pub fn live_token_by_hash(db: &impl Db, token_hash: &str) -> Result<Option<Token
         .prepare_cached(LIVE_TOKEN_BY_HASH)?
         .query_row([token_hash], token_from_row)
         .optional()?)
+}
+
+/// Whether the token `token_id` is there and not revoked.
+pub fn token_is_live(db: &impl Db, token_id: &str) -> Result<bool, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(TOKEN_IS_LIVE)?
+        .query_row([token_id], |_| Ok(()))
+        .optional()?
+        .is_some())
 }
 
 /// The live tokens of `name`, oldest first.

@@ -470,3 +470,54 @@ fn every_token_change_extends_the_one_audit_chain() {
     let (code, out, err) = run_cli(&["verify", "--db", &db]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[test]
+fn a_token_revoked_while_its_request_body_is_on_the_way_changes_nothing() {
+    use std::io::{BufReader, Write as _};
+    let (server, mut c) = pt004_server();
+    let made = expect(
+        c.post("/tokens", &json!({"name": "admin-thief", "role": "admin"})),
+        201,
+        "an admin token that will be stolen",
+    );
+    let stolen = made["token"].as_str().expect("the token").to_string();
+
+    // Headers and the first byte of the body now; the rest after the revocation.
+    let body = br#"{"name":"backdoor","role":"admin"}"#;
+    let mut slow = std::net::TcpStream::connect(server.addr).expect("connect");
+    let head = format!(
+        "POST /tokens HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {stolen}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).expect("send the head");
+    slow.write_all(&body[..1]).expect("send a byte");
+    slow.flush().expect("flush");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    expect(
+        c.send("DELETE", "/tokens/admin-thief", &[], &[]),
+        200,
+        "revoke",
+    );
+    slow.write_all(&body[1..]).expect("send the rest");
+    let answer = crate::support::read_response(&mut BufReader::new(slow)).expect("an answer");
+    assert_eq!(
+        answer.status,
+        401,
+        "expected the revoked token refused: {:?}",
+        answer.error_code()
+    );
+    assert_eq!(answer.error_code(), "unauthenticated");
+
+    let listed = expect(c.get("/audit?limit=1000"), 200, "the log")["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        !listed.iter().any(|e| e["subject"] == "token:backdoor"),
+        "expected no token made under the revoked one"
+    );
+    let (code, out, _) = run_cli(&["token", "list", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("backdoor"), "{out}");
+}

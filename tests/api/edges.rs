@@ -297,3 +297,36 @@ fn only_the_agent_that_requested_an_attempt_may_finish_it() {
     let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
     assert_eq!(code, 0, "expected the database to verify: {stdout}");
 }
+
+#[test]
+fn only_the_runs_creator_or_its_attempts_actor_may_request_a_gate() {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
+    let before = c.get(&format!("/workflows/runs/{run_id}")).json();
+
+    // A gate left to expire would fail agent-7's run for good.
+    let path = format!("/workflows/runs/{run_id}/gates");
+    let by_another =
+        json!({"step_id": "observe", "reason": "x", "expires_in_s": 1, "actor": "agent-8"});
+    expect_error(
+        c.post(&path, &by_another),
+        403,
+        "not_run_actor",
+        "agent-8 gates agent-7's run",
+    );
+    let after = c.get(&format!("/workflows/runs/{run_id}")).json();
+    assert_eq!(after, before, "expected the run unchanged, and no gate");
+    let refused = run_logs(&mut c, &run_id)
+        .into_iter()
+        .filter(|e| e["action"] == "request.refused" && e["actor"] == "agent-8")
+        .count();
+    assert_eq!(refused, 1, "expected the refusal recorded");
+
+    // The run's own agent may.
+    let own = json!({"step_id": "observe", "reason": "look first", "actor": AGENT});
+    expect(c.post(&path, &own), 201, "agent-7 gates its own run");
+    assert_eq!(server.terminate(), Some(0));
+    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+}

@@ -126,3 +126,24 @@ fn a_malformed_idempotency_key_is_a_400() {
     }
     assert_eq!(run_count(&mut c), 0);
 }
+
+#[test]
+fn a_token_creation_refuses_a_key_it_could_not_replay_and_makes_no_token() {
+    let (_server, mut c) = pt004_server();
+    let before = c.get("/audit?limit=1").json()["head"].clone();
+    let resp = send_keyed(
+        &mut c,
+        "POST",
+        "/tokens",
+        "tok-1",
+        &json!({"name": "bob", "role": "admin", "actor": ADMIN}),
+    );
+    assert_eq!(resp.status, 400, "expected the key refused");
+    assert_eq!(resp.error_code(), "invalid_idempotency_key");
+    assert_eq!(resp.json()["error"]["details"]["path"], "Idempotency-Key");
+    assert_eq!(
+        c.get("/audit?limit=1").json()["head"],
+        before,
+        "expected no token made"
+    );
+}
