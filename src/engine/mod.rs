@@ -542,9 +542,19 @@ fn execute(ctx: &mut Ctx<'_, '_>, command: &Command) -> Result<Outcome, Error> {
     }
 }
 
+/// The most of a refused request's canonical bytes a `request.refused` entry keeps; a larger
+/// request is kept as its hash and size. A refusal must not be a way for a role that may not write
+/// (an auditor) to add a megabyte to the file for good with each request.
+pub const REFUSED_REQUEST_KEPT_BYTES: usize = 4096;
+
 fn record_refusal(ctx: &mut Ctx<'_, '_>, command: &Command, error: &Error) -> Result<(), Error> {
     let run_id = command.run_id().map(str::to_string);
     let (operation, subject, request) = command.describe();
+    let bytes = jcs::canonical(&request)?;
+    let request = match bytes.len() > REFUSED_REQUEST_KEPT_BYTES {
+        true => json!({"omitted": true, "bytes": bytes.len(), "hash": jcs::hash_bytes(&bytes)}),
+        false => request,
+    };
     let evidence = ctx.evidence(&json!({
         "operation": operation,
         "request": request,

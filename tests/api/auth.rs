@@ -521,3 +521,46 @@ fn a_token_revoked_while_its_request_body_is_on_the_way_changes_nothing() {
     assert_eq!(code, 0);
     assert!(!out.contains("backdoor"), "{out}");
 }
+
+#[test]
+fn a_large_refused_request_is_kept_as_its_hash_and_size() {
+    let (_server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "refused");
+    let evidence_of = |c: &mut Client, entry: &Value| -> Value {
+        let hash = entry["evidence_pack_ref"]
+            .as_str()
+            .and_then(|r| r.strip_prefix("sha256:"))
+            .expect("the refusal's evidence");
+        c.get(&format!("/evidence/{hash}")).json()
+    };
+    let last_refusal = |c: &mut Client| -> Value {
+        crate::scenarios::run_logs(c, &run_id)
+            .into_iter()
+            .rfind(|e| e["action"] == "request.refused")
+            .expect("a refusal")
+    };
+    let path = format!("/workflows/runs/{run_id}/steps");
+
+    // An auditor may not write: a small request is kept as it was sent.
+    let small = json!({"step_id": "observe", "input": {"note": "hi"}, "actor": "auditor-1"});
+    expect_error(c.post(&path, &small), 403, "forbidden_role", "small");
+    let refusal = last_refusal(&mut c);
+    let kept = evidence_of(&mut c, &refusal);
+    assert_eq!(kept["request"]["input"], json!({"note": "hi"}), "{kept}");
+
+    // A large one is kept as its hash and size, so refusals cannot fill the file.
+    let pad = "x".repeat(200_000);
+    let large = json!({"step_id": "observe", "input": {"pad": pad}, "actor": "auditor-1"});
+    expect_error(c.post(&path, &large), 403, "forbidden_role", "large");
+    let refusal = last_refusal(&mut c);
+    let kept = evidence_of(&mut c, &refusal);
+    let request = json!({"step_id": "observe", "input": {"pad": pad}});
+    let canonical = serde_json::to_vec(&request).expect("encode");
+    assert_eq!(kept["request"]["omitted"], true, "{kept}");
+    assert_eq!(kept["request"]["bytes"], canonical.len(), "{kept}");
+    assert_eq!(
+        kept["request"]["hash"].as_str(),
+        Some(crate::scenarios::h(&request).as_str())
+    );
+    assert!(kept.to_string().len() < 1000, "{kept}");
+}
