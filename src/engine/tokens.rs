@@ -21,11 +21,23 @@ pub(super) fn create_token(
             "name must be 1-128 letters, digits or ._:@-",
         ));
     }
-    if name == SYSTEM_ACTOR {
+    if name.eq_ignore_ascii_case(SYSTEM_ACTOR) {
         return Err(Error::invalid(
             "invalid_value",
             "name",
             format!("{SYSTEM_ACTOR:?} is the name fedcore itself acts under"),
+        ));
+    }
+    // Separation of duties compares names exactly, so `Agent-7` would be another person than
+    // `agent-7`: each name has one spelling.
+    if let Some(other) = store::name_spelled_otherwise(ctx.tx, name)? {
+        return Err(Error::invalid(
+            "invalid_value",
+            "name",
+            format!(
+                "{name:?} differs only in case from the name {other:?} tokens already have; \
+                 separation of duties compares names exactly, so a name has one spelling"
+            ),
         ));
     }
     if !is_hash(token_hash) {

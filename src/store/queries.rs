@@ -421,6 +421,17 @@ pub fn token_is_live(db: &impl Db, token_id: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
+/// A name some token has that equals `name` but for ASCII case, if any.
+pub fn name_spelled_otherwise(db: &impl Db, name: &str) -> Result<Option<String>, StoreError> {
+    Ok(db
+        .conn()
+        .prepare_cached(
+            "SELECT name FROM tokens WHERE name = ?1 COLLATE NOCASE AND name <> ?1 LIMIT 1",
+        )?
+        .query_row([name], |r| r.get(0))
+        .optional()?)
+}
+
 /// The live tokens of `name`, oldest first.
 pub fn live_tokens_named(db: &impl Db, name: &str) -> Result<Vec<Token>, StoreError> {
     let sql = format!(

@@ -564,3 +564,27 @@ fn a_large_refused_request_is_kept_as_its_hash_and_size() {
     );
     assert!(kept.to_string().len() < 1000, "{kept}");
 }
+
+#[test]
+fn a_name_has_one_spelling_so_separation_of_duties_cannot_be_sidestepped_by_case() {
+    let (_server, mut c) = pt004_server();
+    // agent-7 holds a token (the fixture's runs are its).
+    new_pt004_run(&mut c, "case");
+    let before = audit_head(&mut c);
+    for name in ["Agent-7", "AGENT-7", "Fedcore", "FEDCORE"] {
+        let refused = expect_error(
+            c.post("/tokens", &json!({"name": name, "role": "approver"})),
+            422,
+            "invalid_value",
+            name,
+        );
+        assert_eq!(refused["details"]["path"], "name", "{name}: {refused}");
+    }
+    assert_eq!(audit_head(&mut c), before, "expected no token made");
+    // The same spelling may hold another role: the names still match exactly.
+    expect(
+        c.post("/tokens", &json!({"name": AGENT, "role": "approver"})),
+        201,
+        "agent-7 as an approver too",
+    );
+}
