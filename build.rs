@@ -17,7 +17,13 @@ const SOURCES: [&str; 6] = [
 ];
 
 fn git(args: &[&str]) -> Option<String> {
-    let output = Command::new("git").args(args).output().ok()?;
+    // `--no-optional-locks`: `git status` would otherwise refresh the index, whose change would
+    // make the next build run this script, and compile fedcore, again.
+    let output = Command::new("git")
+        .arg("--no-optional-locks")
+        .args(args)
+        .output()
+        .ok()?;
     output
         .status
         .success()
@@ -28,14 +34,20 @@ fn main() {
     for source in SOURCES {
         println!("cargo:rerun-if-changed={source}");
     }
-    // A new commit moves HEAD's branch; `git add` and `git commit` rewrite the index.
-    let git_dir = git(&["rev-parse", "--git-dir"]);
-    if let Some(dir) = &git_dir {
-        let dir = Path::new(dir);
-        println!("cargo:rerun-if-changed={}", dir.join("HEAD").display());
-        println!("cargo:rerun-if-changed={}", dir.join("index").display());
-        if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
-            println!("cargo:rerun-if-changed={}", dir.join(branch).display());
+    // A new commit moves HEAD's branch; `git add` and `git commit` rewrite the index. Paths as
+    // git resolves them (a linked worktree keeps its branches in the common folder), and only
+    // those that exist: cargo reruns the script on every build for a path that is missing.
+    let mut watched = vec![
+        "HEAD".to_string(),
+        "index".to_string(),
+        "packed-refs".to_string(),
+    ];
+    watched.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for name in watched {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            if Path::new(&path).exists() {
+                println!("cargo:rerun-if-changed={path}");
+            }
         }
     }
     let commit = match git(&["rev-parse", "HEAD"]) {

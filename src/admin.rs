@@ -6,6 +6,7 @@
 use crate::cli::{TokenArgs, TokenCommand};
 use crate::engine::{self, Command, Outcome, SYSTEM_ACTOR};
 use crate::model::{Timestamp, Token};
+use crate::store::Db as _;
 use crate::{secret, store};
 use std::fmt::Write as _;
 
@@ -44,7 +45,11 @@ fn try_run(args: &TokenArgs) -> Result<Done, String> {
 /// A read: never creates, migrates or signs anything.
 fn list(args: &TokenArgs) -> Result<Done, String> {
     let reader = store::open_read_only(&args.db).map_err(|e| e.to_string())?;
-    let tokens = store::list_tokens(&reader).map_err(|e| e.to_string())?;
+    // Files from before tokens existed (schema version 1) hold none; they are not migrated here.
+    let tokens = match reader.schema_version() < store::TOKENS_SINCE_VERSION {
+        true => Vec::new(),
+        false => store::list_tokens(&reader).map_err(|e| e.to_string())?,
+    };
     Ok(Done {
         stdout: tokens.iter().map(line).collect(),
         stderr: String::new(),

@@ -133,7 +133,8 @@ Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay] [
   --db PATH                 database file (default ./fedcore.db); opened read-only, never
                             created or changed
   --json                    print one JSON object: {\"ok\", \"counts\", \"head\", \"failure\"}, or
-                            {\"ok\": false, \"checked\": false, \"error\"} when it could not check
+                            {\"ok\": false, \"checked\": false, \"error\"} when the file or folder
+                            could not be checked (a usage error prints only the usage)
   --expect-head SEQ:HASH    also fail unless the log still holds the entry SEQ with entry_hash
                             HASH (a head printed by an earlier verify): detects a truncated or
                             rewritten log
@@ -149,7 +150,7 @@ Usage: fedcore verify [--db PATH] [--json] [--expect-head SEQ:HASH] [--replay] [
                             decisions, step receipt chain, gate and workflow receipts, and each
                             audit entry's entry_hash, and the workflow receipt's signature
                             (receipts/workflow.sig.json; required with --pubkey). A folder
-                            without a manifest.json is not an export: exit 2
+                            holding none of an export's files is not an export: exit 2
 
 Recomputes every evidence hash, policy and definition hash, decision hash, step receipt chain,
 gate receipt, workflow receipt and the whole audit chain, every signature and signed checkpoint

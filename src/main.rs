@@ -284,10 +284,20 @@ fn run_verify_folder(dir: &std::path::Path, json: bool, pubkey: Option<&PublicKe
         );
         return could_not_check(json, why);
     }
-    if !dir.join("manifest.json").exists() {
+    // A folder with nothing of an export in it is a wrong path, not a forgery: exit 2. One that
+    // holds an export's files but not its manifest is checked, and is broken (exit 1).
+    let export_files = [
+        "manifest.json",
+        "run.json",
+        "audit.jsonl",
+        "receipts",
+        "evidence",
+    ];
+    if !export_files.iter().any(|name| dir.join(name).exists()) {
         let why = format!(
-            "fedcore verify --receipts: {} holds no manifest.json, so it is not a folder \
-             `fedcore export` wrote; nothing was checked",
+            "fedcore verify --receipts: {} holds none of an export's files (manifest.json, \
+             run.json, audit.jsonl, receipts/, evidence/): it is not a folder `fedcore export` \
+             wrote; nothing was checked",
             dir.display()
         );
         return could_not_check(json, why);

@@ -369,6 +369,11 @@ impl Body {
         }
     }
 
+    /// Any JSON value; absent is `null` (contract §5: "an absent input is null").
+    pub fn value_or_null(&mut self, name: &str) -> Value {
+        self.fields.remove(name).unwrap_or(Value::Null)
+    }
+
     /// Any JSON value, `null` included when it is sent; absent is 400 `missing_field`.
     pub fn required_value(&mut self, name: &str) -> Result<Value, ApiError> {
         self.fields.remove(name).ok_or_else(|| {

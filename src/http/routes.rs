@@ -290,7 +290,7 @@ async fn list_agents(State(state): State<AppState>) -> Answer {
 async fn create_run(State(state): State<AppState>, who: Principal, mut body: Body) -> Answer {
     let idempotency = body.idempotency.take();
     let workflow_id = body.required_str("workflow_id")?;
-    let input = body.required_value("input")?;
+    let input = body.value_or_null("input");
     let actor = body.finish()?;
     write_as(
         &state,
@@ -408,7 +408,7 @@ async fn request_step(
 ) -> Answer {
     let idempotency = body.idempotency.take();
     let step_id = body.required_str("step_id")?;
-    let input = body.required_value("input")?;
+    let input = body.value_or_null("input");
     let actor = body.finish()?;
     write_as(
         &state,

@@ -421,6 +421,9 @@ pub fn token_is_live(db: &impl Db, token_id: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
+/// The schema version whose migration (`002_trust.sql`) made the `tokens` table.
+pub const TOKENS_SINCE_VERSION: i64 = 2;
+
 /// A name some token has that equals `name` but for ASCII case, if any.
 pub fn name_spelled_otherwise(db: &impl Db, name: &str) -> Result<Option<String>, StoreError> {
     Ok(db

@@ -50,7 +50,7 @@ pub fn record_signing_key(
 ) -> Result<Option<Vec<KeyRow>>, StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let result = (|| {
-        let keys = read_keys(conn)?;
+        let keys = recorded_signing_keys(conn)?;
         if keys.iter().any(|k| k.public_key == key.public_key) {
             return Ok(None);
         }
@@ -86,15 +86,12 @@ pub fn signing_keys(db: &impl Db) -> Result<Vec<KeyRow>, StoreError> {
     if !signs(db)? {
         return Ok(Vec::new());
     }
-    read_keys(db.conn())
+    recorded_signing_keys(db.conn())
 }
 
-/// The signing keys recorded in a database opened for writing (and so migrated), oldest first.
+/// The signing keys recorded in a database that has the signing tables (one opened for writing
+/// is migrated), oldest first.
 pub fn recorded_signing_keys(conn: &Connection) -> Result<Vec<KeyRow>, StoreError> {
-    read_keys(conn)
-}
-
-fn read_keys(conn: &Connection) -> Result<Vec<KeyRow>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT key_id, key_name, public_key, created_at, first_seq, signature FROM signing_keys
          ORDER BY first_seq, key_id",

@@ -526,14 +526,6 @@ fn malformed_mistyped_and_incomplete_bodies_are_400_and_write_nothing() {
                 .json(drop_key(status_body("PAUSED"), "status"))
                 .expect(400, "missing_field")
                 .at("status"),
-            Case::new("run without input", "POST", RUNS_PATH)
-                .json(drop_key(run_body(), "input"))
-                .expect(400, "missing_field")
-                .at("input"),
-            Case::new("step without input", "POST", fx.run(&fx.pending, "/steps"))
-                .json(drop_key(step_body("observe"), "input"))
-                .expect(400, "missing_field")
-                .at("input"),
             Case::new("step completed without output", "PATCH", running_step.clone())
                 .json(drop_key(finish_body(), "output"))
                 .expect(400, "missing_field")

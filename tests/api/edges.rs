@@ -326,7 +326,56 @@ fn only_the_runs_creator_or_its_attempts_actor_may_request_a_gate() {
     // The run's own agent may.
     let own = json!({"step_id": "observe", "reason": "look first", "actor": AGENT});
     expect(c.post(&path, &own), 201, "agent-7 gates its own run");
+
+    // So may the actor of the open attempt the gate binds to, though the run is not its own.
+    let agent_8 = json!({"agent_id": "agent-8", "status": "active", "capabilities": [], "tier": "T2", "actor": ADMIN});
+    expect(
+        c.put("/registry/agents/agent-8", &agent_8),
+        200,
+        "register agent-8",
+    );
+    let other_run = new_pt004_run(&mut c, "edge-2");
+    let step =
+        json!({"step_id": "observe", "input": step_input("observe", "low"), "actor": "agent-8"});
+    let started = expect(
+        c.post(&format!("/workflows/runs/{other_run}/steps"), &step),
+        201,
+        "agent-8 starts a step of agent-7's run",
+    );
+    assert_eq!(started["step"]["status"], "STARTED", "{started}");
+    let gate = json!({"step_id": "observe", "reason": "my attempt", "actor": "agent-8"});
+    expect(
+        c.post(&format!("/workflows/runs/{other_run}/gates"), &gate),
+        201,
+        "agent-8 gates the attempt it requested",
+    );
     assert_eq!(server.terminate(), Some(0));
     let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
     assert_eq!(code, 0, "expected the database to verify: {stdout}");
+}
+
+#[test]
+fn an_absent_input_is_null_and_hashes_as_h_null() {
+    let (_server, mut c) = pt004_server();
+    let h_null = crate::scenarios::h(&Value::Null);
+    let run = expect(
+        c.post(
+            "/workflows/runs",
+            &json!({"workflow_id": WORKFLOW_ID, "actor": AGENT}),
+        ),
+        201,
+        "a run without input",
+    );
+    assert_eq!(run["input"], Value::Null, "{run}");
+    assert_eq!(run["input_hash"], h_null.as_str(), "contract §5: H(null)");
+    let run_id = run["run_id"].as_str().unwrap();
+    let step = expect(
+        c.post(
+            &format!("/workflows/runs/{run_id}/steps"),
+            &json!({"step_id": "observe", "actor": AGENT}),
+        ),
+        201,
+        "a step without input",
+    );
+    assert_eq!(step["step"]["input_hash"], h_null.as_str(), "{step}");
 }

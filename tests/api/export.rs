@@ -283,7 +283,12 @@ fn a_file_added_to_an_export_is_caught_and_a_missing_folder_cannot_be_checked() 
         code, 2,
         "expected a folder without a manifest to be exit 2: {stderr}"
     );
-    assert!(stderr.contains("no manifest.json"), "{stderr}");
+    assert!(stderr.contains("none of an export's files"), "{stderr}");
+    // An export whose manifest was deleted is checked, and broken: exit 1, not "could not check".
+    std::fs::remove_file(folder.join("manifest.json")).unwrap();
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 1, "expected a deleted manifest to fail: {report}");
+    assert!(report.to_string().contains("manifest.json"), "{report}");
 }
 
 #[test]

@@ -319,6 +319,11 @@ fn a_version_1_database_migrates_through_every_migration_and_still_verifies() {
     let db = fixture_copy(&dir, V1, "v1.db");
     let before = Snapshot::of(&db);
     assert_eq!(before.user_version, 1, "expected the fixture at version 1");
+    // Listing tokens only reads: a file from before tokens lists none, and stays as it is.
+    let bytes = std::fs::read(&db).expect("read the fixture");
+    let (code, out, err) = run_cli(&["token", "list", "--db", db.to_str().expect("utf-8")]);
+    assert_eq!((code, out.as_str()), (0, ""), "{err}");
+    assert!(std::fs::read(&db).expect("read the fixture") == bytes);
     drop(fedcore::store::open_for_writing(&db).expect("migrate from version 1"));
     let after = Snapshot::of(&db);
     assert_eq!(after.user_version, fedcore::store::SCHEMA_VERSION);
