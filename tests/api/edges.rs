@@ -5,8 +5,45 @@ use crate::scenarios::{
     complete_step, expect, expect_error, new_pt004_run, pt004_server, resolve_gate, run_logs,
     set_status, start_step, step_input, step_output, ADMIN, AGENT, APPROVER, WORKFLOW_ID,
 };
-use crate::support::run_cli;
+use crate::support::{run_cli, Client, Server};
 use serde_json::{json, Value};
+
+/// Stops the server cleanly and checks that its database verifies.
+fn stop_and_verify(server: &mut Server) {
+    assert_eq!(server.terminate(), Some(0));
+    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
+    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+}
+
+/// A PT-004 run of agent-7 with `observe` started, and the run as it then reads.
+fn run_with_observe_started(c: &mut Client) -> (String, Value) {
+    let run_id = new_pt004_run(c, "edge");
+    start_step(c, &run_id, "observe", &step_input("observe", "low"));
+    let before = c.get(&format!("/workflows/runs/{run_id}")).json();
+    (run_id, before)
+}
+
+/// The run reads as `before` did, and its log holds `count` refusals, all of `actor`.
+fn assert_refused_and_unchanged(
+    c: &mut Client,
+    run_id: &str,
+    before: &Value,
+    actor: &str,
+    count: usize,
+) {
+    let after = c.get(&format!("/workflows/runs/{run_id}")).json();
+    assert_eq!(&after, before, "expected the run unchanged by the refusals");
+    let refusals: Vec<Value> = run_logs(c, run_id)
+        .into_iter()
+        .filter(|e| e["action"] == "request.refused")
+        .collect();
+    assert_eq!(
+        refusals.len(),
+        count,
+        "expected the refusals logged: {refusals:?}"
+    );
+    assert!(refusals.iter().all(|e| e["actor"] == actor), "{refusals:?}");
+}
 
 fn nested(depth: usize) -> Value {
     (0..depth).fold(json!(1), |inner, _| json!([inner]))
@@ -46,9 +83,7 @@ fn a_body_nested_too_deeply_is_refused_and_verification_stays_intact() {
             .status,
         409
     );
-    assert_eq!(server.terminate(), Some(0));
-    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
-    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+    stop_and_verify(&mut server);
 }
 
 #[test]
@@ -200,9 +235,7 @@ fn a_declared_failure_names_the_step_open_at_the_time_and_verifies() {
     // Declared again with no attempt open: no step is named.
     let failed = expect(set_status(&mut c, &run_id, "FAILED", ADMIN), 200, "again");
     assert_eq!(failed["failure"]["step_id"], Value::Null, "{failed}");
-    assert_eq!(server.terminate(), Some(0));
-    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
-    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+    stop_and_verify(&mut server);
 }
 
 #[test]
@@ -252,9 +285,7 @@ fn numbers_are_answered_in_the_form_they_are_stored_and_integers_may_be_written_
 #[test]
 fn only_the_agent_that_requested_an_attempt_may_finish_it() {
     let (mut server, mut c) = pt004_server();
-    let run_id = new_pt004_run(&mut c, "edge");
-    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
-    let before = c.get(&format!("/workflows/runs/{run_id}")).json();
+    let (run_id, before) = run_with_observe_started(&mut c);
 
     // agent-8 holds an agent token, but the policy decided on agent-7's request.
     let path = format!("/workflows/runs/{run_id}/steps/observe");
@@ -279,31 +310,16 @@ fn only_the_agent_that_requested_an_attempt_may_finish_it() {
     );
 
     // Nothing of the run changed; each refusal is on the record.
-    let after = c.get(&format!("/workflows/runs/{run_id}")).json();
-    assert_eq!(after, before, "expected the run unchanged by the refusals");
-    let refusals: Vec<Value> = run_logs(&mut c, &run_id)
-        .into_iter()
-        .filter(|e| e["action"] == "request.refused")
-        .collect();
-    assert_eq!(
-        refusals.len(),
-        2,
-        "expected both refusals logged: {refusals:?}"
-    );
-    assert!(refusals.iter().all(|e| e["actor"] == "agent-8"));
+    assert_refused_and_unchanged(&mut c, &run_id, &before, "agent-8", 2);
 
     complete_step(&mut c, &run_id, "observe", &step_output("observe"));
-    assert_eq!(server.terminate(), Some(0));
-    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
-    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+    stop_and_verify(&mut server);
 }
 
 #[test]
 fn only_the_runs_creator_or_its_attempts_actor_may_request_a_gate() {
     let (mut server, mut c) = pt004_server();
-    let run_id = new_pt004_run(&mut c, "edge");
-    start_step(&mut c, &run_id, "observe", &step_input("observe", "low"));
-    let before = c.get(&format!("/workflows/runs/{run_id}")).json();
+    let (run_id, before) = run_with_observe_started(&mut c);
 
     // A gate left to expire would fail agent-7's run for good.
     let path = format!("/workflows/runs/{run_id}/gates");
@@ -315,13 +331,7 @@ fn only_the_runs_creator_or_its_attempts_actor_may_request_a_gate() {
         "not_run_actor",
         "agent-8 gates agent-7's run",
     );
-    let after = c.get(&format!("/workflows/runs/{run_id}")).json();
-    assert_eq!(after, before, "expected the run unchanged, and no gate");
-    let refused = run_logs(&mut c, &run_id)
-        .into_iter()
-        .filter(|e| e["action"] == "request.refused" && e["actor"] == "agent-8")
-        .count();
-    assert_eq!(refused, 1, "expected the refusal recorded");
+    assert_refused_and_unchanged(&mut c, &run_id, &before, "agent-8", 1);
 
     // The run's own agent may.
     let own = json!({"step_id": "observe", "reason": "look first", "actor": AGENT});
@@ -349,9 +359,7 @@ fn only_the_runs_creator_or_its_attempts_actor_may_request_a_gate() {
         201,
         "agent-8 gates the attempt it requested",
     );
-    assert_eq!(server.terminate(), Some(0));
-    let (code, stdout, _) = run_cli(&["verify", "--db", server.db.to_str().unwrap()]);
-    assert_eq!(code, 0, "expected the database to verify: {stdout}");
+    stop_and_verify(&mut server);
 }
 
 #[test]

@@ -279,12 +279,8 @@ fn a_file_missing_an_immutability_trigger_is_not_migrated_so_verify_still_names_
 #[test]
 fn a_current_file_missing_an_immutability_trigger_is_refused_by_every_command_that_writes() {
     let dir = TempDir::new();
-    let db = dir.path().join("current.db");
+    let db = new_database(&dir, "current.db");
     let db_text = db.to_str().expect("utf-8");
-    let (code, _, err) = run_cli(&[
-        "token", "create", "--name", "x", "--role", "agent", "--db", db_text,
-    ]);
-    assert_eq!(code, 0, "{err}");
     Connection::open(&db)
         .expect("open the file")
         .execute_batch("DROP TRIGGER decisions_no_update")
@@ -365,6 +361,17 @@ fn a_file_already_naming_a_missing_blob_is_refused_as_changed_not_blamed_on_a_mi
         refused.contains("is not as fedcore left it") && refused.contains("policies"),
         "{refused}"
     );
+}
+
+/// A database made by a command that writes (`token create`), at the current schema version.
+fn new_database(dir: &TempDir, name: &str) -> PathBuf {
+    let db = dir.path().join(name);
+    let db_text = db.to_str().expect("utf-8");
+    let (code, out, err) = run_cli(&[
+        "token", "create", "--name", "x", "--role", "agent", "--db", db_text,
+    ]);
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    db
 }
 
 /// Opens `db` for writing, expects a refusal, checks the file is byte for byte as it was, and
@@ -547,12 +554,7 @@ fn a_version_5_database_is_verified_as_it_is_and_stays_at_version_5() {
 #[test]
 fn a_new_database_has_no_index_on_entry_hash_and_its_evidence_in_a_rowid_table() {
     let dir = TempDir::new();
-    let db = dir.path().join("new.db");
-    let db_text = db.to_str().expect("utf-8");
-    let (code, out, err) = run_cli(&[
-        "token", "create", "--name", "x", "--role", "agent", "--db", db_text,
-    ]);
-    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
+    let db = new_database(&dir, "new.db");
     let created = Snapshot::of(&db);
     assert_eq!(created.user_version, fedcore::store::SCHEMA_VERSION);
     assert_eq!(created.indexes_of_audit_log, ["audit_by_run"]);
