@@ -312,9 +312,18 @@ fn depth(value: &Value) -> usize {
 
 /// The `Idempotency-Key` header: 1 to 255 visible ASCII characters.
 fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(value) = headers.get("idempotency-key") else {
+    let mut values = headers.get_all("idempotency-key").iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
+    if values.next().is_some() {
+        // Which one would a retry send? Neither may be silently ignored.
+        return Err(ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key",
+            "Idempotency-Key is given more than once; send one",
+        ));
+    }
     match value.to_str() {
         Ok(key)
             if !key.is_empty()

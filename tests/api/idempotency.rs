@@ -124,6 +124,16 @@ fn a_malformed_idempotency_key_is_a_400() {
         assert_eq!(answer.status, 400, "key {key:?}");
         assert_eq!(answer.error_code(), "invalid_idempotency_key");
     }
+    // Two keys: which one a retry would send cannot be told, so neither is taken.
+    let bytes = serde_json::to_vec(&body).unwrap();
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "k-1"),
+        ("Idempotency-Key", "k-2"),
+    ];
+    let answer = c.send("POST", "/workflows/runs", &headers, &bytes);
+    assert_eq!(answer.status, 400, "two keys");
+    assert_eq!(answer.error_code(), "invalid_idempotency_key");
     assert_eq!(run_count(&mut c), 0);
 }
 
