@@ -121,7 +121,13 @@ impl<S: Send + Sync> FromRequest<S> for Body {
         let idempotency_key = idempotency_key(&parts.headers)?;
         let request_hash = match &idempotency_key {
             Some(_) => {
-                let request = serde_json::json!({"method": parts.method.as_str(), "path": parts.uri.path(), "body": value});
+                // Without `actor`: it may only name the token's holder (else 403, nothing
+                // written), as `X-Actor` may, so a retry that states it or not asks the same.
+                let mut body = value.clone();
+                if let Value::Object(fields) = &mut body {
+                    fields.remove("actor");
+                }
+                let request = serde_json::json!({"method": parts.method.as_str(), "path": parts.uri.path(), "body": body});
                 Some(jcs::hash(&request).map_err(ApiError::internal)?)
             }
             None => None,

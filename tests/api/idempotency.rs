@@ -47,6 +47,20 @@ fn a_retried_run_creation_replays_the_first_answer_and_creates_nothing_more() {
         "expected nothing written by the replay"
     );
     assert_eq!(run_count(&mut c), 1, "expected one run");
+
+    // Without the redundant `actor` (the token names it), it is the same request.
+    let bearer = c.bearer_for(AGENT);
+    let without_actor = json!({"workflow_id": WORKFLOW_ID, "input": {"n": 1}});
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Idempotency-Key", "create-1"),
+        ("Authorization", bearer.as_str()),
+    ];
+    let bytes = serde_json::to_vec(&without_actor).unwrap();
+    let again = c.send("POST", "/workflows/runs", &headers, &bytes);
+    assert_eq!(again.status, 201, "expected the first answer replayed");
+    assert_eq!(again.body, first.body);
+    assert_eq!(run_count(&mut c), 1, "expected one run");
 }
 
 #[test]
