@@ -321,6 +321,8 @@ pub struct FolderReport {
     pub workflow_receipt: Option<String>,
     /// The verifier key whose signature of the workflow receipt checked out.
     pub signed_by: Option<String>,
+    /// Whether that key was the one given (`--pubkey`), rather than the one the folder names.
+    pub pubkey_given: bool,
     /// The first thing that did not check out.
     pub failure: Option<String>,
 }
@@ -342,9 +344,13 @@ impl FolderReport {
                 self.n_decisions,
                 self.n_entries,
                 self.workflow_receipt.as_deref().unwrap_or("none")
-            ) + &match &self.signed_by {
-                Some(key) => format!(", signed by {key}"),
-                None => ", unsigned".to_string(),
+            ) + &match (&self.signed_by, self.pubkey_given) {
+                (Some(key), true) => format!(", signed by {key}"),
+                (Some(key), false) => format!(
+                    ", signed by {key}, the key the folder names: this proves internal \
+                     consistency only; pass --pubkey KEY to prove it is the server's"
+                ),
+                (None, _) => ", unsigned".to_string(),
             },
             Some(why) => format!("BROKEN: {why}"),
         }
@@ -358,7 +364,10 @@ impl FolderReport {
 /// receipt's signature is checked when the folder carries one; with `pubkey` it must, made by
 /// that key.
 pub fn verify_folder(dir: &Path, pubkey: Option<&PublicKey>) -> FolderReport {
-    let mut report = FolderReport::default();
+    let mut report = FolderReport {
+        pubkey_given: pubkey.is_some(),
+        ..FolderReport::default()
+    };
     if let Err(why) =
         check_folder(dir, &mut report).and_then(|()| check_signature(dir, pubkey, &mut report))
     {
@@ -392,6 +401,10 @@ fn hash_of(value: &Value) -> Checked<String> {
 }
 
 fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
+    // What is on disk, before anything is read: plain files and folders only. A symbolic link
+    // would let the content checked live outside the folder, and change after the check.
+    let mut on_disk = Vec::new();
+    list_files(dir, dir, &mut on_disk)?;
     // The manifest: every file it lists has that SHA-256, and nothing else is in the folder.
     let manifest: Value = parse(dir, "manifest.json")?;
     if manifest["format"] != FORMAT {
@@ -423,8 +436,6 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         )?;
         listed.insert(path.to_string());
     }
-    let mut on_disk = Vec::new();
-    list_files(dir, dir, &mut on_disk).map_err(|e| format!("{}: {e}", dir.display()))?;
     if let Some(extra) = on_disk
         .iter()
         .find(|p| p.as_str() != "manifest.json" && !listed.contains(*p))
@@ -438,8 +449,17 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
     let mut evidence = BTreeSet::new();
     for path in listed.iter().filter(|p| p.starts_with("evidence/")) {
         let hash = path
-            .trim_start_matches("evidence/")
-            .trim_end_matches(".json");
+            .strip_prefix("evidence/")
+            .and_then(|name| name.strip_suffix(".json"))
+            .filter(|hash| {
+                hash.len() == 64
+                    && hash
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+            .ok_or(format!(
+                "{path} is not named evidence/<64 lowercase hex>.json"
+            ))?;
         let body = read(dir, path)?;
         same(&format!("hash of {path}"), hash, &jcs::hash_bytes(&body))?;
         let value: Value = serde_json::from_slice(&body).map_err(|e| format!("{path}: {e}"))?;
@@ -505,6 +525,23 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
             &hash_of(&receipts::decision_object(d))?,
             &d.decision_hash,
         )?;
+        // Each decision is of this run and is the one decision of exactly one attempt, made on
+        // that attempt's input: none can be added beside the signed ones.
+        same(&format!("{what} run_id"), &run.run_id, &d.run_id)?;
+        let deciding: Vec<&StepAttempt> = steps
+            .iter()
+            .filter(|s| s.decision_id == d.decision_id)
+            .collect();
+        match deciding.as_slice() {
+            [s] if s.step_id == d.step_id && s.attempt == d.attempt => {
+                same(&format!("{what} input_hash"), &s.input_hash, &d.input_hash)?
+            }
+            _ => {
+                return Err(format!(
+                    "{what}: not the decision of exactly one attempt of that step"
+                ))
+            }
+        }
         require(&what, &d.decision_hash)?;
         let policy: Policy = parse(
             dir,
@@ -517,12 +554,66 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         )?;
     }
     report.n_decisions = decisions.len();
+    // decisions/ holds the same objects as run.json, one file each, in the same order.
+    let decision_files: Vec<&String> = listed
+        .iter()
+        .filter(|p| p.starts_with("decisions/"))
+        .collect();
+    let in_run = run_json["decisions"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    if decision_files.len() != in_run.len() {
+        return Err(format!(
+            "decisions/ holds {} files for the {} decisions of run.json",
+            decision_files.len(),
+            in_run.len()
+        ));
+    }
+    for (path, decision) in decision_files.into_iter().zip(in_run) {
+        let file: Value = parse(dir, path)?;
+        if &file != decision {
+            return Err(format!(
+                "{path} is not the decision run.json holds in its place"
+            ));
+        }
+    }
 
     // The step receipt chain, from the genesis, in the order the attempts finished.
     let mut tip = run.genesis_hash.clone();
     let mut step_receipts = Vec::new();
     for s in &steps {
         let what = format!("step {}#{}", s.step_id, s.attempt);
+        let defined = definition.steps.iter().position(|d| d.step_id == s.step_id);
+        let Some(index) = defined else {
+            return Err(format!("{what}: the definition has no such step"));
+        };
+        same(
+            &format!("{what} step_index"),
+            &index.to_string(),
+            &s.step_index.to_string(),
+        )?;
+        same(
+            &format!("{what} step_type"),
+            definition.steps[index].step_type.as_str(),
+            s.step_type.as_str(),
+        )?;
+        // What a receipt does not name itself, it names through output_hash: a FAILED attempt's
+        // is H({"error": error}), and no other attempt has an error.
+        // (Before `error` was required, a FAILED attempt could have none: H({"error": null}).)
+        match (s.status, &s.error) {
+            (StepStatus::Failed, error) => same(
+                &format!("{what} error"),
+                &hash_of(&serde_json::json!({ "error": error }))?,
+                s.output_hash.as_deref().unwrap_or("none"),
+            )?,
+            (_, Some(_)) => return Err(format!("{what}: an error on a {} attempt", s.status)),
+            (_, None) => {}
+        }
+        if s.receipt_hash.is_none() && run.receipt_hash.is_some() {
+            return Err(format!(
+                "{what} is still open, but the run has ended, which closes every attempt"
+            ));
+        }
         let decision = decisions
             .iter()
             .find(|d| d.decision_id == s.decision_id)
@@ -568,6 +659,14 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
     report.n_step_receipts = step_receipts.len();
 
     let mut gate_receipts = Vec::new();
+    if run.receipt_hash.is_some() {
+        if let Some(g) = gates.iter().find(|g| g.status == GateStatus::Pending) {
+            return Err(format!(
+                "gate {} is PENDING, but the run has ended, which cancels every pending gate",
+                g.gate_id
+            ));
+        }
+    }
     for g in gates.iter().filter(|g| g.status != GateStatus::Pending) {
         let found = g.receipt_hash.clone().unwrap_or_default();
         same(
@@ -595,6 +694,7 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         String::from_utf8(read(dir, "audit.jsonl")?).map_err(|_| "audit.jsonl is not UTF-8")?;
     let mut last_seq = 0;
     let mut last_end = None;
+    let mut carried_hashes = BTreeSet::new();
     for (i, line) in text.lines().enumerate() {
         let entry: AuditEntry =
             serde_json::from_str(line).map_err(|e| format!("audit.jsonl line {}: {e}", i + 1))?;
@@ -629,7 +729,25 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         ) {
             last_end = Some(entry.payload_hash.clone());
         }
+        let carried = bind_entry(&what, &entry, &run, &steps, &decisions, &gates)?;
+        if let Some(hash) = carried {
+            if !carried_hashes.insert(hash.to_string()) {
+                return Err(format!("{what}: a second entry carrying {hash}"));
+            }
+        }
         report.n_entries += 1;
+    }
+    // And every receipt and decision is carried by its entry: none was dropped from the log.
+    let expected = std::iter::once(run.genesis_hash.as_str())
+        .chain(decisions.iter().map(|d| d.decision_hash.as_str()))
+        .chain(steps.iter().filter_map(|s| s.receipt_hash.as_deref()))
+        .chain(gates.iter().filter_map(|g| g.receipt_hash.as_deref()));
+    for hash in expected {
+        if !carried_hashes.contains(hash) {
+            return Err(format!(
+                "audit.jsonl: no entry carries {hash}, which the run holds"
+            ));
+        }
     }
     if let Some(receipt_hash) = &run.receipt_hash {
         same(
@@ -639,6 +757,91 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
         )?;
     }
     Ok(())
+}
+
+/// Ties an entry to the object it records, as `verify` does in the database: `run.created`
+/// carries the genesis, `policy.evaluated` its attempt's decision (and says its effect), an
+/// attempt's finishing entry its receipt (and its status), a gate's closing entry its receipt
+/// (`gate.resolved` made by the gate's resolver). Any other entry naming an attempt or a gate
+/// must name one the run has. Returns the hash the entry carries, when it carries an object's.
+fn bind_entry<'e>(
+    what: &str,
+    entry: &'e AuditEntry,
+    run: &Run,
+    steps: &[StepAttempt],
+    decisions: &[Decision],
+    gates: &[Gate],
+) -> Checked<Option<&'e str>> {
+    let step = || {
+        steps
+            .iter()
+            .find(|s| entry.subject == format!("step:{}#{}", s.step_id, s.attempt))
+            .ok_or(format!(
+                "{what}: {} names no attempt of the run",
+                entry.subject
+            ))
+    };
+    let gate = || {
+        gates
+            .iter()
+            .find(|g| entry.subject == format!("gate:{}", g.gate_id))
+            .ok_or(format!(
+                "{what}: {} names no gate of the run",
+                entry.subject
+            ))
+    };
+    let carries = |expected: Option<&str>| -> Checked<Option<&'e str>> {
+        same(
+            &format!("{what} payload_hash"),
+            expected.unwrap_or("none"),
+            &entry.payload_hash,
+        )?;
+        Ok(Some(entry.payload_hash.as_str()))
+    };
+    match entry.action.as_str() {
+        "run.created" => carries(Some(&run.genesis_hash)),
+        "policy.evaluated" => {
+            let s = step()?;
+            let d = decisions
+                .iter()
+                .find(|d| d.decision_id == s.decision_id)
+                .ok_or(format!("{what}: its attempt has no decision"))?;
+            same(
+                &format!("{what} decision"),
+                d.effect.as_str(),
+                entry.decision.as_deref().unwrap_or("none"),
+            )?;
+            carries(Some(&d.decision_hash))
+        }
+        "step.completed" | "step.failed" | "step.denied" | "step.rejected" => {
+            let s = step()?;
+            same(
+                &format!("{what} to_status"),
+                s.status.as_str(),
+                entry.to_status.as_deref().unwrap_or("none"),
+            )?;
+            carries(s.receipt_hash.as_deref())
+        }
+        "gate.resolved" | "gate.expired" | "gate.cancelled" => {
+            let g = gate()?;
+            if entry.action == "gate.resolved" {
+                same(
+                    &format!("{what} actor"),
+                    g.resolved_by.as_deref().unwrap_or("none"),
+                    &entry.actor,
+                )?;
+            }
+            carries(g.receipt_hash.as_deref())
+        }
+        _ => {
+            if entry.subject.starts_with("step:") {
+                step()?;
+            } else if entry.subject.starts_with("gate:") {
+                gate()?;
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// The workflow receipt's signature file, if any, under the key it names, which must be `pubkey`
@@ -683,6 +886,15 @@ fn check_signature(
         &text("receipt_hash")?,
     )?;
     let key = PublicKey::parse(&text("key")?).map_err(|e| format!("{SIGNATURE_FILE} key: {e}"))?;
+    // The manifest names the key export found in the database; the signature must be by it.
+    let manifest: Value = parse(dir, "manifest.json")?;
+    if let Some(named) = manifest["public_key"].as_str() {
+        same(
+            &format!("{SIGNATURE_FILE} key (manifest public_key)"),
+            named,
+            &key.to_string(),
+        )?;
+    }
     if let Some(given) = pubkey {
         if *given != key {
             return Err(format!(
@@ -705,13 +917,27 @@ fn check_signature(
     Ok(())
 }
 
-fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
+/// The files under `dir`, as paths relative to `root`; a symbolic link anywhere is refused.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Checked<()> {
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let path = entry.path();
+        let relative = path
+            .strip_prefix(root)
+            .map(|r| r.to_string_lossy().replace('\\', "/"))
+            .unwrap_or_default();
+        // `file_type` does not follow a link: it says what the entry itself is.
+        let kind = entry.file_type().map_err(io)?;
+        if kind.is_symlink() {
+            return Err(format!(
+                "{relative} is a symbolic link: an export holds only plain files"
+            ));
+        }
+        if kind.is_dir() {
             list_files(root, &path, out)?;
-        } else if let Ok(relative) = path.strip_prefix(root) {
-            out.push(relative.to_string_lossy().replace('\\', "/"));
+        } else {
+            out.push(relative);
         }
     }
     Ok(())

@@ -389,3 +389,101 @@ fn verify_receipts_refuses_flags_that_need_a_database() {
     let (code, _, stderr) = run_cli(&["verify", "--receipts", ".", "--db", "x.db"]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// Rewrites the audit entry at `line` (0-based) with `edit`, then its `entry_hash`, as an attacker
+/// who knows the format would, and the manifest.
+fn tamper_entry(folder: &Path, line: usize, edit: impl FnOnce(&mut Value)) {
+    tamper(folder, "audit.jsonl", |text| {
+        let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut entry: Value = serde_json::from_str(&lines[line]).unwrap();
+        edit(&mut entry);
+        let parsed: fedcore::model::AuditEntry = serde_json::from_value(entry.clone()).unwrap();
+        entry["entry_hash"] = Value::String(fedcore::engine::receipts::entry_hash(&parsed));
+        lines[line] = serde_json::to_string(&entry).unwrap();
+        lines.join("\n") + "\n"
+    });
+}
+
+fn line_of(folder: &Path, action: &str) -> usize {
+    std::fs::read_to_string(folder.join("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .position(|l| serde_json::from_str::<Value>(l).unwrap()["action"] == action)
+        .unwrap_or_else(|| panic!("no {action} entry"))
+}
+
+#[test]
+fn forgeries_that_keep_every_hash_consistent_are_still_caught() {
+    let (_dir, folder) = exported_run();
+    let copy = |name: &str| {
+        let to = folder.with_file_name(name);
+        let status = std::process::Command::new("cp")
+            .args(["-r", folder.to_str().unwrap(), to.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        to
+    };
+    let broken = |dir: &Path, says: &str| {
+        let (code, report) = verify_receipts(dir);
+        assert_eq!(code, 1, "expected {} broken: {report}", dir.display());
+        let failure = report["failure"].to_string();
+        assert!(failure.contains(says), "{}: {failure}", dir.display());
+    };
+
+    // A decision file that no longer matches the signed decision in run.json.
+    let d = copy("decision-file");
+    tamper(&d, "decisions/001-observe-1.json", |t| {
+        t.replace("\"allow\"", "\"deny\"")
+    });
+    broken(&d, "is not the decision run.json holds");
+
+    // A policy decision re-labelled in the log, its entry_hash recomputed.
+    let d = copy("relabelled");
+    let line = line_of(&d, "policy.evaluated");
+    tamper_entry(&d, line, |e| e["decision"] = json!("flag"));
+    broken(&d, "decision: expected allow, found flag");
+
+    // A finished step's entry re-pointed at other evidence: the receipt is no longer carried.
+    let d = copy("dropped");
+    let line = line_of(&d, "step.completed");
+    tamper_entry(&d, line, |e| {
+        e["action"] = json!("step.note");
+        e["subject"] = json!("run:x");
+    });
+    broken(&d, "no entry carries");
+
+    // A symbolic link in place of a file.
+    let d = copy("linked");
+    let outside = d.with_file_name("outside-run.json");
+    std::fs::copy(d.join("run.json"), &outside).unwrap();
+    std::fs::remove_file(d.join("run.json")).unwrap();
+    std::os::unix::fs::symlink(&outside, d.join("run.json")).unwrap();
+    broken(&d, "is a symbolic link");
+
+    // An attempt made up beside the signed ones, left open in an ended run.
+    let d = copy("made-up");
+    tamper(&d, "run.json", |t| {
+        let mut run: Value = serde_json::from_str(&t).unwrap();
+        let mut extra = run["steps"][4].clone();
+        extra["attempt"] = json!(2);
+        extra["status"] = json!("STARTED");
+        extra["receipt_hash"] = Value::Null;
+        extra["output_hash"] = Value::Null;
+        extra["ended_at"] = Value::Null;
+        run["steps"].as_array_mut().unwrap().push(extra);
+        serde_json::to_string_pretty(&run).unwrap()
+    });
+    broken(&d, "not the decision of exactly one attempt");
+
+    // The signature must be by the key the manifest names; and without --pubkey the report
+    // says that this proves internal consistency only.
+    let (_, stdout, _) = run_cli(&["verify", "--receipts", folder.to_str().unwrap()]);
+    assert!(stdout.contains("internal consistency only"), "{stdout}");
+    let d = copy("other-key");
+    let manifest = d.join("manifest.json");
+    let mut doc: Value = serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    doc["public_key"] = json!("fedcore-00000000+00000000+AAAA");
+    std::fs::write(&manifest, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    broken(&d, "manifest public_key");
+}
