@@ -614,10 +614,7 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
                 "{what} is still open, but the run has ended, which closes every attempt"
             ));
         }
-        let decision = decisions
-            .iter()
-            .find(|d| d.decision_id == s.decision_id)
-            .ok_or(format!("{what}: no decision"))?;
+        let decision = decision_of(decisions.as_slice(), s, &what)?;
         same(
             &format!("{what} decision_hash"),
             &decision.decision_hash,
@@ -759,6 +756,18 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
     Ok(())
 }
 
+/// The decision `step` names.
+fn decision_of<'d>(
+    decisions: &'d [Decision],
+    step: &StepAttempt,
+    what: &str,
+) -> Checked<&'d Decision> {
+    decisions
+        .iter()
+        .find(|d| d.decision_id == step.decision_id)
+        .ok_or(format!("{what}: its attempt names no decision of the run"))
+}
+
 /// Ties an entry to the object it records, as `verify` does in the database: `run.created`
 /// carries the genesis, `policy.evaluated` its attempt's decision (and says its effect), an
 /// attempt's finishing entry its receipt (and its status), a gate's closing entry its receipt
@@ -802,10 +811,7 @@ fn bind_entry<'e>(
         "run.created" => carries(Some(&run.genesis_hash)),
         "policy.evaluated" => {
             let s = step()?;
-            let d = decisions
-                .iter()
-                .find(|d| d.decision_id == s.decision_id)
-                .ok_or(format!("{what}: its attempt has no decision"))?;
+            let d = decision_of(decisions, s, what)?;
             same(
                 &format!("{what} decision"),
                 d.effect.as_str(),
