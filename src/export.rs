@@ -692,6 +692,7 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
     let mut last_seq = 0;
     let mut last_end = None;
     let mut carried_hashes = BTreeSet::new();
+    let mut requested_gates = BTreeSet::new();
     for (i, line) in text.lines().enumerate() {
         let entry: AuditEntry =
             serde_json::from_str(line).map_err(|e| format!("audit.jsonl line {}: {e}", i + 1))?;
@@ -727,6 +728,9 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
             last_end = Some(entry.payload_hash.clone());
         }
         let carried = bind_entry(&what, &entry, &run, &steps, &decisions, &gates)?;
+        if entry.action == "gate.requested" {
+            requested_gates.insert(entry.subject.clone());
+        }
         if let Some(hash) = carried {
             if !carried_hashes.insert(hash.to_string()) {
                 return Err(format!("{what}: a second entry carrying {hash}"));
@@ -745,6 +749,15 @@ fn check_folder(dir: &Path, report: &mut FolderReport) -> Checked<()> {
                 "audit.jsonl: no entry carries {hash}, which the run holds"
             ));
         }
+    }
+    if let Some(g) = gates
+        .iter()
+        .find(|g| !requested_gates.contains(&format!("gate:{}", g.gate_id)))
+    {
+        return Err(format!(
+            "audit.jsonl: no gate.requested entry opened gate {}",
+            g.gate_id
+        ));
     }
     if let Some(receipt_hash) = &run.receipt_hash {
         same(
@@ -827,6 +840,18 @@ fn bind_entry<'e>(
                 entry.to_status.as_deref().unwrap_or("none"),
             )?;
             carries(s.receipt_hash.as_deref())
+        }
+        "gate.requested" => {
+            // Not a receipt, but the gate as opened: its requester, reason, deadline, quorum.
+            let g = gate()?;
+            if !receipts::is_gate_as_requested(g, &entry.payload_hash).map_err(|e| e.to_string())? {
+                return Err(format!(
+                    "{what}: gate {} is not what its gate.requested entry carried when it was \
+                     opened (step, requester, reason, deadline or quorum)",
+                    g.gate_id
+                ));
+            }
+            Ok(None)
         }
         "gate.resolved" | "gate.expired" | "gate.cancelled" => {
             let g = gate()?;

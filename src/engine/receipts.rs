@@ -25,6 +25,22 @@ fn token_evidence(t: &Token, when: &str, at: Timestamp) -> Value {
     evidence
 }
 
+/// Whether `payload_hash` is what a `gate.requested` entry carried for `g` when it was opened. A
+/// gate opened before quorum gates existed was logged without `approvals_required`; for a gate
+/// needing one approval that form is accepted too.
+pub fn is_gate_as_requested(g: &Gate, payload_hash: &str) -> Result<bool, JcsError> {
+    let mut value = gate_requested_evidence(g);
+    if jcs::hash(&value)? == payload_hash {
+        return Ok(true);
+    }
+    let pre_quorum = g.approvals_required == 1
+        && value
+            .as_object_mut()
+            .and_then(|fields| fields.remove("approvals_required"))
+            .is_some();
+    Ok(pre_quorum && jcs::hash(&value)? == payload_hash)
+}
+
 /// The evidence of `gate.requested`: the gate as it was opened, every field as the contract's
 /// gate object has it plus `approvals_required` (PENDING, nothing resolved, no receipt and no
 /// approvals yet). Written out field by field, so that a field added to `Gate` later cannot

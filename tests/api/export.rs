@@ -487,3 +487,30 @@ fn forgeries_that_keep_every_hash_consistent_are_still_caught() {
     std::fs::write(&manifest, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     broken(&d, "manifest public_key");
 }
+
+#[test]
+fn a_gate_edited_after_it_was_opened_is_caught_in_an_export() {
+    let (mut server, mut c) = pt004_server();
+    let (run_id, _gate_id) = crate::scenarios::flagged_run(&mut c, crate::scenarios::AGENT);
+    assert_eq!(server.terminate(), Some(0));
+    let out = TempDir::new();
+    let folder = out.path().join("run");
+    let db = server.db.to_str().unwrap().to_string();
+    let (code, _, stderr) = export_cli(&db, &run_id, folder.to_str().unwrap());
+    assert_eq!(code, 0, "export: {stderr}");
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 0, "expected the open, gated run to verify: {report}");
+
+    // A deadline added to the pending gate: no receipt covers it, its gate.requested entry does.
+    tamper(&folder, "run.json", |t| {
+        let mut run: Value = serde_json::from_str(&t).unwrap();
+        run["gates"][0]["expires_at"] = json!("2030-01-01T00:00:00.000000Z");
+        serde_json::to_string_pretty(&run).unwrap()
+    });
+    let (code, report) = verify_receipts(&folder);
+    assert_eq!(code, 1, "expected the edited gate caught: {report}");
+    assert!(
+        report["failure"].to_string().contains("gate.requested"),
+        "{report}"
+    );
+}

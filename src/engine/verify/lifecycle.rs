@@ -680,16 +680,10 @@ fn check_gates_as_logged(record: &RunRecord) -> Checked {
         let entries = record.links.iter().filter(|l| l.subject == subject);
         // `check_entry_counts` has found exactly one.
         if let Some(requested) = entries.clone().find(|l| l.action == "gate.requested") {
-            let mut value = receipts::gate_requested_evidence(gate);
-            let expected = hash(&value)?;
-            let logged = expected == requested.payload_hash
-                || (gate.approvals_required == 1
-                    && value
-                        .as_object_mut()
-                        .and_then(|fields| fields.remove("approvals_required"))
-                        .is_some()
-                    && hash(&value)? == requested.payload_hash);
+            let logged = receipts::is_gate_as_requested(gate, &requested.payload_hash)
+                .map_err(|e| at.broken("audit", None, None, e.to_string()))?;
             if !logged {
+                let expected = hash(&receipts::gate_requested_evidence(gate))?;
                 let why = format!(
                     "the gate is not what its gate.requested entry (seq {}) carried when it was \
                      opened: its step, requester, reason, deadline or quorum was edited",
