@@ -864,6 +864,8 @@ fn bind_entry<'e>(
             }
             carries(g.receipt_hash.as_deref())
         }
+        // A refusal records what was asked, which may name what is not there.
+        "request.refused" => Ok(None),
         _ => {
             if entry.subject.starts_with("step:") {
                 step()?;

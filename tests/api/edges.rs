@@ -387,3 +387,38 @@ fn an_absent_input_is_null_and_hashes_as_h_null() {
     );
     assert_eq!(step["step"]["input_hash"], h_null.as_str(), "{step}");
 }
+
+#[test]
+fn a_refused_request_naming_a_gate_that_is_not_there_leaves_the_file_verifiable() {
+    let (mut server, mut c) = pt004_server();
+    let run_id = new_pt004_run(&mut c, "edge");
+    // Refused by role before the gate is looked up, and recorded with what was asked.
+    let body = json!({"decision": "approve", "actor": AGENT});
+    expect_error(
+        c.patch(&format!("/workflows/runs/{run_id}/gates/nosuchgate"), &body),
+        403,
+        "forbidden_role",
+        "an agent resolves a gate",
+    );
+    let refused = run_logs(&mut c, &run_id)
+        .into_iter()
+        .find(|e| e["action"] == "request.refused")
+        .expect("the refusal recorded");
+    assert_eq!(refused["subject"], "gate:nosuchgate");
+    stop_and_verify(&mut server);
+    let out = crate::support::TempDir::new();
+    let folder = out.path().join("run");
+    let db = server.db.to_str().unwrap().to_string();
+    let (code, _, err) = run_cli(&[
+        "export",
+        "--db",
+        &db,
+        "--run",
+        &run_id,
+        "--out",
+        folder.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run_cli(&["verify", "--receipts", folder.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+}

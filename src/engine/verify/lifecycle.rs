@@ -107,7 +107,11 @@ impl<'r> EntryIndex<'r> {
         for link in &record.links {
             let subject = link.subject.as_str();
             let at = entry_at(link.seq);
-            let named = if let Some(step) = subject.strip_prefix("step:") {
+            // A refusal records what was asked, which may name a gate or attempt that is not
+            // there (a role refused before anything was looked up): it is no object's entry.
+            let named = if link.action == "request.refused" {
+                true
+            } else if let Some(step) = subject.strip_prefix("step:") {
                 record
                     .steps
                     .iter()
